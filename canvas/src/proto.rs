@@ -1,0 +1,633 @@
+//! `canvas/1`: the typed, versioned protocol (byte-level spec in docs/PROTOCOL.md).
+//!
+//! Reliable messages travel on one client-initiated bidirectional stream (the control stream, id 0), each
+//! framed as `[u32 LE len][u8 version][u8 type][body]` where `len` counts version, type and body. Broadcast
+//! diffs travel as DATAGRAM frames `[u8 version][u8 type = DIFF_PART][header][5-byte entries]`.
+
+use crate::datagrams::Datagrams;
+use crate::grid::{Dims, Pixel, RejectReason};
+use crate::rle;
+
+/// ALPN of this protocol.
+pub const ALPN: &[u8] = b"canvas/1";
+/// Protocol version carried in every message.
+pub const VERSION: u8 = 1;
+/// "I have no usable state": a SYNC with this tick asks for a snapshot.
+pub const NO_TICK: u64 = u64::MAX;
+/// Largest control frame accepted (a raw 16 Mpixel snapshot fits).
+pub const MAX_FRAME: usize = (1 << 24) + 64;
+/// Size of one diff entry `[u32 LE index][u8 color]`.
+pub const ENTRY_LEN: usize = 5;
+/// Bytes before the entries in a DIFF_PART datagram.
+pub const DIFF_PART_HEADER: usize = 2 + 8 + 8 + 8 + 2 + 2;
+/// Bytes of the frame length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Message types.
+pub mod ty {
+    /// C→S: write a pixel.
+    pub const WRITE: u8 = 0x01;
+    /// C→S: "my replica is at tick T; send what I am missing".
+    pub const SYNC: u8 = 0x02;
+    /// S→C: session parameters, first message on the control stream.
+    pub const WELCOME: u8 = 0x81;
+    /// S→C: a write was applied and is visible in tick T.
+    pub const ACK: u8 = 0x82;
+    /// S→C: a write was refused, with the reason.
+    pub const REJECT: u8 = 0x83;
+    /// S→C: the whole canvas at tick T.
+    pub const SNAPSHOT: u8 = 0x84;
+    /// S→C: one tick's complete diff (stream copy of a broadcast).
+    pub const DIFF: u8 = 0x85;
+    /// S→C: end of the reply to a SYNC.
+    pub const SYNCED: u8 = 0x86;
+    /// S→C datagram: one part of a tick's diff.
+    pub const DIFF_PART: u8 = 0x90;
+}
+
+/// Snapshot body encodings.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotEncoding {
+    /// One byte per pixel.
+    Raw = 0,
+    /// `(count u8, color u8)` runs.
+    Rle = 1,
+}
+
+/// Decoding error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtoError {
+    /// Fewer bytes than the message needs.
+    Truncated,
+    /// Unknown protocol version.
+    BadVersion(u8),
+    /// Unknown message type.
+    UnknownType(u8),
+    /// Body length wrong for the type.
+    BadLength,
+    /// A frame longer than [`MAX_FRAME`].
+    FrameTooLarge(usize),
+    /// REJECT with an unknown reason.
+    BadReason(u8),
+    /// Snapshot body that does not decode to the canvas size.
+    BadSnapshot,
+    /// A diff entry outside the canvas.
+    IndexOutOfRange(u32),
+    /// DIFF_PART with part >= parts or parts == 0.
+    BadPart,
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Client → server messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// Write `pixel`; `id` is echoed in the ACK or REJECT.
+    Write {
+        /// Client-chosen id.
+        id: u32,
+        /// The write.
+        pixel: Pixel,
+    },
+    /// Ask for what changed since `have_tick` ([`NO_TICK`]: send a snapshot).
+    Sync {
+        /// The tick the client's replica is at.
+        have_tick: u64,
+    },
+}
+
+/// Session parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Canvas dimensions.
+    pub dims: Dims,
+    /// Palette size.
+    pub palette: u16,
+    /// Broadcast interval.
+    pub tick_ms: u32,
+    /// Cooldown period (0 = none).
+    pub cooldown_ms: u32,
+    /// The server's current tick.
+    pub tick: u64,
+}
+
+/// A tick's diff: after applying `entries` to the canvas at any tick in `base..tick`, it is at `tick`
+/// and hashes to `hash`. `base` is the previous tick that changed anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffView<'a> {
+    /// The tick this diff produces.
+    pub tick: u64,
+    /// The previous tick with a non-empty diff.
+    pub base: u64,
+    /// Canvas hash after the tick.
+    pub hash: u64,
+    /// Raw 5-byte entries.
+    pub entries: &'a [u8],
+}
+
+impl<'a> DiffView<'a> {
+    /// Iterate `(index, color)`.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, u8)> + 'a {
+        self.entries.chunks_exact(ENTRY_LEN).map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
+    }
+}
+
+/// One DIFF_PART datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffPart<'a> {
+    /// The tick's header and this part's entries.
+    pub diff: DiffView<'a>,
+    /// Index of this part.
+    pub part: u16,
+    /// Number of parts of the tick.
+    pub parts: u16,
+}
+
+/// Server → client control-stream messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerMsg<'a> {
+    /// Session parameters.
+    Welcome(Welcome),
+    /// Write `id` applied; visible from `tick` on.
+    Ack {
+        /// The write's id.
+        id: u32,
+        /// The tick whose diff contains it.
+        tick: u64,
+    },
+    /// Write `id` refused.
+    Reject {
+        /// The write's id.
+        id: u32,
+        /// Why.
+        reason: RejectReason,
+        /// For Cooldown and Busy: when to try again.
+        retry_after_ms: u32,
+    },
+    /// The whole canvas.
+    Snapshot {
+        /// Tick the content is at.
+        tick: u64,
+        /// Hash of the content.
+        hash: u64,
+        /// Dimensions.
+        dims: Dims,
+        /// Body encoding.
+        encoding: SnapshotEncoding,
+        /// Body.
+        data: &'a [u8],
+    },
+    /// One tick's whole diff.
+    Diff(DiffView<'a>),
+    /// End of a SYNC reply; the replica is at least at `tick` once everything before was applied.
+    Synced {
+        /// The server's tick when the reply was made.
+        tick: u64,
+    },
+}
+
+fn begin(out: &mut Vec<u8>, ty: u8) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, VERSION, ty]);
+    at
+}
+
+fn finish(out: &mut Vec<u8>, at: usize) {
+    let len = (out.len() - at - LEN_PREFIX) as u32;
+    out[at..at + LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Append a framed client message.
+pub fn encode_client(m: &ClientMsg, out: &mut Vec<u8>) {
+    match *m {
+        ClientMsg::Write { id, pixel } => {
+            let at = begin(out, ty::WRITE);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&pixel.x.to_le_bytes());
+            out.extend_from_slice(&pixel.y.to_le_bytes());
+            out.push(pixel.color);
+            finish(out, at);
+        }
+        ClientMsg::Sync { have_tick } => {
+            let at = begin(out, ty::SYNC);
+            out.extend_from_slice(&have_tick.to_le_bytes());
+            finish(out, at);
+        }
+    }
+}
+
+/// Append a framed WELCOME.
+pub fn encode_welcome(w: &Welcome, out: &mut Vec<u8>) {
+    let at = begin(out, ty::WELCOME);
+    out.extend_from_slice(&w.dims.width.to_le_bytes());
+    out.extend_from_slice(&w.dims.height.to_le_bytes());
+    out.extend_from_slice(&w.palette.to_le_bytes());
+    out.extend_from_slice(&w.tick_ms.to_le_bytes());
+    out.extend_from_slice(&w.cooldown_ms.to_le_bytes());
+    out.extend_from_slice(&w.tick.to_le_bytes());
+    finish(out, at);
+}
+
+/// Append a framed ACK.
+pub fn encode_ack(id: u32, tick: u64, out: &mut Vec<u8>) {
+    let at = begin(out, ty::ACK);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&tick.to_le_bytes());
+    finish(out, at);
+}
+
+/// Append a framed REJECT.
+pub fn encode_reject(id: u32, reason: RejectReason, retry_after_ms: u32, out: &mut Vec<u8>) {
+    let at = begin(out, ty::REJECT);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(reason as u8);
+    out.extend_from_slice(&retry_after_ms.to_le_bytes());
+    finish(out, at);
+}
+
+/// Append a framed SYNCED.
+pub fn encode_synced(tick: u64, out: &mut Vec<u8>) {
+    let at = begin(out, ty::SYNCED);
+    out.extend_from_slice(&tick.to_le_bytes());
+    finish(out, at);
+}
+
+/// Append a framed SNAPSHOT of `pixels`, RLE when that is smaller, raw otherwise.
+pub fn encode_snapshot(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
+    let at = begin(out, ty::SNAPSHOT);
+    out.extend_from_slice(&tick.to_le_bytes());
+    out.extend_from_slice(&hash.to_le_bytes());
+    out.extend_from_slice(&dims.width.to_le_bytes());
+    out.extend_from_slice(&dims.height.to_le_bytes());
+    if rle::encoded_len(pixels) < pixels.len() {
+        out.push(SnapshotEncoding::Rle as u8);
+        rle::encode(pixels, out);
+    } else {
+        out.push(SnapshotEncoding::Raw as u8);
+        out.extend_from_slice(pixels);
+    }
+    finish(out, at);
+}
+
+fn put_diff_header(out: &mut Vec<u8>, tick: u64, base: u64, hash: u64) {
+    out.extend_from_slice(&tick.to_le_bytes());
+    out.extend_from_slice(&base.to_le_bytes());
+    out.extend_from_slice(&hash.to_le_bytes());
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[(u32, u8)]) {
+    for &(i, c) in entries {
+        out.extend_from_slice(&i.to_le_bytes());
+        out.push(c);
+    }
+}
+
+/// Append a framed DIFF (the stream form of a whole tick).
+pub fn encode_diff(tick: u64, base: u64, hash: u64, entries: &[(u32, u8)], out: &mut Vec<u8>) {
+    let at = begin(out, ty::DIFF);
+    put_diff_header(out, tick, base, hash);
+    put_entries(out, entries);
+    finish(out, at);
+}
+
+/// Entries that fit one DIFF_PART datagram of `max` bytes.
+pub fn entries_per_part(max: usize) -> usize {
+    (max.saturating_sub(DIFF_PART_HEADER) / ENTRY_LEN).max(1)
+}
+
+/// Append a tick's diff as DIFF_PART datagrams of at most `max` bytes (nothing for an empty diff).
+pub fn encode_diff_parts(tick: u64, base: u64, hash: u64, entries: &[(u32, u8)], max: usize, out: &mut Datagrams) {
+    let per = entries_per_part(max);
+    let parts = entries.len().div_ceil(per);
+    assert!(parts <= usize::from(u16::MAX), "diff of {} entries needs more than 65535 parts", entries.len());
+    let mut scratch = Vec::with_capacity(max);
+    for (part, chunk) in entries.chunks(per).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(&[VERSION, ty::DIFF_PART]);
+        put_diff_header(&mut scratch, tick, base, hash);
+        scratch.extend_from_slice(&(part as u16).to_le_bytes());
+        scratch.extend_from_slice(&(parts as u16).to_le_bytes());
+        put_entries(&mut scratch, chunk);
+        out.begin();
+        out.extend(&scratch);
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        if self.0.len() < n {
+            return Err(ProtoError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProtoError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn end(&self) -> Result<(), ProtoError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ProtoError::BadLength)
+        }
+    }
+}
+
+fn header(frame: &[u8]) -> Result<(u8, Cursor<'_>), ProtoError> {
+    let mut c = Cursor(frame);
+    let v = c.u8()?;
+    if v != VERSION {
+        return Err(ProtoError::BadVersion(v));
+    }
+    Ok((c.u8()?, c))
+}
+
+fn diff_view<'a>(c: &mut Cursor<'a>) -> Result<(u64, u64, u64), ProtoError> {
+    let _ = c;
+    Ok((c.u64()?, c.u64()?, c.u64()?))
+}
+
+fn entries_of(body: &[u8]) -> Result<&[u8], ProtoError> {
+    if body.len() % ENTRY_LEN != 0 {
+        return Err(ProtoError::BadLength);
+    }
+    Ok(body)
+}
+
+/// Decode an unframed client message (`[version][type][body]`).
+pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
+    let (t, mut c) = header(frame)?;
+    let m = match t {
+        ty::WRITE => ClientMsg::Write {
+            id: c.u32()?,
+            pixel: Pixel { x: c.u16()?, y: c.u16()?, color: c.u8()? },
+        },
+        ty::SYNC => ClientMsg::Sync { have_tick: c.u64()? },
+        other => return Err(ProtoError::UnknownType(other)),
+    };
+    c.end()?;
+    Ok(m)
+}
+
+/// Decode an unframed server control message.
+pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
+    let (t, mut c) = header(frame)?;
+    let m = match t {
+        ty::WELCOME => ServerMsg::Welcome(Welcome {
+            dims: Dims { width: c.u16()?, height: c.u16()? },
+            palette: c.u16()?,
+            tick_ms: c.u32()?,
+            cooldown_ms: c.u32()?,
+            tick: c.u64()?,
+        }),
+        ty::ACK => ServerMsg::Ack { id: c.u32()?, tick: c.u64()? },
+        ty::REJECT => {
+            let id = c.u32()?;
+            let r = c.u8()?;
+            let reason = RejectReason::from_u8(r).ok_or(ProtoError::BadReason(r))?;
+            ServerMsg::Reject { id, reason, retry_after_ms: c.u32()? }
+        }
+        ty::SNAPSHOT => {
+            let (tick, hash) = (c.u64()?, c.u64()?);
+            let dims = Dims { width: c.u16()?, height: c.u16()? };
+            let encoding = match c.u8()? {
+                0 => SnapshotEncoding::Raw,
+                1 => SnapshotEncoding::Rle,
+                _ => return Err(ProtoError::BadSnapshot),
+            };
+            let data = c.0;
+            c.0 = &[];
+            ServerMsg::Snapshot { tick, hash, dims, encoding, data }
+        }
+        ty::DIFF => {
+            let (tick, base, hash) = diff_view(&mut c)?;
+            let entries = entries_of(c.0)?;
+            c.0 = &[];
+            ServerMsg::Diff(DiffView { tick, base, hash, entries })
+        }
+        ty::SYNCED => ServerMsg::Synced { tick: c.u64()? },
+        other => return Err(ProtoError::UnknownType(other)),
+    };
+    c.end()?;
+    Ok(m)
+}
+
+/// Decode a DIFF_PART datagram.
+pub fn decode_diff_part(d: &[u8]) -> Result<DiffPart<'_>, ProtoError> {
+    let (t, mut c) = header(d)?;
+    if t != ty::DIFF_PART {
+        return Err(ProtoError::UnknownType(t));
+    }
+    let (tick, base, hash) = diff_view(&mut c)?;
+    let (part, parts) = (c.u16()?, c.u16()?);
+    if parts == 0 || part >= parts {
+        return Err(ProtoError::BadPart);
+    }
+    let entries = entries_of(c.0)?;
+    Ok(DiffPart { diff: DiffView { tick, base, hash, entries }, part, parts })
+}
+
+/// Decode a snapshot body into `out` (which must be `dims.len()` bytes).
+pub fn decode_snapshot_body(encoding: SnapshotEncoding, data: &[u8], out: &mut [u8]) -> Result<(), ProtoError> {
+    match encoding {
+        SnapshotEncoding::Raw if data.len() == out.len() => {
+            out.copy_from_slice(data);
+            Ok(())
+        }
+        SnapshotEncoding::Raw => Err(ProtoError::BadSnapshot),
+        SnapshotEncoding::Rle => match rle::decode_into(data, out, 0) {
+            Ok(n) if n == out.len() => Ok(()),
+            _ => Err(ProtoError::BadSnapshot),
+        },
+    }
+}
+
+/// Reassembles length-prefixed frames from stream bytes.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// A buffer to receive stream bytes into: call [`FrameReader::commit`] with the count written.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + min, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Keep `n` of the bytes last handed out by [`FrameReader::spare`] (drop the rest).
+    pub fn commit(&mut self, n: usize, asked: usize) {
+        let keep = self.buf.len() - asked + n;
+        self.buf.truncate(keep);
+    }
+
+    /// Append stream bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let s = self.spare(bytes.len());
+        s.copy_from_slice(bytes);
+    }
+
+    /// The next complete frame (without its length prefix), if any.
+    pub fn pop(&mut self) -> Result<Option<&[u8]>, ProtoError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtoError::FrameTooLarge(len));
+        }
+        if avail.len() < LEN_PREFIX + len {
+            return Ok(None);
+        }
+        let s = self.start + LEN_PREFIX;
+        self.start = s + len;
+        Ok(Some(&self.buf[s..s + len]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = FrameReader::new();
+        // Feed one byte at a time: framing must not depend on stream chunking.
+        let mut out = Vec::new();
+        for b in bytes {
+            r.push(std::slice::from_ref(b));
+            while let Some(f) = r.pop().unwrap() {
+                out.push(f.to_vec());
+            }
+        }
+        assert_eq!(r.buffered(), 0);
+        out
+    }
+
+    #[test]
+    fn client_messages_roundtrip() {
+        let msgs = [
+            ClientMsg::Write { id: 7, pixel: Pixel { x: 1, y: 999, color: 255 } },
+            ClientMsg::Sync { have_tick: NO_TICK },
+            ClientMsg::Sync { have_tick: 42 },
+        ];
+        let mut wire = Vec::new();
+        for m in &msgs {
+            encode_client(m, &mut wire);
+        }
+        let back: Vec<_> = frames(&wire).iter().map(|f| decode_client(f).unwrap()).collect();
+        assert_eq!(back, msgs);
+        // WRITE is 4 + 2 + 9 bytes on the wire.
+        let mut one = Vec::new();
+        encode_client(&msgs[0], &mut one);
+        assert_eq!(one.len(), 15);
+    }
+
+    #[test]
+    fn server_messages_roundtrip() {
+        let dims = Dims { width: 4, height: 2 };
+        let w = Welcome { dims, palette: 256, tick_ms: 100, cooldown_ms: 0, tick: 9 };
+        let mut wire = Vec::new();
+        encode_welcome(&w, &mut wire);
+        encode_ack(3, 10, &mut wire);
+        encode_reject(4, RejectReason::Cooldown, 1500, &mut wire);
+        encode_snapshot(10, 77, dims, &[0, 0, 0, 0, 0, 0, 1, 1], &mut wire);
+        encode_snapshot(10, 77, dims, &[0, 1, 2, 3, 4, 5, 6, 7], &mut wire);
+        encode_diff(11, 10, 99, &[(1, 2), (7, 3)], &mut wire);
+        encode_synced(11, &mut wire);
+        let fs = frames(&wire);
+        let got: Vec<_> = fs.iter().map(|f| decode_server(f).unwrap()).collect();
+        assert_eq!(got[0], ServerMsg::Welcome(w));
+        assert_eq!(got[1], ServerMsg::Ack { id: 3, tick: 10 });
+        assert_eq!(got[2], ServerMsg::Reject { id: 4, reason: RejectReason::Cooldown, retry_after_ms: 1500 });
+        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Rle, data, .. } = got[3] else { panic!() };
+        let mut px = [9u8; 8];
+        decode_snapshot_body(SnapshotEncoding::Rle, data, &mut px).unwrap();
+        assert_eq!(px, [0, 0, 0, 0, 0, 0, 1, 1]);
+        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Raw, .. } = got[4] else { panic!() };
+        let ServerMsg::Diff(d) = got[5] else { panic!() };
+        assert_eq!((d.tick, d.base, d.hash), (11, 10, 99));
+        assert_eq!(d.entries().collect::<Vec<_>>(), vec![(1, 2), (7, 3)]);
+        assert_eq!(got[6], ServerMsg::Synced { tick: 11 });
+    }
+
+    #[test]
+    fn diff_parts_split_and_decode() {
+        let entries: Vec<(u32, u8)> = (0..1000).map(|i| (i * 3, (i % 251) as u8)).collect();
+        let mut d = Datagrams::new();
+        encode_diff_parts(5, 2, 1234, &entries, 1200, &mut d);
+        let per = entries_per_part(1200);
+        assert_eq!(per, 234);
+        assert_eq!(d.len(), 1000usize.div_ceil(per));
+        let mut back = Vec::new();
+        for (i, g) in d.iter().enumerate() {
+            assert!(g.len() <= 1200);
+            let p = decode_diff_part(g).unwrap();
+            assert_eq!((p.part as usize, p.parts as usize), (i, d.len()));
+            assert_eq!((p.diff.tick, p.diff.base, p.diff.hash), (5, 2, 1234));
+            back.extend(p.diff.entries());
+        }
+        assert_eq!(back, entries);
+        let mut none = Datagrams::new();
+        encode_diff_parts(5, 2, 0, &[], 1200, &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        assert_eq!(decode_client(&[]), Err(ProtoError::Truncated));
+        assert_eq!(decode_client(&[2, ty::WRITE]), Err(ProtoError::BadVersion(2)));
+        assert_eq!(decode_client(&[1, 0x7f]), Err(ProtoError::UnknownType(0x7f)));
+        assert_eq!(decode_client(&[1, ty::WRITE, 0, 0]), Err(ProtoError::Truncated));
+        assert_eq!(decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(ProtoError::BadLength));
+        assert_eq!(decode_server(&[1, ty::REJECT, 0, 0, 0, 0, 99, 0, 0, 0, 0]), Err(ProtoError::BadReason(99)));
+        let mut bad = vec![1, ty::DIFF_PART];
+        bad.extend_from_slice(&[0; 24]);
+        bad.extend_from_slice(&[1, 0, 1, 0]); // part 1 of 1
+        assert_eq!(decode_diff_part(&bad), Err(ProtoError::BadPart));
+        let mut r = FrameReader::new();
+        r.push(&u32::MAX.to_le_bytes());
+        assert!(matches!(r.pop(), Err(ProtoError::FrameTooLarge(_))));
+        // Every prefix of every valid message either decodes or errors.
+        let mut wire = Vec::new();
+        encode_snapshot(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], &mut wire);
+        for n in 0..wire.len() {
+            let _ = decode_server(&wire[LEN_PREFIX.min(n)..n]);
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! A `canvas/1` client's copy of the canvas, and the rules that make it converge.
+//!
+//! The replica is at a tick `t` (its content equals the server canvas after tick `t`). A diff
+//! `(tick T, base B, hash H)` applies when `B <= t < T` — no tick in `(B, T)` changed anything — and after it
+//! the replica must hash to `H`. Diff parts arrive as datagrams in any order and may be lost: parts are
+//! buffered per tick (bounded), and when a gap persists (a missing tick, a missing part, too much buffered,
+//! or a hash mismatch) [`Replica::poll_sync`] tells the caller to send `SYNC{have_tick}`; the server answers
+//! on the reliable stream with the missing diffs or a snapshot, then SYNCED. One SYNC is in flight at a
+//! time. Time is passed in by the caller.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::grid::Dims;
+use crate::hash;
+use crate::proto::{self, DiffView, ProtoError, ServerMsg, NO_TICK};
+
+/// How long a gap may persist before it is repaired by a SYNC (covers datagram reordering).
+pub const DEFAULT_GAP_GRACE: Duration = Duration::from_millis(250);
+/// Most ticks buffered ahead of the replica before it gives up waiting and syncs.
+pub const DEFAULT_MAX_PENDING: usize = 64;
+
+#[derive(Debug)]
+struct Pending {
+    base: u64,
+    hash: u64,
+    have: Vec<bool>,
+    missing: usize,
+    entries: Vec<u8>,
+    first_seen: Instant,
+}
+
+/// Counters of a replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Snapshots installed.
+    pub snapshots: u64,
+    /// Tick diffs applied.
+    pub diffs_applied: u64,
+    /// DIFF_PART datagrams received.
+    pub parts: u64,
+    /// Parts received twice or for ticks already applied.
+    pub stale_parts: u64,
+    /// SYNCs requested.
+    pub syncs: u64,
+    /// Hash mismatches after applying a diff (each forces a snapshot).
+    pub hash_mismatches: u64,
+}
+
+/// The replica.
+#[derive(Debug)]
+pub struct Replica {
+    pixels: Vec<u8>,
+    hash: u64,
+    tick: Option<u64>,
+    pending: BTreeMap<u64, Pending>,
+    sync_outstanding: bool,
+    diverged: bool,
+    grace: Duration,
+    max_pending: usize,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    /// A replica with no state yet. The server sends a snapshot after WELCOME unasked, so the first SYNC
+    /// counts as already outstanding.
+    pub fn new(dims: Dims) -> Self {
+        Self::with_limits(dims, DEFAULT_GAP_GRACE, DEFAULT_MAX_PENDING)
+    }
+
+    /// A replica with explicit gap grace and pending bound.
+    pub fn with_limits(dims: Dims, grace: Duration, max_pending: usize) -> Self {
+        let pixels = vec![0; dims.len()];
+        Self {
+            hash: hash::full(&pixels),
+            pixels,
+            tick: None,
+            pending: BTreeMap::new(),
+            sync_outstanding: true,
+            diverged: false,
+            grace,
+            max_pending: max_pending.max(1),
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// The tick the replica is at (`None` before the first snapshot).
+    pub fn tick(&self) -> Option<u64> {
+        self.tick
+    }
+
+    /// The replica's pixels.
+    pub fn pixels(&self) -> &[u8] {
+        &self.pixels
+    }
+
+    /// Hash of the replica's pixels.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// True when a SYNC reply is awaited.
+    pub fn sync_outstanding(&self) -> bool {
+        self.sync_outstanding
+    }
+
+    /// Ticks buffered ahead of the replica.
+    pub fn pending_ticks(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Consume a DIFF_PART datagram.
+    pub fn on_datagram(&mut self, d: &[u8], now: Instant) -> Result<(), ProtoError> {
+        let p = proto::decode_diff_part(d)?;
+        self.stats.parts += 1;
+        if self.tick.is_some_and(|t| p.diff.tick <= t) {
+            self.stats.stale_parts += 1;
+            return Ok(());
+        }
+        let parts = usize::from(p.parts);
+        let e = self.pending.entry(p.diff.tick).or_insert_with(|| Pending {
+            base: p.diff.base,
+            hash: p.diff.hash,
+            have: vec![false; parts],
+            missing: parts,
+            entries: Vec::new(),
+            first_seen: now,
+        });
+        if e.have.len() != parts || e.base != p.diff.base || e.hash != p.diff.hash {
+            return Err(ProtoError::BadPart);
+        }
+        let slot = &mut e.have[usize::from(p.part)];
+        if *slot {
+            self.stats.stale_parts += 1;
+            return Ok(());
+        }
+        *slot = true;
+        e.missing -= 1;
+        e.entries.extend_from_slice(p.diff.entries);
+        self.advance()
+    }
+
+    /// Consume a control-stream message (SNAPSHOT, DIFF and SYNCED matter; others are ignored).
+    pub fn on_message(&mut self, m: &ServerMsg<'_>, now: Instant) -> Result<(), ProtoError> {
+        match *m {
+            ServerMsg::Snapshot { tick, hash, dims, encoding, data } => {
+                if dims.len() != self.pixels.len() {
+                    return Err(ProtoError::BadSnapshot);
+                }
+                if !self.diverged && self.tick.is_some_and(|t| t >= tick) {
+                    return Ok(()); // already newer
+                }
+                proto::decode_snapshot_body(encoding, data, &mut self.pixels)?;
+                self.hash = hash::full(&self.pixels);
+                self.tick = Some(tick);
+                self.diverged = self.hash != hash;
+                if self.diverged {
+                    self.stats.hash_mismatches += 1;
+                }
+                self.stats.snapshots += 1;
+                self.advance()
+            }
+            ServerMsg::Diff(d) => {
+                if self.tick.is_some_and(|t| d.tick <= t) {
+                    return Ok(());
+                }
+                let have = vec![true];
+                self.pending.insert(
+                    d.tick,
+                    Pending { base: d.base, hash: d.hash, have, missing: 0, entries: d.entries.to_vec(), first_seen: now },
+                );
+                self.advance()
+            }
+            ServerMsg::Synced { .. } => {
+                self.sync_outstanding = false;
+                // Whatever is still buffered gets a fresh grace period before it can trigger another SYNC.
+                for p in self.pending.values_mut() {
+                    p.first_seen = now;
+                }
+                self.advance()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Apply every buffered tick that chains onto the replica.
+    fn advance(&mut self) -> Result<(), ProtoError> {
+        let Some(mut t) = self.tick else { return Ok(()) };
+        if self.diverged {
+            return Ok(());
+        }
+        while let Some(entry) = self.pending.first_entry() {
+            let tick = *entry.key();
+            let p = entry.get();
+            if tick <= t {
+                entry.remove();
+                continue;
+            }
+            if p.missing > 0 || p.base > t {
+                break;
+            }
+            let p = entry.remove();
+            let view = DiffView { tick, base: p.base, hash: p.hash, entries: &p.entries };
+            for (i, c) in view.entries() {
+                let px = self.pixels.get_mut(i as usize).ok_or(ProtoError::IndexOutOfRange(i))?;
+                self.hash = hash::update(self.hash, i, *px, c);
+                *px = c;
+            }
+            t = tick;
+            self.tick = Some(t);
+            self.stats.diffs_applied += 1;
+            if self.hash != p.hash {
+                self.stats.hash_mismatches += 1;
+                self.diverged = true;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the caller must send `SYNC{have_tick}` now, returns the tick (and counts the SYNC as sent).
+    pub fn poll_sync(&mut self, now: Instant) -> Option<u64> {
+        if self.sync_outstanding {
+            return None;
+        }
+        let have = match self.tick {
+            None => NO_TICK,
+            Some(_) if self.diverged => NO_TICK,
+            Some(t) => {
+                let overfull = self.pending.len() > self.max_pending;
+                let stuck = self.pending.values().next().is_some_and(|p| {
+                    now.saturating_duration_since(p.first_seen) >= self.grace && (p.missing > 0 || p.base > t)
+                });
+                if !(overfull || stuck) {
+                    return None;
+                }
+                t
+            }
+        };
+        if self.pending.len() > self.max_pending {
+            // Keep the newest ticks: they are the ones that will chain after the SYNC reply.
+            while self.pending.len() > self.max_pending {
+                self.pending.pop_first();
+            }
+        }
+        self.sync_outstanding = true;
+        self.stats.syncs += 1;
+        Some(have)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datagrams::Datagrams;
+    use crate::proto::{encode_diff, encode_diff_parts, encode_snapshot, encode_synced, FrameReader};
+    use crate::Canvas;
+
+    const DIMS: Dims = Dims { width: 64, height: 32 };
+
+    /// A server canvas producing ticks the way the master does.
+    struct Server {
+        canvas: Canvas<Vec<u8>>,
+        tick: u64,
+        last_change: u64,
+        history: Vec<(u64, u64, u64, Vec<(u32, u8)>)>,
+    }
+
+    impl Server {
+        fn new() -> Self {
+            Self { canvas: Canvas::new(DIMS, vec![0; DIMS.len()]).unwrap(), tick: 0, last_change: 0, history: vec![] }
+        }
+        fn tick(&mut self, writes: &[(u32, u8)]) -> Datagrams {
+            for &(i, c) in writes {
+                self.canvas.apply(i, c);
+            }
+            self.tick += 1;
+            let mut e = Vec::new();
+            self.canvas.end_tick(&mut e);
+            let mut d = Datagrams::new();
+            if !e.is_empty() {
+                encode_diff_parts(self.tick, self.last_change, self.canvas.hash(), &e, 200, &mut d);
+                self.history.push((self.tick, self.last_change, self.canvas.hash(), e));
+                self.last_change = self.tick;
+            }
+            d
+        }
+        /// The server side of SYNC: diffs after `have` if retained, else a snapshot.
+        fn sync_reply(&self, have: u64) -> Vec<u8> {
+            let mut out = Vec::new();
+            if have == NO_TICK {
+                encode_snapshot(self.tick, self.canvas.hash(), DIMS, self.canvas.pixels(), &mut out);
+            } else {
+                for (t, b, h, e) in &self.history {
+                    if *t > have {
+                        encode_diff(*t, *b, *h, e, &mut out);
+                    }
+                }
+            }
+            encode_synced(self.tick, &mut out);
+            out
+        }
+    }
+
+    fn feed_stream(r: &mut Replica, bytes: &[u8], now: Instant) {
+        let mut fr = FrameReader::new();
+        fr.push(bytes);
+        while let Some(f) = fr.pop().unwrap() {
+            r.on_message(&proto::decode_server(f).unwrap(), now).unwrap();
+        }
+    }
+
+    #[test]
+    fn snapshot_then_diffs_with_reordered_parts() {
+        let now = Instant::now();
+        let mut s = Server::new();
+        s.tick(&[(1, 1)]);
+        let mut r = Replica::new(DIMS);
+        assert_eq!(r.poll_sync(now), None, "initial snapshot is pushed by the server");
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), now);
+        assert_eq!(r.tick(), Some(1));
+        s.tick(&[]); // empty tick: nothing sent
+        let writes: Vec<(u32, u8)> = (0..200).map(|i| (i * 7 % DIMS.len() as u32, (i % 9) as u8 + 1)).collect();
+        let d = s.tick(&writes);
+        assert!(d.len() > 2);
+        for g in d.iter().rev() {
+            r.on_datagram(g, now).unwrap();
+        }
+        assert_eq!(r.tick(), Some(3));
+        assert_eq!(r.pixels(), s.canvas.pixels());
+        assert_eq!(r.poll_sync(now + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn lost_part_triggers_sync_and_converges() {
+        let t0 = Instant::now();
+        let mut s = Server::new();
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        assert_eq!(r.tick(), Some(0));
+        let d1 = s.tick(&(0..100).map(|i| (i, 3)).collect::<Vec<_>>());
+        for g in d1.iter().skip(1) {
+            r.on_datagram(g, t0).unwrap(); // part 0 lost
+        }
+        let d2 = s.tick(&[(500, 4)]);
+        r.on_datagram(d2.get(0).unwrap(), t0).unwrap();
+        assert_eq!(r.tick(), Some(0));
+        assert_eq!(r.poll_sync(t0), None, "within grace: may be reordering");
+        let have = r.poll_sync(t0 + DEFAULT_GAP_GRACE).expect("gap detected");
+        assert_eq!(have, 0);
+        assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), None, "one SYNC in flight");
+        feed_stream(&mut r, &s.sync_reply(have), t0);
+        assert_eq!(r.tick(), Some(2));
+        assert_eq!(r.pixels(), s.canvas.pixels());
+        assert_eq!(r.hash(), s.canvas.hash());
+    }
+
+    #[test]
+    fn hash_mismatch_forces_snapshot() {
+        let t0 = Instant::now();
+        let mut s = Server::new();
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let mut d = Datagrams::new();
+        // A diff whose hash does not match what applying it gives.
+        encode_diff_parts(1, 0, 12345, &[(3, 3)], 1200, &mut d);
+        r.on_datagram(d.get(0).unwrap(), t0).unwrap();
+        assert_eq!(r.stats().hash_mismatches, 1);
+        assert_eq!(r.poll_sync(t0), Some(NO_TICK));
+        s.tick(&[(9, 9)]);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        assert_eq!(r.pixels(), s.canvas.pixels());
+        assert_eq!(r.poll_sync(t0), None);
+    }
+
+    #[test]
+    fn pending_is_bounded() {
+        let t0 = Instant::now();
+        let mut s = Server::new();
+        let mut r = Replica::with_limits(DIMS, Duration::from_secs(3600), 4);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        s.tick(&[(1, 1)]); // lost entirely
+        for k in 0..10u32 {
+            let d = s.tick(&[(k + 10, 2)]);
+            r.on_datagram(d.get(0).unwrap(), t0).unwrap();
+        }
+        assert_eq!(r.poll_sync(t0), Some(0));
+        assert!(r.pending_ticks() <= 4);
+        feed_stream(&mut r, &s.sync_reply(0), t0);
+        assert_eq!(r.pixels(), s.canvas.pixels());
+    }
+}
