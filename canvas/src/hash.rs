@@ -23,7 +23,8 @@ pub fn full(pixels: &[u8]) -> u64 {
 /// Apply one pixel change to a running hash.
 #[inline]
 pub fn update(hash: u64, index: u32, old: u8, new: u8) -> u64 {
-    hash.wrapping_sub(term(index, old)).wrapping_add(term(index, new))
+    hash.wrapping_sub(term(index, old))
+        .wrapping_add(term(index, new))
 }
 
 #[cfg(test)]

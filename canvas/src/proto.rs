@@ -43,6 +43,50 @@ pub mod ty {
     pub const SYNCED: u8 = 0x86;
     /// S→C datagram: one part of a tick's diff.
     pub const DIFF_PART: u8 = 0x90;
+    /// S→C datagram: the newest tick that changed the canvas, sent on quiet ticks so that a client whose
+    /// last diff was lost entirely notices.
+    pub const HEAD: u8 = 0x91;
+}
+
+/// Size of a HEAD datagram.
+pub const HEAD_LEN: usize = 2 + 8 + 8;
+
+/// A server datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerDatagram<'a> {
+    /// Part of a tick's diff.
+    DiffPart(DiffPart<'a>),
+    /// The newest tick that changed the canvas, and the canvas hash at it.
+    Head {
+        /// Newest changing tick.
+        tick: u64,
+        /// Hash after it.
+        hash: u64,
+    },
+}
+
+/// Encode a HEAD datagram.
+pub fn encode_head(tick: u64, hash: u64) -> [u8; HEAD_LEN] {
+    let mut b = [0u8; HEAD_LEN];
+    b[0] = VERSION;
+    b[1] = ty::HEAD;
+    b[2..10].copy_from_slice(&tick.to_le_bytes());
+    b[10..18].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+/// Decode any server datagram.
+pub fn decode_datagram(d: &[u8]) -> Result<ServerDatagram<'_>, ProtoError> {
+    let (t, mut c) = header(d)?;
+    match t {
+        ty::DIFF_PART => decode_diff_part(d).map(ServerDatagram::DiffPart),
+        ty::HEAD => {
+            let (tick, hash) = (c.u64()?, c.u64()?);
+            c.end()?;
+            Ok(ServerDatagram::Head { tick, hash })
+        }
+        other => Err(ProtoError::UnknownType(other)),
+    }
 }
 
 /// Snapshot body encodings.
@@ -135,7 +179,9 @@ pub struct DiffView<'a> {
 impl<'a> DiffView<'a> {
     /// Iterate `(index, color)`.
     pub fn entries(&self) -> impl Iterator<Item = (u32, u8)> + 'a {
-        self.entries.chunks_exact(ENTRY_LEN).map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
+        self.entries
+            .chunks_exact(ENTRY_LEN)
+            .map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
     }
 }
 
@@ -303,10 +349,21 @@ pub fn entries_per_part(max: usize) -> usize {
 }
 
 /// Append a tick's diff as DIFF_PART datagrams of at most `max` bytes (nothing for an empty diff).
-pub fn encode_diff_parts(tick: u64, base: u64, hash: u64, entries: &[(u32, u8)], max: usize, out: &mut Datagrams) {
+pub fn encode_diff_parts(
+    tick: u64,
+    base: u64,
+    hash: u64,
+    entries: &[(u32, u8)],
+    max: usize,
+    out: &mut Datagrams,
+) {
     let per = entries_per_part(max);
     let parts = entries.len().div_ceil(per);
-    assert!(parts <= usize::from(u16::MAX), "diff of {} entries needs more than 65535 parts", entries.len());
+    assert!(
+        parts <= usize::from(u16::MAX),
+        "diff of {} entries needs more than 65535 parts",
+        entries.len()
+    );
     let mut scratch = Vec::with_capacity(max);
     for (part, chunk) in entries.chunks(per).enumerate() {
         scratch.clear();
@@ -335,13 +392,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, ProtoError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, ProtoError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, ProtoError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn end(&self) -> Result<(), ProtoError> {
         if self.0.is_empty() {
@@ -379,9 +442,15 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
     let m = match t {
         ty::WRITE => ClientMsg::Write {
             id: c.u32()?,
-            pixel: Pixel { x: c.u16()?, y: c.u16()?, color: c.u8()? },
+            pixel: Pixel {
+                x: c.u16()?,
+                y: c.u16()?,
+                color: c.u8()?,
+            },
         },
-        ty::SYNC => ClientMsg::Sync { have_tick: c.u64()? },
+        ty::SYNC => ClientMsg::Sync {
+            have_tick: c.u64()?,
+        },
         other => return Err(ProtoError::UnknownType(other)),
     };
     c.end()?;
@@ -393,22 +462,35 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
     let (t, mut c) = header(frame)?;
     let m = match t {
         ty::WELCOME => ServerMsg::Welcome(Welcome {
-            dims: Dims { width: c.u16()?, height: c.u16()? },
+            dims: Dims {
+                width: c.u16()?,
+                height: c.u16()?,
+            },
             palette: c.u16()?,
             tick_ms: c.u32()?,
             cooldown_ms: c.u32()?,
             tick: c.u64()?,
         }),
-        ty::ACK => ServerMsg::Ack { id: c.u32()?, tick: c.u64()? },
+        ty::ACK => ServerMsg::Ack {
+            id: c.u32()?,
+            tick: c.u64()?,
+        },
         ty::REJECT => {
             let id = c.u32()?;
             let r = c.u8()?;
             let reason = RejectReason::from_u8(r).ok_or(ProtoError::BadReason(r))?;
-            ServerMsg::Reject { id, reason, retry_after_ms: c.u32()? }
+            ServerMsg::Reject {
+                id,
+                reason,
+                retry_after_ms: c.u32()?,
+            }
         }
         ty::SNAPSHOT => {
             let (tick, hash) = (c.u64()?, c.u64()?);
-            let dims = Dims { width: c.u16()?, height: c.u16()? };
+            let dims = Dims {
+                width: c.u16()?,
+                height: c.u16()?,
+            };
             let encoding = match c.u8()? {
                 0 => SnapshotEncoding::Raw,
                 1 => SnapshotEncoding::Rle,
@@ -416,13 +498,24 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
             };
             let data = c.0;
             c.0 = &[];
-            ServerMsg::Snapshot { tick, hash, dims, encoding, data }
+            ServerMsg::Snapshot {
+                tick,
+                hash,
+                dims,
+                encoding,
+                data,
+            }
         }
         ty::DIFF => {
             let (tick, base, hash) = diff_view(&mut c)?;
             let entries = entries_of(c.0)?;
             c.0 = &[];
-            ServerMsg::Diff(DiffView { tick, base, hash, entries })
+            ServerMsg::Diff(DiffView {
+                tick,
+                base,
+                hash,
+                entries,
+            })
         }
         ty::SYNCED => ServerMsg::Synced { tick: c.u64()? },
         other => return Err(ProtoError::UnknownType(other)),
@@ -443,11 +536,24 @@ pub fn decode_diff_part(d: &[u8]) -> Result<DiffPart<'_>, ProtoError> {
         return Err(ProtoError::BadPart);
     }
     let entries = entries_of(c.0)?;
-    Ok(DiffPart { diff: DiffView { tick, base, hash, entries }, part, parts })
+    Ok(DiffPart {
+        diff: DiffView {
+            tick,
+            base,
+            hash,
+            entries,
+        },
+        part,
+        parts,
+    })
 }
 
 /// Decode a snapshot body into `out` (which must be `dims.len()` bytes).
-pub fn decode_snapshot_body(encoding: SnapshotEncoding, data: &[u8], out: &mut [u8]) -> Result<(), ProtoError> {
+pub fn decode_snapshot_body(
+    encoding: SnapshotEncoding,
+    data: &[u8],
+    out: &mut [u8],
+) -> Result<(), ProtoError> {
     match encoding {
         SnapshotEncoding::Raw if data.len() == out.len() => {
             out.copy_from_slice(data);
@@ -542,7 +648,14 @@ mod tests {
     #[test]
     fn client_messages_roundtrip() {
         let msgs = [
-            ClientMsg::Write { id: 7, pixel: Pixel { x: 1, y: 999, color: 255 } },
+            ClientMsg::Write {
+                id: 7,
+                pixel: Pixel {
+                    x: 1,
+                    y: 999,
+                    color: 255,
+                },
+            },
             ClientMsg::Sync { have_tick: NO_TICK },
             ClientMsg::Sync { have_tick: 42 },
         ];
@@ -550,7 +663,10 @@ mod tests {
         for m in &msgs {
             encode_client(m, &mut wire);
         }
-        let back: Vec<_> = frames(&wire).iter().map(|f| decode_client(f).unwrap()).collect();
+        let back: Vec<_> = frames(&wire)
+            .iter()
+            .map(|f| decode_client(f).unwrap())
+            .collect();
         assert_eq!(back, msgs);
         // WRITE is 4 + 2 + 9 bytes on the wire.
         let mut one = Vec::new();
@@ -560,8 +676,17 @@ mod tests {
 
     #[test]
     fn server_messages_roundtrip() {
-        let dims = Dims { width: 4, height: 2 };
-        let w = Welcome { dims, palette: 256, tick_ms: 100, cooldown_ms: 0, tick: 9 };
+        let dims = Dims {
+            width: 4,
+            height: 2,
+        };
+        let w = Welcome {
+            dims,
+            palette: 256,
+            tick_ms: 100,
+            cooldown_ms: 0,
+            tick: 9,
+        };
         let mut wire = Vec::new();
         encode_welcome(&w, &mut wire);
         encode_ack(3, 10, &mut wire);
@@ -574,12 +699,32 @@ mod tests {
         let got: Vec<_> = fs.iter().map(|f| decode_server(f).unwrap()).collect();
         assert_eq!(got[0], ServerMsg::Welcome(w));
         assert_eq!(got[1], ServerMsg::Ack { id: 3, tick: 10 });
-        assert_eq!(got[2], ServerMsg::Reject { id: 4, reason: RejectReason::Cooldown, retry_after_ms: 1500 });
-        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Rle, data, .. } = got[3] else { panic!() };
+        assert_eq!(
+            got[2],
+            ServerMsg::Reject {
+                id: 4,
+                reason: RejectReason::Cooldown,
+                retry_after_ms: 1500
+            }
+        );
+        let ServerMsg::Snapshot {
+            encoding: SnapshotEncoding::Rle,
+            data,
+            ..
+        } = got[3]
+        else {
+            panic!()
+        };
         let mut px = [9u8; 8];
         decode_snapshot_body(SnapshotEncoding::Rle, data, &mut px).unwrap();
         assert_eq!(px, [0, 0, 0, 0, 0, 0, 1, 1]);
-        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Raw, .. } = got[4] else { panic!() };
+        let ServerMsg::Snapshot {
+            encoding: SnapshotEncoding::Raw,
+            ..
+        } = got[4]
+        else {
+            panic!()
+        };
         let ServerMsg::Diff(d) = got[5] else { panic!() };
         assert_eq!((d.tick, d.base, d.hash), (11, 10, 99));
         assert_eq!(d.entries().collect::<Vec<_>>(), vec![(1, 2), (7, 3)]);
@@ -603,6 +748,16 @@ mod tests {
             back.extend(p.diff.entries());
         }
         assert_eq!(back, entries);
+        let h = encode_head(77, 88);
+        assert_eq!(
+            decode_datagram(&h),
+            Ok(ServerDatagram::Head { tick: 77, hash: 88 })
+        );
+        assert!(matches!(
+            decode_datagram(d.get(0).unwrap()),
+            Ok(ServerDatagram::DiffPart(_))
+        ));
+        assert_eq!(decode_datagram(&h[..17]), Err(ProtoError::Truncated));
         let mut none = Datagrams::new();
         encode_diff_parts(5, 2, 0, &[], 1200, &mut none);
         assert!(none.is_empty());
@@ -611,11 +766,26 @@ mod tests {
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         assert_eq!(decode_client(&[]), Err(ProtoError::Truncated));
-        assert_eq!(decode_client(&[2, ty::WRITE]), Err(ProtoError::BadVersion(2)));
-        assert_eq!(decode_client(&[1, 0x7f]), Err(ProtoError::UnknownType(0x7f)));
-        assert_eq!(decode_client(&[1, ty::WRITE, 0, 0]), Err(ProtoError::Truncated));
-        assert_eq!(decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(ProtoError::BadLength));
-        assert_eq!(decode_server(&[1, ty::REJECT, 0, 0, 0, 0, 99, 0, 0, 0, 0]), Err(ProtoError::BadReason(99)));
+        assert_eq!(
+            decode_client(&[2, ty::WRITE]),
+            Err(ProtoError::BadVersion(2))
+        );
+        assert_eq!(
+            decode_client(&[1, 0x7f]),
+            Err(ProtoError::UnknownType(0x7f))
+        );
+        assert_eq!(
+            decode_client(&[1, ty::WRITE, 0, 0]),
+            Err(ProtoError::Truncated)
+        );
+        assert_eq!(
+            decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(ProtoError::BadLength)
+        );
+        assert_eq!(
+            decode_server(&[1, ty::REJECT, 0, 0, 0, 0, 99, 0, 0, 0, 0]),
+            Err(ProtoError::BadReason(99))
+        );
         let mut bad = vec![1, ty::DIFF_PART];
         bad.extend_from_slice(&[0; 24]);
         bad.extend_from_slice(&[1, 0, 1, 0]); // part 1 of 1
@@ -625,7 +795,16 @@ mod tests {
         assert!(matches!(r.pop(), Err(ProtoError::FrameTooLarge(_))));
         // Every prefix of every valid message either decodes or errors.
         let mut wire = Vec::new();
-        encode_snapshot(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], &mut wire);
+        encode_snapshot(
+            1,
+            2,
+            Dims {
+                width: 3,
+                height: 1,
+            },
+            &[1, 2, 3],
+            &mut wire,
+        );
         for n in 0..wire.len() {
             let _ = decode_server(&wire[LEN_PREFIX.min(n)..n]);
         }

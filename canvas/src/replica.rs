@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::grid::Dims;
 use crate::hash;
-use crate::proto::{self, DiffView, ProtoError, ServerMsg, NO_TICK};
+use crate::proto::{self, DiffView, ProtoError, ServerDatagram, ServerMsg, NO_TICK};
 
 /// How long a gap may persist before it is repaired by a SYNC (covers datagram reordering).
 pub const DEFAULT_GAP_GRACE: Duration = Duration::from_millis(250);
@@ -56,6 +56,8 @@ pub struct Replica {
     pending: BTreeMap<u64, Pending>,
     sync_outstanding: bool,
     diverged: bool,
+    /// A tick the server says exists (HEAD or ACK) that the replica has not reached, and since when.
+    behind: Option<(u64, Instant)>,
     grace: Duration,
     max_pending: usize,
     stats: ReplicaStats,
@@ -78,6 +80,7 @@ impl Replica {
             pending: BTreeMap::new(),
             sync_outstanding: true,
             diverged: false,
+            behind: None,
             grace,
             max_pending: max_pending.max(1),
             stats: ReplicaStats::default(),
@@ -114,9 +117,27 @@ impl Replica {
         self.pending.len()
     }
 
-    /// Consume a DIFF_PART datagram.
+    /// The server has a tick `tick` whose changes the replica must eventually hold (from a HEAD datagram or
+    /// an ACK). If the replica stays behind it longer than the grace period, [`Replica::poll_sync`] syncs.
+    pub fn note_tick(&mut self, tick: u64, now: Instant) {
+        if self.tick.is_some_and(|t| t >= tick) {
+            return;
+        }
+        self.behind = match self.behind {
+            Some((t, since)) => Some((t.max(tick), since)),
+            None => Some((tick, now)),
+        };
+    }
+
+    /// Consume a server datagram (DIFF_PART or HEAD).
     pub fn on_datagram(&mut self, d: &[u8], now: Instant) -> Result<(), ProtoError> {
-        let p = proto::decode_diff_part(d)?;
+        let p = match proto::decode_datagram(d)? {
+            ServerDatagram::DiffPart(p) => p,
+            ServerDatagram::Head { tick, .. } => {
+                self.note_tick(tick, now);
+                return Ok(());
+            }
+        };
         self.stats.parts += 1;
         if self.tick.is_some_and(|t| p.diff.tick <= t) {
             self.stats.stale_parts += 1;
@@ -148,7 +169,13 @@ impl Replica {
     /// Consume a control-stream message (SNAPSHOT, DIFF and SYNCED matter; others are ignored).
     pub fn on_message(&mut self, m: &ServerMsg<'_>, now: Instant) -> Result<(), ProtoError> {
         match *m {
-            ServerMsg::Snapshot { tick, hash, dims, encoding, data } => {
+            ServerMsg::Snapshot {
+                tick,
+                hash,
+                dims,
+                encoding,
+                data,
+            } => {
                 if dims.len() != self.pixels.len() {
                     return Err(ProtoError::BadSnapshot);
                 }
@@ -172,12 +199,22 @@ impl Replica {
                 let have = vec![true];
                 self.pending.insert(
                     d.tick,
-                    Pending { base: d.base, hash: d.hash, have, missing: 0, entries: d.entries.to_vec(), first_seen: now },
+                    Pending {
+                        base: d.base,
+                        hash: d.hash,
+                        have,
+                        missing: 0,
+                        entries: d.entries.to_vec(),
+                        first_seen: now,
+                    },
                 );
                 self.advance()
             }
             ServerMsg::Synced { .. } => {
                 self.sync_outstanding = false;
+                if let Some((t, _)) = self.behind {
+                    self.behind = Some((t, now));
+                }
                 // Whatever is still buffered gets a fresh grace period before it can trigger another SYNC.
                 for p in self.pending.values_mut() {
                     p.first_seen = now;
@@ -190,7 +227,19 @@ impl Replica {
 
     /// Apply every buffered tick that chains onto the replica.
     fn advance(&mut self) -> Result<(), ProtoError> {
-        let Some(mut t) = self.tick else { return Ok(()) };
+        let res = self.advance_inner();
+        if let (Some(t), Some((target, _))) = (self.tick, self.behind) {
+            if t >= target {
+                self.behind = None;
+            }
+        }
+        res
+    }
+
+    fn advance_inner(&mut self) -> Result<(), ProtoError> {
+        let Some(mut t) = self.tick else {
+            return Ok(());
+        };
         if self.diverged {
             return Ok(());
         }
@@ -205,9 +254,17 @@ impl Replica {
                 break;
             }
             let p = entry.remove();
-            let view = DiffView { tick, base: p.base, hash: p.hash, entries: &p.entries };
+            let view = DiffView {
+                tick,
+                base: p.base,
+                hash: p.hash,
+                entries: &p.entries,
+            };
             for (i, c) in view.entries() {
-                let px = self.pixels.get_mut(i as usize).ok_or(ProtoError::IndexOutOfRange(i))?;
+                let px = self
+                    .pixels
+                    .get_mut(i as usize)
+                    .ok_or(ProtoError::IndexOutOfRange(i))?;
                 self.hash = hash::update(self.hash, i, *px, c);
                 *px = c;
             }
@@ -234,9 +291,13 @@ impl Replica {
             Some(t) => {
                 let overfull = self.pending.len() > self.max_pending;
                 let stuck = self.pending.values().next().is_some_and(|p| {
-                    now.saturating_duration_since(p.first_seen) >= self.grace && (p.missing > 0 || p.base > t)
+                    now.saturating_duration_since(p.first_seen) >= self.grace
+                        && (p.missing > 0 || p.base > t)
                 });
-                if !(overfull || stuck) {
+                let lagging = self.behind.is_some_and(|(target, since)| {
+                    t < target && now.saturating_duration_since(since) >= self.grace
+                });
+                if !(overfull || stuck || lagging) {
                     return None;
                 }
                 t
@@ -258,10 +319,15 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::datagrams::Datagrams;
-    use crate::proto::{encode_diff, encode_diff_parts, encode_snapshot, encode_synced, FrameReader};
+    use crate::proto::{
+        encode_diff, encode_diff_parts, encode_snapshot, encode_synced, FrameReader,
+    };
     use crate::Canvas;
 
-    const DIMS: Dims = Dims { width: 64, height: 32 };
+    const DIMS: Dims = Dims {
+        width: 64,
+        height: 32,
+    };
 
     /// A server canvas producing ticks the way the master does.
     struct Server {
@@ -273,7 +339,12 @@ mod tests {
 
     impl Server {
         fn new() -> Self {
-            Self { canvas: Canvas::new(DIMS, vec![0; DIMS.len()]).unwrap(), tick: 0, last_change: 0, history: vec![] }
+            Self {
+                canvas: Canvas::new(DIMS, vec![0; DIMS.len()]).unwrap(),
+                tick: 0,
+                last_change: 0,
+                history: vec![],
+            }
         }
         fn tick(&mut self, writes: &[(u32, u8)]) -> Datagrams {
             for &(i, c) in writes {
@@ -284,8 +355,16 @@ mod tests {
             self.canvas.end_tick(&mut e);
             let mut d = Datagrams::new();
             if !e.is_empty() {
-                encode_diff_parts(self.tick, self.last_change, self.canvas.hash(), &e, 200, &mut d);
-                self.history.push((self.tick, self.last_change, self.canvas.hash(), e));
+                encode_diff_parts(
+                    self.tick,
+                    self.last_change,
+                    self.canvas.hash(),
+                    &e,
+                    200,
+                    &mut d,
+                );
+                self.history
+                    .push((self.tick, self.last_change, self.canvas.hash(), e));
                 self.last_change = self.tick;
             }
             d
@@ -294,7 +373,13 @@ mod tests {
         fn sync_reply(&self, have: u64) -> Vec<u8> {
             let mut out = Vec::new();
             if have == NO_TICK {
-                encode_snapshot(self.tick, self.canvas.hash(), DIMS, self.canvas.pixels(), &mut out);
+                encode_snapshot(
+                    self.tick,
+                    self.canvas.hash(),
+                    DIMS,
+                    self.canvas.pixels(),
+                    &mut out,
+                );
             } else {
                 for (t, b, h, e) in &self.history {
                     if *t > have {
@@ -311,7 +396,8 @@ mod tests {
         let mut fr = FrameReader::new();
         fr.push(bytes);
         while let Some(f) = fr.pop().unwrap() {
-            r.on_message(&proto::decode_server(f).unwrap(), now).unwrap();
+            r.on_message(&proto::decode_server(f).unwrap(), now)
+                .unwrap();
         }
     }
 
@@ -321,11 +407,17 @@ mod tests {
         let mut s = Server::new();
         s.tick(&[(1, 1)]);
         let mut r = Replica::new(DIMS);
-        assert_eq!(r.poll_sync(now), None, "initial snapshot is pushed by the server");
+        assert_eq!(
+            r.poll_sync(now),
+            None,
+            "initial snapshot is pushed by the server"
+        );
         feed_stream(&mut r, &s.sync_reply(NO_TICK), now);
         assert_eq!(r.tick(), Some(1));
         s.tick(&[]); // empty tick: nothing sent
-        let writes: Vec<(u32, u8)> = (0..200).map(|i| (i * 7 % DIMS.len() as u32, (i % 9) as u8 + 1)).collect();
+        let writes: Vec<(u32, u8)> = (0..200)
+            .map(|i| (i * 7 % DIMS.len() as u32, (i % 9) as u8 + 1))
+            .collect();
         let d = s.tick(&writes);
         assert!(d.len() > 2);
         for g in d.iter().rev() {
@@ -353,7 +445,11 @@ mod tests {
         assert_eq!(r.poll_sync(t0), None, "within grace: may be reordering");
         let have = r.poll_sync(t0 + DEFAULT_GAP_GRACE).expect("gap detected");
         assert_eq!(have, 0);
-        assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), None, "one SYNC in flight");
+        assert_eq!(
+            r.poll_sync(t0 + DEFAULT_GAP_GRACE),
+            None,
+            "one SYNC in flight"
+        );
         feed_stream(&mut r, &s.sync_reply(have), t0);
         assert_eq!(r.tick(), Some(2));
         assert_eq!(r.pixels(), s.canvas.pixels());
@@ -376,6 +472,25 @@ mod tests {
         feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
         assert_eq!(r.pixels(), s.canvas.pixels());
         assert_eq!(r.poll_sync(t0), None);
+    }
+
+    #[test]
+    fn lost_tail_is_found_by_head() {
+        let t0 = Instant::now();
+        let mut s = Server::new();
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        s.tick(&[(1, 1)]); // every part lost, and nothing changes afterwards
+        s.tick(&[]);
+        r.on_datagram(&proto::encode_head(1, s.canvas.hash()), t0)
+            .unwrap();
+        assert_eq!(r.poll_sync(t0), None, "within grace");
+        assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), Some(0));
+        feed_stream(&mut r, &s.sync_reply(0), t0);
+        assert_eq!(r.pixels(), s.canvas.pixels());
+        // An ACK for a tick the replica already has does nothing.
+        r.note_tick(1, t0);
+        assert_eq!(r.poll_sync(t0 + Duration::from_secs(9)), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 
 /// Append the RLE of `pixels` to `out`.
 pub fn encode(pixels: &[u8], out: &mut Vec<u8>) {
-    for_each_run(pixels, |count, color| out.extend_from_slice(&[count, color]));
+    for_each_run(pixels, |count, color| {
+        out.extend_from_slice(&[count, color])
+    });
 }
 
 /// Call `f(count, color)` for each run of `pixels` (runs longer than 255 are split).

@@ -1,0 +1,4 @@
+//! Packet backends behind [`crate::seam::Datapath`].
+
+pub mod mem;
+pub mod uring;

@@ -1,0 +1,74 @@
+//! The worker loop: receive a batch, take publications, fire timers, flush, and sleep adaptively.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Endpoint;
+use crate::seam::Datapath;
+
+/// Worker loop tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopConfig {
+    /// Datagrams taken from the backend per receive call.
+    pub rx_batch: usize,
+    /// Never sleep: spin on the rings (for dedicated cores on bare metal).
+    pub busy_poll: bool,
+    /// After the last activity keep polling this long before sleeping.
+    pub spin: Duration,
+    /// Longest sleep when idle (bounds how late a publication is noticed).
+    pub idle_wait: Duration,
+    /// After shutdown is requested, how long closing connections may take.
+    pub drain: Duration,
+}
+
+/// Default loop tuning.
+pub const DEFAULT_LOOP: LoopConfig = LoopConfig {
+    rx_batch: 256,
+    busy_poll: false,
+    spin: Duration::from_micros(50),
+    idle_wait: Duration::from_millis(1),
+    drain: Duration::from_secs(2),
+};
+
+/// Run one worker until `stop` is set and its connections are closed (or the drain time passes).
+pub fn run<B: Datapath>(
+    ep: &mut Endpoint,
+    backend: &mut B,
+    cfg: &LoopConfig,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut last_activity = Instant::now();
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let n = backend.recv(cfg.rx_batch, |addrs, pkt| ep.on_datagram(now, addrs, pkt))?;
+        ep.poll_publications(now);
+        ep.on_timers(now);
+        ep.flush(now, backend);
+        backend.flush()?;
+        if drain_until.is_none() && stop.load(Ordering::Acquire) {
+            ep.close_all();
+            drain_until = Some(now + cfg.drain);
+            continue;
+        }
+        if let Some(until) = drain_until {
+            if ep.conn_count() == 0 || now >= until {
+                ep.flush(now, backend);
+                backend.flush()?;
+                return Ok(());
+            }
+        }
+        if n > 0 || ep.has_work() {
+            last_activity = now;
+            continue;
+        }
+        if cfg.busy_poll || now.duration_since(last_activity) < cfg.spin {
+            continue;
+        }
+        let mut wait = cfg.idle_wait;
+        if let Some(t) = ep.next_timeout() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        backend.wait(wait)?;
+    }
+}

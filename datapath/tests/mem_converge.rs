@@ -1,0 +1,132 @@
+//! Hundreds of quiche clients through a lossy, reordering in-memory network: every write is answered and
+//! every replica converges to the master's canvas.
+
+use std::time::Duration;
+
+use canvas::{Cooldown, Dims, Pixel, Rules};
+use datapath::backend::mem::NetConfig;
+use datapath::endpoint::EndpointConfig;
+use datapath::master::MasterConfig;
+use datapath::quic::{self, DEFAULT_QUIC};
+use datapath::sim::{Sim, SimConfig};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
+    let dims = Dims {
+        width: 200,
+        height: 100,
+    };
+    SimConfig {
+        workers: 2,
+        clients,
+        net: NetConfig {
+            loss,
+            reorder,
+            seed,
+        },
+        rounds_per_tick: 5,
+        endpoint: EndpointConfig {
+            worker: 0,
+            rules: Rules { dims, palette: 32 },
+            cooldown: Cooldown::default(),
+            max_conns: 65536,
+            retry: false,
+            tick_ms: 100,
+            full_interval: 60,
+            dgram_queue: 64,
+            outbox_ticks: 64,
+            history_ticks: 16,
+            send_budget: 64,
+        },
+        master: MasterConfig {
+            batch_drain: 4096,
+            tick: Duration::from_millis(100),
+            full_interval: 60,
+            max_dgram: 1200,
+        },
+        quic: DEFAULT_QUIC,
+        write_queue: 65536,
+    }
+}
+
+fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
+    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let cfg = config(clients, loss, reorder, seed);
+    let dims = cfg.endpoint.rules.dims;
+    let mut sim = Sim::new(cfg, &cert, &key);
+    assert!(
+        sim.run_until(Duration::from_secs(60), Sim::all_ready),
+        "handshakes and initial snapshots"
+    );
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut bad = 0;
+    for _ in 0..300 {
+        for c in sim.clients.iter_mut() {
+            if rng.random_ratio(1, 30) {
+                // One write in 50 is invalid (out of bounds or bad color) and must be rejected.
+                let (x, color) = if rng.random_ratio(1, 50) {
+                    bad += 1;
+                    if rng.random_bool(0.5) {
+                        (dims.width, 0)
+                    } else {
+                        (0, 200)
+                    }
+                } else {
+                    (rng.random_range(0..dims.width), rng.random_range(0..32))
+                };
+                c.write(Pixel {
+                    x,
+                    y: rng.random_range(0..dims.height),
+                    color,
+                });
+            }
+        }
+        sim.round();
+    }
+    let converged = sim.run_until(Duration::from_secs(90), Sim::converged);
+    let sent: u64 = sim.clients.iter().map(|c| c.sent).sum();
+    let acked: u64 = sim.clients.iter().map(|c| c.acked).sum();
+    let rejected: u64 = sim.clients.iter().map(|c| c.rejected).sum();
+    let syncs: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum();
+    let mism: u64 = sim
+        .clients
+        .iter()
+        .map(|c| c.replica.stats().hash_mismatches)
+        .sum();
+    let net = sim.net.stats();
+    eprintln!(
+        "clients={clients} loss={loss} reorder={reorder} rounds={} sent={sent} acked={acked} rejected={rejected} \
+         invalid={bad} syncs={syncs} hash_mismatches={mism} net={net:?}",
+        sim.rounds()
+    );
+    assert!(converged, "replicas converge and every write is answered");
+    assert_eq!(acked + rejected, sent);
+    assert!(rejected >= bad, "every invalid write is rejected");
+    assert_eq!(mism, 0);
+    assert!(sent > 500);
+    let applied: u64 = sim
+        .workers
+        .iter()
+        .map(|(e, _)| e.stats().pixels_applied)
+        .sum();
+    assert_eq!(applied, acked);
+    if loss > 0.0 {
+        assert!(net.dropped > 0 && net.reordered > 0);
+    }
+}
+
+#[test]
+fn lossless_network_converges() {
+    run(100, 0.0, 0.0, 1);
+}
+
+#[test]
+fn three_hundred_clients_converge_through_loss_and_reordering() {
+    run(300, 0.01, 0.02, 7);
+}
+
+#[test]
+fn heavy_loss_forces_resyncs_and_still_converges() {
+    run(200, 0.05, 0.05, 11);
+}
