@@ -68,13 +68,9 @@ mod tests {
         let mut slot = None;
         let t0 = Instant::now();
         assert!(c.try_take(&mut slot, t0).is_ok());
-        let wait = c
-            .try_take(&mut slot, t0 + Duration::from_secs(100))
-            .unwrap_err();
+        let wait = c.try_take(&mut slot, t0 + Duration::from_secs(100)).unwrap_err();
         assert_eq!(wait, Duration::from_secs(200));
         assert!(c.try_take(&mut slot, t0 + Duration::from_secs(300)).is_ok());
-        assert!(c
-            .try_take(&mut slot, t0 + Duration::from_secs(301))
-            .is_err());
+        assert!(c.try_take(&mut slot, t0 + Duration::from_secs(301)).is_err());
     }
 }

@@ -23,10 +23,7 @@ pub struct Dims {
 
 impl Default for Dims {
     fn default() -> Self {
-        Self {
-            width: DEFAULT_WIDTH,
-            height: DEFAULT_HEIGHT,
-        }
+        Self { width: DEFAULT_WIDTH, height: DEFAULT_HEIGHT }
     }
 }
 
@@ -44,8 +41,7 @@ impl Dims {
     /// Linear index of `(x, y)`, `y * width + x`, or `None` when out of bounds.
     #[inline]
     pub fn index(&self, x: u16, y: u16) -> Option<u32> {
-        (x < self.width && y < self.height)
-            .then(|| u32::from(y) * u32::from(self.width) + u32::from(x))
+        (x < self.width && y < self.height).then(|| u32::from(y) * u32::from(self.width) + u32::from(x))
     }
 
     /// `(x, y)` of a linear index.
@@ -84,13 +80,8 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// All reasons, for counters.
-    pub const ALL: [RejectReason; 5] = [
-        Self::OutOfBounds,
-        Self::BadColor,
-        Self::Cooldown,
-        Self::Busy,
-        Self::Malformed,
-    ];
+    pub const ALL: [RejectReason; 5] =
+        [Self::OutOfBounds, Self::BadColor, Self::Cooldown, Self::Busy, Self::Malformed];
 
     /// From the wire value.
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -120,10 +111,7 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Self {
-            dims: Dims::default(),
-            palette: DEFAULT_PALETTE,
-        }
+        Self { dims: Dims::default(), palette: DEFAULT_PALETTE }
     }
 }
 
@@ -159,10 +147,7 @@ impl std::fmt::Display for CanvasError {
             Self::StorageTooSmall { need, have } => {
                 write!(f, "canvas storage holds {have} bytes but {need} are needed")
             }
-            Self::TooLarge(n) => write!(
-                f,
-                "canvas of {n} pixels exceeds the maximum of {MAX_PIXELS}"
-            ),
+            Self::TooLarge(n) => write!(f, "canvas of {n} pixels exceeds the maximum of {MAX_PIXELS}"),
         }
     }
 }
@@ -196,13 +181,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Canvas<S> {
             return Err(CanvasError::StorageTooSmall { need, have });
         }
         let hash = hash::full(&storage.as_ref()[..need]);
-        Ok(Self {
-            dims,
-            storage,
-            hash,
-            dirty: vec![0; need.div_ceil(64)],
-            touched: Vec::new(),
-        })
+        Ok(Self { dims, storage, hash, dirty: vec![0; need.div_ceil(64)], touched: Vec::new() })
     }
 
     /// Dimensions.
@@ -270,98 +249,31 @@ mod tests {
     use super::*;
 
     fn small() -> Canvas<Vec<u8>> {
-        Canvas::new(
-            Dims {
-                width: 10,
-                height: 5,
-            },
-            vec![0; 50],
-        )
-        .unwrap()
+        Canvas::new(Dims { width: 10, height: 5 }, vec![0; 50]).unwrap()
     }
 
     #[test]
     fn validation() {
-        let r = Rules {
-            dims: Dims {
-                width: 10,
-                height: 5,
-            },
-            palette: 16,
-        };
-        assert_eq!(
-            r.validate(Pixel {
-                x: 9,
-                y: 4,
-                color: 15
-            }),
-            Ok(49)
-        );
-        assert_eq!(
-            r.validate(Pixel {
-                x: 10,
-                y: 0,
-                color: 0
-            }),
-            Err(RejectReason::OutOfBounds)
-        );
-        assert_eq!(
-            r.validate(Pixel {
-                x: 0,
-                y: 5,
-                color: 0
-            }),
-            Err(RejectReason::OutOfBounds)
-        );
-        assert_eq!(
-            r.validate(Pixel {
-                x: 0,
-                y: 0,
-                color: 16
-            }),
-            Err(RejectReason::BadColor)
-        );
-        assert_eq!(
-            Rules::default().validate(Pixel {
-                x: 999,
-                y: 999,
-                color: 255
-            }),
-            Ok(999_999)
-        );
+        let r = Rules { dims: Dims { width: 10, height: 5 }, palette: 16 };
+        assert_eq!(r.validate(Pixel { x: 9, y: 4, color: 15 }), Ok(49));
+        assert_eq!(r.validate(Pixel { x: 10, y: 0, color: 0 }), Err(RejectReason::OutOfBounds));
+        assert_eq!(r.validate(Pixel { x: 0, y: 5, color: 0 }), Err(RejectReason::OutOfBounds));
+        assert_eq!(r.validate(Pixel { x: 0, y: 0, color: 16 }), Err(RejectReason::BadColor));
+        assert_eq!(Rules::default().validate(Pixel { x: 999, y: 999, color: 255 }), Ok(999_999));
     }
 
     #[test]
     fn storage_checks() {
         assert!(matches!(
-            Canvas::new(
-                Dims {
-                    width: 10,
-                    height: 5
-                },
-                vec![0; 49]
-            ),
+            Canvas::new(Dims { width: 10, height: 5 }, vec![0; 49]),
             Err(CanvasError::StorageTooSmall { need: 50, have: 49 })
         ));
         assert!(matches!(
-            Canvas::new(
-                Dims {
-                    width: 5000,
-                    height: 5000
-                },
-                vec![0u8; 0]
-            ),
+            Canvas::new(Dims { width: 5000, height: 5000 }, vec![0u8; 0]),
             Err(CanvasError::TooLarge(_))
         ));
         // Existing content is kept and hashed.
-        let c = Canvas::new(
-            Dims {
-                width: 2,
-                height: 1,
-            },
-            vec![3, 4, 99],
-        )
-        .unwrap();
+        let c = Canvas::new(Dims { width: 2, height: 1 }, vec![3, 4, 99]).unwrap();
         assert_eq!(c.pixels(), &[3, 4]);
         assert_eq!(c.hash(), hash::full(&[3, 4]));
     }

@@ -14,17 +14,13 @@ pub fn term(index: u32, color: u8) -> u64 {
 
 /// Hash of a whole pixel buffer, computed from scratch (O(n)).
 pub fn full(pixels: &[u8]) -> u64 {
-    pixels
-        .iter()
-        .enumerate()
-        .fold(0u64, |h, (i, &c)| h.wrapping_add(term(i as u32, c)))
+    pixels.iter().enumerate().fold(0u64, |h, (i, &c)| h.wrapping_add(term(i as u32, c)))
 }
 
 /// Apply one pixel change to a running hash.
 #[inline]
 pub fn update(hash: u64, index: u32, old: u8, new: u8) -> u64 {
-    hash.wrapping_sub(term(index, old))
-        .wrapping_add(term(index, new))
+    hash.wrapping_sub(term(index, old)).wrapping_add(term(index, new))
 }
 
 #[cfg(test)]

@@ -28,11 +28,7 @@ pub const MAX_DATAGRAM: usize = 1200;
 #[inline]
 pub fn decode_write(d: &[u8]) -> Option<Pixel> {
     let d: &[u8; WRITE_LEN] = d.try_into().ok()?;
-    Some(Pixel {
-        x: u16::from_le_bytes([d[0], d[1]]),
-        y: u16::from_le_bytes([d[2], d[3]]),
-        color: d[4],
-    })
+    Some(Pixel { x: u16::from_le_bytes([d[0], d[1]]), y: u16::from_le_bytes([d[2], d[3]]), color: d[4] })
 }
 
 /// Encode a write.
@@ -82,10 +78,10 @@ pub fn classify(d: &[u8]) -> Kind {
     if d.is_empty() {
         return Kind::Invalid;
     }
-    if d.len() % ENTRY_LEN == 0 && d.chunks_exact(ENTRY_LEN).all(|e| e[3] == 0) {
+    if d.len().is_multiple_of(ENTRY_LEN) && d.chunks_exact(ENTRY_LEN).all(|e| e[3] == 0) {
         return Kind::Diff;
     }
-    if d.len() % 2 == 0 && d.chunks_exact(2).all(|p| p[0] != 0) {
+    if d.len().is_multiple_of(2) && d.chunks_exact(2).all(|p| p[0] != 0) {
         return Kind::Snapshot;
     }
     Kind::Invalid
@@ -93,8 +89,7 @@ pub fn classify(d: &[u8]) -> Kind {
 
 /// Iterate the `(index, color)` entries of a diff datagram.
 pub fn diff_entries(d: &[u8]) -> impl Iterator<Item = (u32, u8)> + '_ {
-    d.chunks_exact(ENTRY_LEN)
-        .map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
+    d.chunks_exact(ENTRY_LEN).map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
 }
 
 /// Counters of a [`LegacyReplica`].
@@ -189,35 +184,20 @@ mod tests {
 
     #[test]
     fn write_roundtrip_and_length_rule() {
-        let p = Pixel {
-            x: 999,
-            y: 513,
-            color: 200,
-        };
+        let p = Pixel { x: 999, y: 513, color: 200 };
         assert_eq!(decode_write(&encode_write(p)), Some(p));
-        assert_eq!(
-            encode_write(Pixel {
-                x: 1,
-                y: 2,
-                color: 3
-            }),
-            [1, 0, 2, 0, 3]
-        );
+        assert_eq!(encode_write(Pixel { x: 1, y: 2, color: 3 }), [1, 0, 2, 0, 3]);
         assert_eq!(decode_write(&[0; 4]), None);
         assert_eq!(decode_write(&[0; 6]), None);
     }
 
     #[test]
     fn diff_datagrams_respect_limit() {
-        let entries: Vec<(u32, u8)> = (0..500)
-            .map(|i| (i * 1999 % 1_000_000, (i % 256) as u8))
-            .collect();
+        let entries: Vec<(u32, u8)> = (0..500).map(|i| (i * 1999 % 1_000_000, (i % 256) as u8)).collect();
         let mut d = Datagrams::new();
         encode_diff(&entries, MAX_DATAGRAM, &mut d);
         assert_eq!(d.len(), 3); // 240 + 240 + 20
-        assert!(d
-            .iter()
-            .all(|g| g.len() <= MAX_DATAGRAM && classify(g) == Kind::Diff));
+        assert!(d.iter().all(|g| g.len() <= MAX_DATAGRAM && classify(g) == Kind::Diff));
         let back: Vec<_> = d.iter().flat_map(diff_entries).collect();
         assert_eq!(back, entries);
     }
@@ -243,10 +223,7 @@ mod tests {
 
     #[test]
     fn replica_converges_from_snapshot_and_diffs() {
-        let dims = Dims {
-            width: 100,
-            height: 100,
-        };
+        let dims = Dims { width: 100, height: 100 };
         let mut server: Vec<u8> = (0..dims.len()).map(|i| (i / 7 % 5) as u8).collect();
         let mut snap = Datagrams::new();
         encode_snapshot(&server, 300, &mut snap);
@@ -267,13 +244,6 @@ mod tests {
         r.on_datagram(diff.get(0).unwrap(), |_, _| seen += 1);
         assert_eq!(seen, 2);
         assert_eq!(r.pixels(), &server[..]);
-        assert_eq!(
-            r.stats(),
-            LegacyStats {
-                snapshots: 1,
-                diffs: 1,
-                errors: 0
-            }
-        );
+        assert_eq!(r.stats(), LegacyStats { snapshots: 1, diffs: 1, errors: 0 });
     }
 }

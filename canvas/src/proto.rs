@@ -179,9 +179,7 @@ pub struct DiffView<'a> {
 impl<'a> DiffView<'a> {
     /// Iterate `(index, color)`.
     pub fn entries(&self) -> impl Iterator<Item = (u32, u8)> + 'a {
-        self.entries
-            .chunks_exact(ENTRY_LEN)
-            .map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
+        self.entries.chunks_exact(ENTRY_LEN).map(|e| (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), e[4]))
     }
 }
 
@@ -245,7 +243,7 @@ fn begin(out: &mut Vec<u8>, ty: u8) -> usize {
     at
 }
 
-fn finish(out: &mut Vec<u8>, at: usize) {
+fn finish(out: &mut [u8], at: usize) {
     let len = (out.len() - at - LEN_PREFIX) as u32;
     out[at..at + LEN_PREFIX].copy_from_slice(&len.to_le_bytes());
 }
@@ -359,11 +357,7 @@ pub fn encode_diff_parts(
 ) {
     let per = entries_per_part(max);
     let parts = entries.len().div_ceil(per);
-    assert!(
-        parts <= usize::from(u16::MAX),
-        "diff of {} entries needs more than 65535 parts",
-        entries.len()
-    );
+    assert!(parts <= usize::from(u16::MAX), "diff of {} entries needs more than 65535 parts", entries.len());
     let mut scratch = Vec::with_capacity(max);
     for (part, chunk) in entries.chunks(per).enumerate() {
         scratch.clear();
@@ -392,19 +386,13 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, ProtoError> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self) -> Result<u32, ProtoError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, ProtoError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn end(&self) -> Result<(), ProtoError> {
         if self.0.is_empty() {
@@ -430,7 +418,7 @@ fn diff_view<'a>(c: &mut Cursor<'a>) -> Result<(u64, u64, u64), ProtoError> {
 }
 
 fn entries_of(body: &[u8]) -> Result<&[u8], ProtoError> {
-    if body.len() % ENTRY_LEN != 0 {
+    if !body.len().is_multiple_of(ENTRY_LEN) {
         return Err(ProtoError::BadLength);
     }
     Ok(body)
@@ -440,17 +428,10 @@ fn entries_of(body: &[u8]) -> Result<&[u8], ProtoError> {
 pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
     let (t, mut c) = header(frame)?;
     let m = match t {
-        ty::WRITE => ClientMsg::Write {
-            id: c.u32()?,
-            pixel: Pixel {
-                x: c.u16()?,
-                y: c.u16()?,
-                color: c.u8()?,
-            },
-        },
-        ty::SYNC => ClientMsg::Sync {
-            have_tick: c.u64()?,
-        },
+        ty::WRITE => {
+            ClientMsg::Write { id: c.u32()?, pixel: Pixel { x: c.u16()?, y: c.u16()?, color: c.u8()? } }
+        }
+        ty::SYNC => ClientMsg::Sync { have_tick: c.u64()? },
         other => return Err(ProtoError::UnknownType(other)),
     };
     c.end()?;
@@ -462,35 +443,22 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
     let (t, mut c) = header(frame)?;
     let m = match t {
         ty::WELCOME => ServerMsg::Welcome(Welcome {
-            dims: Dims {
-                width: c.u16()?,
-                height: c.u16()?,
-            },
+            dims: Dims { width: c.u16()?, height: c.u16()? },
             palette: c.u16()?,
             tick_ms: c.u32()?,
             cooldown_ms: c.u32()?,
             tick: c.u64()?,
         }),
-        ty::ACK => ServerMsg::Ack {
-            id: c.u32()?,
-            tick: c.u64()?,
-        },
+        ty::ACK => ServerMsg::Ack { id: c.u32()?, tick: c.u64()? },
         ty::REJECT => {
             let id = c.u32()?;
             let r = c.u8()?;
             let reason = RejectReason::from_u8(r).ok_or(ProtoError::BadReason(r))?;
-            ServerMsg::Reject {
-                id,
-                reason,
-                retry_after_ms: c.u32()?,
-            }
+            ServerMsg::Reject { id, reason, retry_after_ms: c.u32()? }
         }
         ty::SNAPSHOT => {
             let (tick, hash) = (c.u64()?, c.u64()?);
-            let dims = Dims {
-                width: c.u16()?,
-                height: c.u16()?,
-            };
+            let dims = Dims { width: c.u16()?, height: c.u16()? };
             let encoding = match c.u8()? {
                 0 => SnapshotEncoding::Raw,
                 1 => SnapshotEncoding::Rle,
@@ -498,24 +466,13 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
             };
             let data = c.0;
             c.0 = &[];
-            ServerMsg::Snapshot {
-                tick,
-                hash,
-                dims,
-                encoding,
-                data,
-            }
+            ServerMsg::Snapshot { tick, hash, dims, encoding, data }
         }
         ty::DIFF => {
             let (tick, base, hash) = diff_view(&mut c)?;
             let entries = entries_of(c.0)?;
             c.0 = &[];
-            ServerMsg::Diff(DiffView {
-                tick,
-                base,
-                hash,
-                entries,
-            })
+            ServerMsg::Diff(DiffView { tick, base, hash, entries })
         }
         ty::SYNCED => ServerMsg::Synced { tick: c.u64()? },
         other => return Err(ProtoError::UnknownType(other)),
@@ -536,16 +493,7 @@ pub fn decode_diff_part(d: &[u8]) -> Result<DiffPart<'_>, ProtoError> {
         return Err(ProtoError::BadPart);
     }
     let entries = entries_of(c.0)?;
-    Ok(DiffPart {
-        diff: DiffView {
-            tick,
-            base,
-            hash,
-            entries,
-        },
-        part,
-        parts,
-    })
+    Ok(DiffPart { diff: DiffView { tick, base, hash, entries }, part, parts })
 }
 
 /// Decode a snapshot body into `out` (which must be `dims.len()` bytes).
@@ -648,14 +596,7 @@ mod tests {
     #[test]
     fn client_messages_roundtrip() {
         let msgs = [
-            ClientMsg::Write {
-                id: 7,
-                pixel: Pixel {
-                    x: 1,
-                    y: 999,
-                    color: 255,
-                },
-            },
+            ClientMsg::Write { id: 7, pixel: Pixel { x: 1, y: 999, color: 255 } },
             ClientMsg::Sync { have_tick: NO_TICK },
             ClientMsg::Sync { have_tick: 42 },
         ];
@@ -663,10 +604,7 @@ mod tests {
         for m in &msgs {
             encode_client(m, &mut wire);
         }
-        let back: Vec<_> = frames(&wire)
-            .iter()
-            .map(|f| decode_client(f).unwrap())
-            .collect();
+        let back: Vec<_> = frames(&wire).iter().map(|f| decode_client(f).unwrap()).collect();
         assert_eq!(back, msgs);
         // WRITE is 4 + 2 + 9 bytes on the wire.
         let mut one = Vec::new();
@@ -676,17 +614,8 @@ mod tests {
 
     #[test]
     fn server_messages_roundtrip() {
-        let dims = Dims {
-            width: 4,
-            height: 2,
-        };
-        let w = Welcome {
-            dims,
-            palette: 256,
-            tick_ms: 100,
-            cooldown_ms: 0,
-            tick: 9,
-        };
+        let dims = Dims { width: 4, height: 2 };
+        let w = Welcome { dims, palette: 256, tick_ms: 100, cooldown_ms: 0, tick: 9 };
         let mut wire = Vec::new();
         encode_welcome(&w, &mut wire);
         encode_ack(3, 10, &mut wire);
@@ -699,32 +628,12 @@ mod tests {
         let got: Vec<_> = fs.iter().map(|f| decode_server(f).unwrap()).collect();
         assert_eq!(got[0], ServerMsg::Welcome(w));
         assert_eq!(got[1], ServerMsg::Ack { id: 3, tick: 10 });
-        assert_eq!(
-            got[2],
-            ServerMsg::Reject {
-                id: 4,
-                reason: RejectReason::Cooldown,
-                retry_after_ms: 1500
-            }
-        );
-        let ServerMsg::Snapshot {
-            encoding: SnapshotEncoding::Rle,
-            data,
-            ..
-        } = got[3]
-        else {
-            panic!()
-        };
+        assert_eq!(got[2], ServerMsg::Reject { id: 4, reason: RejectReason::Cooldown, retry_after_ms: 1500 });
+        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Rle, data, .. } = got[3] else { panic!() };
         let mut px = [9u8; 8];
         decode_snapshot_body(SnapshotEncoding::Rle, data, &mut px).unwrap();
         assert_eq!(px, [0, 0, 0, 0, 0, 0, 1, 1]);
-        let ServerMsg::Snapshot {
-            encoding: SnapshotEncoding::Raw,
-            ..
-        } = got[4]
-        else {
-            panic!()
-        };
+        let ServerMsg::Snapshot { encoding: SnapshotEncoding::Raw, .. } = got[4] else { panic!() };
         let ServerMsg::Diff(d) = got[5] else { panic!() };
         assert_eq!((d.tick, d.base, d.hash), (11, 10, 99));
         assert_eq!(d.entries().collect::<Vec<_>>(), vec![(1, 2), (7, 3)]);
@@ -749,14 +658,8 @@ mod tests {
         }
         assert_eq!(back, entries);
         let h = encode_head(77, 88);
-        assert_eq!(
-            decode_datagram(&h),
-            Ok(ServerDatagram::Head { tick: 77, hash: 88 })
-        );
-        assert!(matches!(
-            decode_datagram(d.get(0).unwrap()),
-            Ok(ServerDatagram::DiffPart(_))
-        ));
+        assert_eq!(decode_datagram(&h), Ok(ServerDatagram::Head { tick: 77, hash: 88 }));
+        assert!(matches!(decode_datagram(d.get(0).unwrap()), Ok(ServerDatagram::DiffPart(_))));
         assert_eq!(decode_datagram(&h[..17]), Err(ProtoError::Truncated));
         let mut none = Datagrams::new();
         encode_diff_parts(5, 2, 0, &[], 1200, &mut none);
@@ -766,22 +669,10 @@ mod tests {
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         assert_eq!(decode_client(&[]), Err(ProtoError::Truncated));
-        assert_eq!(
-            decode_client(&[2, ty::WRITE]),
-            Err(ProtoError::BadVersion(2))
-        );
-        assert_eq!(
-            decode_client(&[1, 0x7f]),
-            Err(ProtoError::UnknownType(0x7f))
-        );
-        assert_eq!(
-            decode_client(&[1, ty::WRITE, 0, 0]),
-            Err(ProtoError::Truncated)
-        );
-        assert_eq!(
-            decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-            Err(ProtoError::BadLength)
-        );
+        assert_eq!(decode_client(&[2, ty::WRITE]), Err(ProtoError::BadVersion(2)));
+        assert_eq!(decode_client(&[1, 0x7f]), Err(ProtoError::UnknownType(0x7f)));
+        assert_eq!(decode_client(&[1, ty::WRITE, 0, 0]), Err(ProtoError::Truncated));
+        assert_eq!(decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(ProtoError::BadLength));
         assert_eq!(
             decode_server(&[1, ty::REJECT, 0, 0, 0, 0, 99, 0, 0, 0, 0]),
             Err(ProtoError::BadReason(99))
@@ -795,16 +686,7 @@ mod tests {
         assert!(matches!(r.pop(), Err(ProtoError::FrameTooLarge(_))));
         // Every prefix of every valid message either decodes or errors.
         let mut wire = Vec::new();
-        encode_snapshot(
-            1,
-            2,
-            Dims {
-                width: 3,
-                height: 1,
-            },
-            &[1, 2, 3],
-            &mut wire,
-        );
+        encode_snapshot(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], &mut wire);
         for n in 0..wire.len() {
             let _ = decode_server(&wire[LEN_PREFIX.min(n)..n]);
         }

@@ -169,13 +169,7 @@ impl Replica {
     /// Consume a control-stream message (SNAPSHOT, DIFF and SYNCED matter; others are ignored).
     pub fn on_message(&mut self, m: &ServerMsg<'_>, now: Instant) -> Result<(), ProtoError> {
         match *m {
-            ServerMsg::Snapshot {
-                tick,
-                hash,
-                dims,
-                encoding,
-                data,
-            } => {
+            ServerMsg::Snapshot { tick, hash, dims, encoding, data } => {
                 if dims.len() != self.pixels.len() {
                     return Err(ProtoError::BadSnapshot);
                 }
@@ -254,17 +248,9 @@ impl Replica {
                 break;
             }
             let p = entry.remove();
-            let view = DiffView {
-                tick,
-                base: p.base,
-                hash: p.hash,
-                entries: &p.entries,
-            };
+            let view = DiffView { tick, base: p.base, hash: p.hash, entries: &p.entries };
             for (i, c) in view.entries() {
-                let px = self
-                    .pixels
-                    .get_mut(i as usize)
-                    .ok_or(ProtoError::IndexOutOfRange(i))?;
+                let px = self.pixels.get_mut(i as usize).ok_or(ProtoError::IndexOutOfRange(i))?;
                 self.hash = hash::update(self.hash, i, *px, c);
                 *px = c;
             }
@@ -291,8 +277,7 @@ impl Replica {
             Some(t) => {
                 let overfull = self.pending.len() > self.max_pending;
                 let stuck = self.pending.values().next().is_some_and(|p| {
-                    now.saturating_duration_since(p.first_seen) >= self.grace
-                        && (p.missing > 0 || p.base > t)
+                    now.saturating_duration_since(p.first_seen) >= self.grace && (p.missing > 0 || p.base > t)
                 });
                 let lagging = self.behind.is_some_and(|(target, since)| {
                     t < target && now.saturating_duration_since(since) >= self.grace
@@ -319,22 +304,20 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::datagrams::Datagrams;
-    use crate::proto::{
-        encode_diff, encode_diff_parts, encode_snapshot, encode_synced, FrameReader,
-    };
+    use crate::proto::{encode_diff, encode_diff_parts, encode_snapshot, encode_synced, FrameReader};
     use crate::Canvas;
 
-    const DIMS: Dims = Dims {
-        width: 64,
-        height: 32,
-    };
+    const DIMS: Dims = Dims { width: 64, height: 32 };
+
+    /// (tick, base, hash, entries) of one changing tick.
+    type Tick = (u64, u64, u64, Vec<(u32, u8)>);
 
     /// A server canvas producing ticks the way the master does.
     struct Server {
         canvas: Canvas<Vec<u8>>,
         tick: u64,
         last_change: u64,
-        history: Vec<(u64, u64, u64, Vec<(u32, u8)>)>,
+        history: Vec<Tick>,
     }
 
     impl Server {
@@ -355,16 +338,8 @@ mod tests {
             self.canvas.end_tick(&mut e);
             let mut d = Datagrams::new();
             if !e.is_empty() {
-                encode_diff_parts(
-                    self.tick,
-                    self.last_change,
-                    self.canvas.hash(),
-                    &e,
-                    200,
-                    &mut d,
-                );
-                self.history
-                    .push((self.tick, self.last_change, self.canvas.hash(), e));
+                encode_diff_parts(self.tick, self.last_change, self.canvas.hash(), &e, 200, &mut d);
+                self.history.push((self.tick, self.last_change, self.canvas.hash(), e));
                 self.last_change = self.tick;
             }
             d
@@ -373,13 +348,7 @@ mod tests {
         fn sync_reply(&self, have: u64) -> Vec<u8> {
             let mut out = Vec::new();
             if have == NO_TICK {
-                encode_snapshot(
-                    self.tick,
-                    self.canvas.hash(),
-                    DIMS,
-                    self.canvas.pixels(),
-                    &mut out,
-                );
+                encode_snapshot(self.tick, self.canvas.hash(), DIMS, self.canvas.pixels(), &mut out);
             } else {
                 for (t, b, h, e) in &self.history {
                     if *t > have {
@@ -396,8 +365,7 @@ mod tests {
         let mut fr = FrameReader::new();
         fr.push(bytes);
         while let Some(f) = fr.pop().unwrap() {
-            r.on_message(&proto::decode_server(f).unwrap(), now)
-                .unwrap();
+            r.on_message(&proto::decode_server(f).unwrap(), now).unwrap();
         }
     }
 
@@ -407,17 +375,12 @@ mod tests {
         let mut s = Server::new();
         s.tick(&[(1, 1)]);
         let mut r = Replica::new(DIMS);
-        assert_eq!(
-            r.poll_sync(now),
-            None,
-            "initial snapshot is pushed by the server"
-        );
+        assert_eq!(r.poll_sync(now), None, "initial snapshot is pushed by the server");
         feed_stream(&mut r, &s.sync_reply(NO_TICK), now);
         assert_eq!(r.tick(), Some(1));
         s.tick(&[]); // empty tick: nothing sent
-        let writes: Vec<(u32, u8)> = (0..200)
-            .map(|i| (i * 7 % DIMS.len() as u32, (i % 9) as u8 + 1))
-            .collect();
+        let writes: Vec<(u32, u8)> =
+            (0..200).map(|i| (i * 7 % DIMS.len() as u32, (i % 9) as u8 + 1)).collect();
         let d = s.tick(&writes);
         assert!(d.len() > 2);
         for g in d.iter().rev() {
@@ -445,11 +408,7 @@ mod tests {
         assert_eq!(r.poll_sync(t0), None, "within grace: may be reordering");
         let have = r.poll_sync(t0 + DEFAULT_GAP_GRACE).expect("gap detected");
         assert_eq!(have, 0);
-        assert_eq!(
-            r.poll_sync(t0 + DEFAULT_GAP_GRACE),
-            None,
-            "one SYNC in flight"
-        );
+        assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), None, "one SYNC in flight");
         feed_stream(&mut r, &s.sync_reply(have), t0);
         assert_eq!(r.tick(), Some(2));
         assert_eq!(r.pixels(), s.canvas.pixels());
@@ -482,8 +441,7 @@ mod tests {
         feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
         s.tick(&[(1, 1)]); // every part lost, and nothing changes afterwards
         s.tick(&[]);
-        r.on_datagram(&proto::encode_head(1, s.canvas.hash()), t0)
-            .unwrap();
+        r.on_datagram(&proto::encode_head(1, s.canvas.hash()), t0).unwrap();
         assert_eq!(r.poll_sync(t0), None, "within grace");
         assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), Some(0));
         feed_stream(&mut r, &s.sync_reply(0), t0);

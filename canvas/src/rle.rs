@@ -2,9 +2,7 @@
 
 /// Append the RLE of `pixels` to `out`.
 pub fn encode(pixels: &[u8], out: &mut Vec<u8>) {
-    for_each_run(pixels, |count, color| {
-        out.extend_from_slice(&[count, color])
-    });
+    for_each_run(pixels, |count, color| out.extend_from_slice(&[count, color]));
 }
 
 /// Call `f(count, color)` for each run of `pixels` (runs longer than 255 are split).
@@ -42,7 +40,7 @@ pub enum RleError {
 
 /// Decode RLE pairs into `out[pos..]`, returning the new position.
 pub fn decode_into(rle: &[u8], out: &mut [u8], mut pos: usize) -> Result<usize, RleError> {
-    if rle.len() % 2 != 0 {
+    if !rle.len().is_multiple_of(2) {
         return Err(RleError::Truncated);
     }
     for pair in rle.chunks_exact(2) {

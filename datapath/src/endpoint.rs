@@ -219,21 +219,16 @@ struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("gen", &self.gen)
-            .field("proto", &self.proto)
-            .finish_non_exhaustive()
+        f.debug_struct("Conn").field("gen", &self.gen).field("proto", &self.proto).finish_non_exhaustive()
     }
 }
 
 impl Conn {
     /// The Vec to append small control messages to.
     fn small(&mut self) -> &mut Vec<u8> {
-        let reuse =
-            matches!(self.stream_out.back(), Some(Chunk::Bytes(b, 0)) if b.len() < 16 * 1024);
+        let reuse = matches!(self.stream_out.back(), Some(Chunk::Bytes(b, 0)) if b.len() < 16 * 1024);
         if !reuse {
-            self.stream_out
-                .push_back(Chunk::Bytes(Vec::with_capacity(256), 0));
+            self.stream_out.push_back(Chunk::Bytes(Vec::with_capacity(256), 0));
         }
         match self.stream_out.back_mut() {
             Some(Chunk::Bytes(b, _)) => b,
@@ -275,22 +270,14 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("conns", &self.conns.len())
-            .field("tick", &self.ctx.tick)
-            .finish()
+        f.debug_struct("Endpoint").field("conns", &self.conns.len()).field("tick", &self.ctx.tick).finish()
     }
 }
 
 impl Endpoint {
     /// An endpoint for worker `cfg.worker`, using `qcfg` (see [`crate::quic::server_config`]) and the
     /// queues in `shared`. `now` anchors retry-token ages.
-    pub fn new(
-        cfg: EndpointConfig,
-        qcfg: quiche::Config,
-        shared: Arc<Shared>,
-        now: Instant,
-    ) -> Self {
+    pub fn new(cfg: EndpointConfig, qcfg: quiche::Config, shared: Arc<Shared>, now: Instant) -> Self {
         let rng = ring::rand::SystemRandom::new();
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("system RNG available");
         Self {
@@ -346,9 +333,7 @@ impl Endpoint {
 
     fn derive_cid(&self, dcid: &[u8]) -> [u8; LOCAL_CID_LEN] {
         let tag = hmac::sign(&self.ctx.key, dcid);
-        tag.as_ref()[..LOCAL_CID_LEN]
-            .try_into()
-            .expect("SHA-256 tag is 32 bytes")
+        tag.as_ref()[..LOCAL_CID_LEN].try_into().expect("SHA-256 tag is 32 bytes")
     }
 
     fn mark_dirty(dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
@@ -367,9 +352,8 @@ impl Endpoint {
                 return;
             }
         };
-        let mut key = <[u8; LOCAL_CID_LEN]>::try_from(&hdr.dcid[..])
-            .ok()
-            .and_then(|k| self.ids.get(&k).copied());
+        let mut key =
+            <[u8; LOCAL_CID_LEN]>::try_from(&hdr.dcid[..]).ok().and_then(|k| self.ids.get(&k).copied());
         if key.is_none() && hdr.ty == quiche::Type::Initial {
             key = self.ids.get(&self.derive_cid(&hdr.dcid)).copied();
         }
@@ -381,10 +365,7 @@ impl Endpoint {
             },
         };
         let c = &mut self.conns[key];
-        let info = quiche::RecvInfo {
-            from: addrs.peer,
-            to: addrs.local,
-        };
+        let info = quiche::RecvInfo { from: addrs.peer, to: addrs.local };
         if c.q.recv(pkt, info).is_err() {
             self.ctx.stats.recv_errors += 1;
         }
@@ -418,9 +399,7 @@ impl Endpoint {
                 let token = self.ctx.mint_token(now, addrs.peer, &hdr.dcid);
                 let mut out = vec![0; 1350];
                 let scid = quiche::ConnectionId::from_ref(&new_scid);
-                if let Ok(n) =
-                    quiche::retry(&hdr.scid, &hdr.dcid, &scid, &token, hdr.version, &mut out)
-                {
+                if let Ok(n) = quiche::retry(&hdr.scid, &hdr.dcid, &scid, &token, hdr.version, &mut out) {
                     out.truncate(n);
                     self.ctx.tx_now.push((addrs, out));
                     self.ctx.stats.retries += 1;
@@ -521,7 +500,7 @@ impl Endpoint {
                 ctx.lost_change = ctx.lost_change.max(old.tick);
             }
         }
-        let full = p.tick % ctx.cfg.full_interval == 0 && p.snapshot.is_some();
+        let full = p.tick.is_multiple_of(ctx.cfg.full_interval) && p.snapshot.is_some();
         let head = p.sends_head();
         if p.is_empty() && !full && !head && !self.conns.iter().any(|(_, c)| c.awaiting) {
             return;
@@ -762,29 +741,13 @@ impl Ctx {
     fn write(&mut self, key: usize, c: &mut Conn, id: Option<u32>, pixel: Pixel, now: Instant) {
         self.stats.pixels_received += 1;
         let mut slot = c.cooldown;
-        let result = self
-            .cfg
-            .rules
-            .validate(pixel)
-            .map_err(|r| (r, Duration::ZERO))
-            .and_then(|index| {
-                self.cfg
-                    .cooldown
-                    .try_take(&mut slot, now)
-                    .map_err(|wait| (RejectReason::Cooldown, wait))?;
-                let link = &self.shared.links[self.cfg.worker];
-                link.writes
-                    .push(PixelWrite {
-                        index,
-                        color: pixel.color,
-                    })
-                    .map_err(|_| {
-                        (
-                            RejectReason::Busy,
-                            Duration::from_millis(u64::from(self.cfg.tick_ms)),
-                        )
-                    })
-            });
+        let result = self.cfg.rules.validate(pixel).map_err(|r| (r, Duration::ZERO)).and_then(|index| {
+            self.cfg.cooldown.try_take(&mut slot, now).map_err(|wait| (RejectReason::Cooldown, wait))?;
+            let link = &self.shared.links[self.cfg.worker];
+            link.writes
+                .push(PixelWrite { index, color: pixel.color })
+                .map_err(|_| (RejectReason::Busy, Duration::from_millis(u64::from(self.cfg.tick_ms))))
+        });
         match result {
             Ok(()) => {
                 c.cooldown = slot;
@@ -812,12 +775,7 @@ impl Ctx {
                 dims: self.cfg.rules.dims,
                 palette: self.cfg.rules.palette,
                 tick_ms: self.cfg.tick_ms,
-                cooldown_ms: self
-                    .cfg
-                    .cooldown
-                    .period()
-                    .as_millis()
-                    .min(u128::from(u32::MAX)) as u32,
+                cooldown_ms: self.cfg.cooldown.period().as_millis().min(u128::from(u32::MAX)) as u32,
                 tick: self.tick,
             };
             proto::encode_welcome(&w, c.small());
@@ -831,11 +789,7 @@ impl Ctx {
         let from = if have != NO_TICK && have <= self.tick && have >= self.lost_change {
             have
         } else {
-            match self
-                .snapshot
-                .as_ref()
-                .filter(|s| s.tick >= self.lost_change)
-            {
+            match self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) {
                 Some(s) => {
                     c.stream_out.push_back(Chunk::Snap(s.clone(), 0));
                     self.stats.snapshots_sent += 1;
@@ -863,11 +817,7 @@ impl Ctx {
 
     /// First broadcast to a legacy connection: the snapshot and the diffs after it.
     fn start_legacy(&mut self, c: &mut Conn) {
-        let Some(s) = self
-            .snapshot
-            .as_ref()
-            .filter(|s| s.tick >= self.lost_change)
-        else {
+        let Some(s) = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) else {
             c.awaiting = true;
             self.shared.snapshot_wanted.store(true, Ordering::Release);
             return;
@@ -960,16 +910,9 @@ impl Ctx {
             };
             match c.q.send(slot) {
                 Ok((len, info)) => {
-                    let addrs = Addrs {
-                        local: info.from,
-                        peer: info.to,
-                    };
+                    let addrs = Addrs { local: info.from, peer: info.to };
                     if info.at > now + PACING_SLACK {
-                        c.paced = Some(Paced {
-                            at: info.at,
-                            buf: slot[..len].to_vec(),
-                            addrs,
-                        });
+                        c.paced = Some(Paced { at: info.at, buf: slot[..len].to_vec(), addrs });
                         self.stats.paced_holds += 1;
                         return (false, false);
                     }

@@ -89,13 +89,8 @@ pub struct Master<S> {
 impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
     /// A master over `canvas`; publishes tick 0 (the initial snapshot) to every worker.
     pub fn new(canvas: Canvas<S>, cfg: MasterConfig, shared: Arc<Shared>) -> Self {
-        let snap = Arc::new(Snapshot::encode(
-            0,
-            canvas.hash(),
-            canvas.dims(),
-            canvas.pixels(),
-            cfg.max_dgram,
-        ));
+        let snap =
+            Arc::new(Snapshot::encode(0, canvas.hash(), canvas.dims(), canvas.pixels(), cfg.max_dgram));
         let n = shared.links.len();
         let m = Self {
             last_snapshot_hash_tick: (canvas.hash(), 0),
@@ -107,20 +102,10 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             last_change: 0,
             latest_snapshot: snap.clone(),
             entries: Vec::new(),
-            stats: MasterStats {
-                snapshots: 1,
-                ..Default::default()
-            },
+            stats: MasterStats { snapshots: 1, ..Default::default() },
         };
-        let p0 = Arc::new(Publication::encode(
-            0,
-            0,
-            m.canvas.hash(),
-            &[],
-            cfg.max_dgram,
-            vec![0; n],
-            Some(snap),
-        ));
+        let p0 =
+            Arc::new(Publication::encode(0, 0, m.canvas.hash(), &[], cfg.max_dgram, vec![0; n], Some(snap)));
         m.publish(p0);
         m
     }
@@ -170,7 +155,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             self.stats.pixels_changed += self.entries.len() as u64;
         }
         let wanted = self.shared.snapshot_wanted.swap(false, Ordering::AcqRel);
-        let snapshot = if self.tick % self.cfg.full_interval == 0 || wanted {
+        let snapshot = if self.tick.is_multiple_of(self.cfg.full_interval) || wanted {
             if self.last_snapshot_hash_tick.0 != hash
                 || self.latest_snapshot.tick < self.last_change
                 || wanted

@@ -34,12 +34,7 @@ impl Snapshot {
         proto::encode_snapshot(tick, hash, dims, pixels, &mut frame);
         let mut rle = Datagrams::new();
         legacy::encode_snapshot(pixels, max_dgram, &mut rle);
-        Self {
-            tick,
-            hash,
-            frame,
-            legacy: rle,
-        }
+        Self { tick, hash, frame, legacy: rle }
     }
 }
 
@@ -90,10 +85,7 @@ impl Publication {
         }
         let mut head = Datagrams::new();
         head.begin();
-        head.extend(&proto::encode_head(
-            if entries.is_empty() { base } else { tick },
-            hash,
-        ));
+        head.extend(&proto::encode_head(if entries.is_empty() { base } else { tick }, hash));
         Self {
             tick,
             base,

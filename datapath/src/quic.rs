@@ -46,30 +46,15 @@ impl std::error::Error for ConfigError {}
 
 /// The server's quiche config: both ALPNs (canvas/1 preferred), DATAGRAM frames, stream limits a quinn
 /// client needs (quiche's defaults of 0 streams and 0 idle timeout break peers), pacing on.
-pub fn server_config(
-    q: &QuicConfig,
-    cert: &Path,
-    key: &Path,
-) -> Result<quiche::Config, ConfigError> {
+pub fn server_config(q: &QuicConfig, cert: &Path, key: &Path) -> Result<quiche::Config, ConfigError> {
     let err = |what: &str, e: quiche::Error| ConfigError(format!("{what}: {e}"));
-    let mut c =
-        quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(|e| err("quiche config", e))?;
-    c.load_cert_chain_from_pem_file(&cert.to_string_lossy())
-        .map_err(|e| {
-            ConfigError(format!(
-                "cannot load certificate {}: {e} (PEM expected)",
-                cert.display()
-            ))
-        })?;
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(|e| err("quiche config", e))?;
+    c.load_cert_chain_from_pem_file(&cert.to_string_lossy()).map_err(|e| {
+        ConfigError(format!("cannot load certificate {}: {e} (PEM expected)", cert.display()))
+    })?;
     c.load_priv_key_from_pem_file(&key.to_string_lossy())
-        .map_err(|e| {
-            ConfigError(format!(
-                "cannot load private key {}: {e} (PEM expected)",
-                key.display()
-            ))
-        })?;
-    c.set_application_protos(&[proto::ALPN, legacy::ALPN])
-        .map_err(|e| err("ALPN", e))?;
+        .map_err(|e| ConfigError(format!("cannot load private key {}: {e} (PEM expected)", key.display())))?;
+    c.set_application_protos(&[proto::ALPN, legacy::ALPN]).map_err(|e| err("ALPN", e))?;
     c.set_max_idle_timeout(q.idle_timeout.as_millis() as u64);
     c.set_max_recv_udp_payload_size(q.max_udp_payload);
     c.set_max_send_udp_payload_size(q.max_udp_payload);
@@ -100,11 +85,7 @@ pub fn ensure_cert(
                 .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
             (dir.join("cert.pem"), dir.join("key.pem"))
         }
-        _ => {
-            return Err(ConfigError(
-                "--cert and --key go together: give both or neither".into(),
-            ))
-        }
+        _ => return Err(ConfigError("--cert and --key go together: give both or neither".into())),
     };
     if cert.exists() && key.exists() {
         return Ok((cert, key));
@@ -113,8 +94,7 @@ pub fn ensure_cert(
     if let Some(ip) = ip.filter(|ip| !ip.is_unspecified()) {
         names.push(ip.to_string());
     }
-    let ck = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| ConfigError(format!("rcgen: {e}")))?;
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| ConfigError(format!("rcgen: {e}")))?;
     std::fs::write(&cert, ck.cert.pem())
         .map_err(|e| ConfigError(format!("cannot write {}: {e}", cert.display())))?;
     std::fs::write(&key, ck.signing_key.serialize_pem())

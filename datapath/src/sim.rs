@@ -84,9 +84,7 @@ impl SimClient {
             self.out.splice(self.out_off..self.out_off, hello);
         }
         while let Ok(n) = self.q.dgram_recv(buf) {
-            self.replica
-                .on_datagram(&buf[..n], now)
-                .expect("valid DIFF_PART");
+            self.replica.on_datagram(&buf[..n], now).expect("valid DIFF_PART");
         }
         loop {
             const CHUNK: usize = 16 * 1024;
@@ -107,10 +105,7 @@ impl SimClient {
                     self.max_acked_tick = self.max_acked_tick.max(tick);
                 }
                 ServerMsg::Reject { .. } => self.rejected += 1,
-                _ => self
-                    .replica
-                    .on_message(&m, now)
-                    .expect("replica accepts server message"),
+                _ => self.replica.on_message(&m, now).expect("replica accepts server message"),
             }
         }
         if let Some(t) = self.replica.poll_sync(now) {
@@ -129,13 +124,7 @@ impl SimClient {
 
     /// Queue a WRITE.
     pub fn write(&mut self, pixel: Pixel) {
-        proto::encode_client(
-            &ClientMsg::Write {
-                id: self.next_id,
-                pixel,
-            },
-            &mut self.out,
-        );
+        proto::encode_client(&ClientMsg::Write { id: self.next_id, pixel }, &mut self.out);
         self.next_id += 1;
         self.sent += 1;
     }
@@ -167,9 +156,7 @@ pub fn server_addr(w: usize) -> SocketAddr {
 impl Sim {
     /// Build the system; clients start their handshakes at once.
     pub fn new(cfg: SimConfig, cert: &Path, key: &Path) -> Self {
-        let links = (0..cfg.workers)
-            .map(|_| WorkerLink::new(cfg.write_queue, 4096))
-            .collect();
+        let links = (0..cfg.workers).map(|_| WorkerLink::new(cfg.write_queue, 4096)).collect();
         let shared = Arc::new(Shared {
             links,
             snapshot_wanted: AtomicBool::new(false),
@@ -182,15 +169,8 @@ impl Sim {
         let workers = (0..cfg.workers)
             .map(|w| {
                 let qcfg = quic::server_config(&cfg.quic, cert, key).expect("server config");
-                let ep = Endpoint::new(
-                    EndpointConfig {
-                        worker: w,
-                        ..cfg.endpoint
-                    },
-                    qcfg,
-                    shared.clone(),
-                    now,
-                );
+                let ep =
+                    Endpoint::new(EndpointConfig { worker: w, ..cfg.endpoint }, qcfg, shared.clone(), now);
                 (ep, MemSocket::new(server_addr(w), cfg.quic.max_udp_payload))
             })
             .collect();
@@ -215,14 +195,9 @@ impl Sim {
                 scid[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
                 scid[8..].copy_from_slice(&cfg.net.seed.to_le_bytes());
                 let server = server_addr(i % cfg.workers);
-                let q = quiche::connect(
-                    None,
-                    &quiche::ConnectionId::from_ref(&scid),
-                    addr,
-                    server,
-                    &mut ccfg,
-                )
-                .expect("connect");
+                let q =
+                    quiche::connect(None, &quiche::ConnectionId::from_ref(&scid), addr, server, &mut ccfg)
+                        .expect("connect");
                 SimClient {
                     q,
                     addr,
@@ -262,14 +237,10 @@ impl Sim {
         self.net.step();
         for (ep, sock) in &mut self.workers {
             sock.exchange(&mut self.net);
-            while sock
-                .recv(usize::MAX, |a, p| ep.on_datagram(now, a, p))
-                .expect("mem recv")
-                > 0
-            {}
+            while sock.recv(usize::MAX, |a, p| ep.on_datagram(now, a, p)).expect("mem recv") > 0 {}
         }
         self.master.drain();
-        if self.round % self.rounds_per_tick == 0 {
+        if self.round.is_multiple_of(self.rounds_per_tick) {
             self.master.end_tick();
         }
         for (ep, sock) in &mut self.workers {
@@ -283,23 +254,14 @@ impl Sim {
         }
         for c in &mut self.clients {
             while let Some(mut p) = self.net.take(c.addr) {
-                let _ = c.q.recv(
-                    &mut p.data,
-                    quiche::RecvInfo {
-                        from: p.from,
-                        to: c.addr,
-                    },
-                );
+                let _ = c.q.recv(&mut p.data, quiche::RecvInfo { from: p.from, to: c.addr });
             }
             if c.q.timeout_instant().is_some_and(|t| t <= now) {
                 c.q.on_timeout();
             }
             c.process(now, &mut self.buf);
-            loop {
-                match c.q.send(&mut self.buf) {
-                    Ok((n, info)) => self.net.send(c.addr, info.to, self.buf[..n].to_vec()),
-                    Err(_) => break,
-                }
+            while let Ok((n, info)) = c.q.send(&mut self.buf) {
+                self.net.send(c.addr, info.to, self.buf[..n].to_vec());
             }
         }
         self.round += 1;
@@ -322,9 +284,7 @@ impl Sim {
                     .filter_map(|c| c.q.timeout_instant())
                     .chain(self.workers.iter().filter_map(|(e, _)| e.next_timeout()))
                     .min();
-                let wait = next.map_or(Duration::from_millis(1), |t| {
-                    t.saturating_duration_since(now)
-                });
+                let wait = next.map_or(Duration::from_millis(1), |t| t.saturating_duration_since(now));
                 std::thread::sleep(wait.min(Duration::from_millis(5)));
             }
         }
@@ -333,16 +293,12 @@ impl Sim {
 
     /// Every client has completed its handshake and installed a snapshot.
     pub fn all_ready(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| c.q.is_established() && c.replica.tick().is_some())
+        self.clients.iter().all(|c| c.q.is_established() && c.replica.tick().is_some())
     }
 
     /// Every write has been answered and every replica equals the master's canvas.
     pub fn converged(&self) -> bool {
         let px = self.master.canvas().pixels();
-        self.clients
-            .iter()
-            .all(|c| c.acked + c.rejected == c.sent && c.replica.pixels() == px)
+        self.clients.iter().all(|c| c.acked + c.rejected == c.sent && c.replica.pixels() == px)
     }
 }

@@ -13,18 +13,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
-    let dims = Dims {
-        width: 200,
-        height: 100,
-    };
+    let dims = Dims { width: 200, height: 100 };
     SimConfig {
         workers: 2,
         clients,
-        net: NetConfig {
-            loss,
-            reorder,
-            seed,
-        },
+        net: NetConfig { loss, reorder, seed },
         rounds_per_tick: 5,
         endpoint: EndpointConfig {
             worker: 0,
@@ -55,10 +48,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     let cfg = config(clients, loss, reorder, seed);
     let dims = cfg.endpoint.rules.dims;
     let mut sim = Sim::new(cfg, &cert, &key);
-    assert!(
-        sim.run_until(Duration::from_secs(60), Sim::all_ready),
-        "handshakes and initial snapshots"
-    );
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut bad = 0;
     for _ in 0..300 {
@@ -75,11 +65,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
                 } else {
                     (rng.random_range(0..dims.width), rng.random_range(0..32))
                 };
-                c.write(Pixel {
-                    x,
-                    y: rng.random_range(0..dims.height),
-                    color,
-                });
+                c.write(Pixel { x, y: rng.random_range(0..dims.height), color });
             }
         }
         sim.round();
@@ -89,11 +75,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     let acked: u64 = sim.clients.iter().map(|c| c.acked).sum();
     let rejected: u64 = sim.clients.iter().map(|c| c.rejected).sum();
     let syncs: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum();
-    let mism: u64 = sim
-        .clients
-        .iter()
-        .map(|c| c.replica.stats().hash_mismatches)
-        .sum();
+    let mism: u64 = sim.clients.iter().map(|c| c.replica.stats().hash_mismatches).sum();
     let net = sim.net.stats();
     eprintln!(
         "clients={clients} loss={loss} reorder={reorder} rounds={} sent={sent} acked={acked} rejected={rejected} \
@@ -105,11 +87,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     assert!(rejected >= bad, "every invalid write is rejected");
     assert_eq!(mism, 0);
     assert!(sent > 500);
-    let applied: u64 = sim
-        .workers
-        .iter()
-        .map(|(e, _)| e.stats().pixels_applied)
-        .sum();
+    let applied: u64 = sim.workers.iter().map(|(e, _)| e.stats().pixels_applied).sum();
     assert_eq!(applied, acked);
     if loss > 0.0 {
         assert!(net.dropped > 0 && net.reordered > 0);

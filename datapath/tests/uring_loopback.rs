@@ -25,11 +25,9 @@ fn local_cfg() -> UringConfig {
 fn peer_socket() -> UdpSocket {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
     s.set_recv_buffer_size(8 << 20).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
     let s: UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     s
 }
 
@@ -76,11 +74,7 @@ fn reuseport_pair_receives_every_datagram_once() {
     let addr = a.local_addr();
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0);
-    let b = UringSocket::bind(&UringConfig {
-        listen: addr,
-        ..local_cfg()
-    })
-    .unwrap();
+    let b = UringSocket::bind(&UringConfig { listen: addr, ..local_cfg() }).unwrap();
     assert_eq!(b.local_addr(), addr);
     let (rcv, snd) = a.effective_bufs();
     assert!(rcv > 0 && snd > 0, "effective buffers {rcv}/{snd}");
@@ -89,9 +83,7 @@ fn reuseport_pair_receives_every_datagram_once() {
         assert_eq!(s.recv(1, |_, _| {}).unwrap(), 0); // arms the receive
     }
 
-    let clients: Vec<UdpSocket> = (0..8)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let clients: Vec<UdpSocket> = (0..8).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     let mut sent_from = HashMap::new();
     let mut got = HashMap::new();
     for i in 0..1000u32 {
@@ -99,12 +91,7 @@ fn reuseport_pair_receives_every_datagram_once() {
         c.send_to(&payload(i), addr).unwrap();
         sent_from.insert(i, c.local_addr().unwrap());
         if i % 100 == 99 {
-            drain(
-                &mut socks,
-                &mut got,
-                i as usize + 1,
-                Duration::from_millis(500),
-            );
+            drain(&mut socks, &mut got, i as usize + 1, Duration::from_millis(500));
         }
     }
     drain(&mut socks, &mut got, 1000, Duration::from_millis(500));
@@ -112,12 +99,7 @@ fn reuseport_pair_receives_every_datagram_once() {
     assert_eq!(got.len(), 1000, "distinct datagrams received");
     let mut per_socket = [0usize; 2];
     for (i, copies) in &got {
-        assert_eq!(
-            copies.len(),
-            1,
-            "datagram {i} received {} times",
-            copies.len()
-        );
+        assert_eq!(copies.len(), 1, "datagram {i} received {} times", copies.len());
         let (peer, data, k) = &copies[0];
         assert_eq!(*peer, sent_from[i], "peer of datagram {i}");
         assert_eq!(*data, payload(*i), "payload of datagram {i}");
@@ -127,10 +109,7 @@ fn reuseport_pair_receives_every_datagram_once() {
     let total: u64 = socks.iter().map(|s| s.stats().rx_datagrams).sum();
     assert_eq!(total, 1000);
     let bytes: u64 = socks.iter().map(|s| s.stats().rx_bytes).sum();
-    assert_eq!(
-        bytes,
-        (0..1000).map(|i| payload(i).len() as u64).sum::<u64>()
-    );
+    assert_eq!(bytes, (0..1000).map(|i| payload(i).len() as u64).sum::<u64>());
     assert!(socks.iter().all(|s| s.stats().rx_dropped == 0));
 }
 
@@ -220,35 +199,21 @@ fn gso_respects_64k_and_peer_changes() {
     let st = s.stats();
     println!("{st:?}");
     assert_eq!(st.tx_datagrams, 80);
-    assert_eq!(
-        st.tx_batches,
-        2 + 20,
-        "two GSO sends for the 60, one send per alternating datagram"
-    );
+    assert_eq!(st.tx_batches, 2 + 20, "two GSO sends for the 60, one send per alternating datagram");
 }
 
 #[test]
 fn tx_pool_exhaustion_returns_none_then_recovers() {
-    let cfg = UringConfig {
-        tx_batches: 2,
-        max_segments: 4,
-        ..local_cfg()
-    };
+    let cfg = UringConfig { tx_batches: 2, max_segments: 4, ..local_cfg() };
     let mut s = UringSocket::bind(&cfg).unwrap();
     let peer = peer_socket();
-    let addrs = Addrs {
-        local: s.local_addr(),
-        peer: peer.local_addr().unwrap(),
-    };
+    let addrs = Addrs { local: s.local_addr(), peer: peer.local_addr().unwrap() };
     for _ in 0..8 {
         let slot = s.tx_slot().expect("slot");
         slot[..10].fill(1);
         s.tx_commit(10, addrs);
     }
-    assert!(
-        s.tx_slot().is_none(),
-        "both batch buffers are full and unflushed"
-    );
+    assert!(s.tx_slot().is_none(), "both batch buffers are full and unflushed");
     flush_until_sent(&mut s, 8);
     assert!(s.tx_slot().is_some(), "buffers come back after completion");
     assert_eq!(read_n(&peer, 8).len(), 8);
@@ -256,10 +221,7 @@ fn tx_pool_exhaustion_returns_none_then_recovers() {
 
 #[test]
 fn buffer_exhaustion_rearms_and_keeps_receiving() {
-    let cfg = UringConfig {
-        buf_count: 16,
-        ..local_cfg()
-    };
+    let cfg = UringConfig { buf_count: 16, ..local_cfg() };
     let mut socks = vec![UringSocket::bind(&cfg).unwrap()];
     let addr = socks[0].local_addr();
     assert_eq!(socks[0].recv(1, |_, _| {}).unwrap(), 0); // arms the receive
@@ -273,10 +235,7 @@ fn buffer_exhaustion_rearms_and_keeps_receiving() {
     let rearms = socks[0].rearms();
     println!("first phase: {first} of 200 received, {rearms} re-arms");
     assert!(first >= 16, "at least one ring of buffers delivered");
-    assert!(
-        rearms >= 1,
-        "the receive ran out of buffers and was re-armed"
-    );
+    assert!(rearms >= 1, "the receive ran out of buffers and was re-armed");
 
     // After exhaustion the socket keeps delivering.
     let mut got = HashMap::new();
@@ -285,10 +244,7 @@ fn buffer_exhaustion_rearms_and_keeps_receiving() {
     }
     drain(&mut socks, &mut got, usize::MAX, Duration::from_millis(300));
     let fresh = (1000..1050u32).filter(|i| got.contains_key(i)).count();
-    println!(
-        "second phase: {fresh} of 50 received, {} re-arms",
-        socks[0].rearms()
-    );
+    println!("second phase: {fresh} of 50 received, {} re-arms", socks[0].rearms());
     assert!(fresh > 0, "nothing received after buffer exhaustion");
     assert_eq!(socks[0].stats().rx_dropped, 0);
 }
@@ -305,11 +261,8 @@ fn recv_respects_max_and_keeps_the_rest() {
     let mut seen = Vec::new();
     let start = Instant::now();
     while seen.len() < 10 && start.elapsed() < DEADLINE {
-        let n = s
-            .recv(3, |_, p: &mut [u8]| {
-                seen.push(u32::from_le_bytes(p[..4].try_into().unwrap()))
-            })
-            .unwrap();
+        let n =
+            s.recv(3, |_, p: &mut [u8]| seen.push(u32::from_le_bytes(p[..4].try_into().unwrap()))).unwrap();
         assert!(n <= 3);
         if n == 0 {
             s.wait(Duration::from_millis(5)).unwrap();
@@ -322,27 +275,16 @@ fn recv_respects_max_and_keeps_the_rest() {
 fn bind_to_port_in_use_names_the_address() {
     let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = UringSocket::bind(&UringConfig {
-        listen: addr,
-        ..local_cfg()
-    })
-    .unwrap_err();
+    let err = UringSocket::bind(&UringConfig { listen: addr, ..local_cfg() }).unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
-    assert!(
-        msg.contains(&addr.to_string()),
-        "message {msg:?} lacks {addr}"
-    );
+    assert!(msg.contains(&addr.to_string()), "message {msg:?} lacks {addr}");
 }
 
 #[test]
 fn invalid_config_is_rejected() {
-    let err = UringSocket::bind(&UringConfig {
-        buf_count: 1000,
-        ..local_cfg()
-    })
-    .unwrap_err();
+    let err = UringSocket::bind(&UringConfig { buf_count: 1000, ..local_cfg() }).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("power of two"));
 }
@@ -350,11 +292,7 @@ fn invalid_config_is_rejected() {
 #[test]
 fn refused_gso_send_is_resent_datagram_by_datagram() {
     // 256 segments is more than the kernel's UDP_MAX_SEGMENTS (64, or 128 since 6.9): EINVAL.
-    let cfg = UringConfig {
-        max_segments: 256,
-        max_payload: 64,
-        ..local_cfg()
-    };
+    let cfg = UringConfig { max_segments: 256, max_payload: 64, ..local_cfg() };
     let mut s = UringSocket::bind(&cfg).unwrap();
     let peer = peer_socket();
     let sent = commit_all(&mut s, peer.local_addr().unwrap(), &[50; 256]);
@@ -370,18 +308,13 @@ fn refused_gso_send_is_resent_datagram_by_datagram() {
 
 #[test]
 fn ipv6_echo() {
-    let mut s = UringSocket::bind(&UringConfig {
-        listen: "[::1]:0".parse().unwrap(),
-        ..local_cfg()
-    })
-    .unwrap();
+    let mut s =
+        UringSocket::bind(&UringConfig { listen: "[::1]:0".parse().unwrap(), ..local_cfg() }).unwrap();
     let addr = s.local_addr();
     assert!(addr.is_ipv6());
     assert_eq!(s.recv(1, |_, _| {}).unwrap(), 0);
     let client = UdpSocket::bind("[::1]:0").unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     client.send_to(b"ping over v6", addr).unwrap();
     let mut from = None;
     let start = Instant::now();
@@ -410,10 +343,7 @@ fn ipv6_echo() {
 
 #[test]
 fn default_config_binds_with_full_depth() {
-    let cfg = UringConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..UringConfig::default()
-    };
+    let cfg = UringConfig { listen: "127.0.0.1:0".parse().unwrap(), ..UringConfig::default() };
     let s = UringSocket::bind(&cfg).unwrap();
     let (rcv, snd) = s.effective_bufs();
     println!("sq_depth {} effective bufs {rcv}/{snd} {s:?}", s.sq_depth());
@@ -424,10 +354,7 @@ fn default_config_binds_with_full_depth() {
 
 #[test]
 fn truncated_datagrams_are_dropped_and_counted() {
-    let cfg = UringConfig {
-        buf_size: 128,
-        ..local_cfg()
-    }; // 80 bytes of payload room
+    let cfg = UringConfig { buf_size: 128, ..local_cfg() }; // 80 bytes of payload room
     let mut s = UringSocket::bind(&cfg).unwrap();
     let addr = s.local_addr();
     assert_eq!(s.recv(1, |_, _| {}).unwrap(), 0);

@@ -102,15 +102,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::ZeroLength => {
-                f.write_str("a mapping of 0 bytes was requested; pass a length > 0")
-            }
+            Error::ZeroLength => f.write_str("a mapping of 0 bytes was requested; pass a length > 0"),
             Error::TooLarge(len) => write!(f, "{len} B overflows when rounded up to the page size"),
-            &Error::NoFreeHugePages {
-                needed,
-                free,
-                total,
-            } => {
+            &Error::NoFreeHugePages { needed, free, total } => {
                 let n = Error::nr_hugepages_to_set(needed, free, total);
                 write!(
                     f,
@@ -119,20 +113,12 @@ impl fmt::Display for Error {
                      (or `sysctl vm.nr_hugepages={n}`), or run with hugepages off"
                 )
             }
-            Error::Mmap {
-                backing: Backing::HugeTlb2M,
-                len,
-                source,
-            } => write!(
+            Error::Mmap { backing: Backing::HugeTlb2M, len, source } => write!(
                 f,
                 "mmap of {len} B in 2 MiB hugetlb pages failed: {source}; check \
                  `grep Huge /proc/meminfo` and the hugetlb cgroup limit, or run with hugepages off"
             ),
-            Error::Mmap {
-                backing,
-                len,
-                source,
-            } => write!(
+            Error::Mmap { backing, len, source } => write!(
                 f,
                 "mmap of {len} B in {backing} failed: {source}; check free memory, `ulimit -v` and \
                  vm.max_map_count"
@@ -165,17 +151,10 @@ mod tests {
 
     #[test]
     fn no_free_pages_message_says_what_to_echo() {
-        let e = Error::NoFreeHugePages {
-            needed: 2,
-            free: 1,
-            total: 3,
-        };
+        let e = Error::NoFreeHugePages { needed: 2, free: 1, total: 3 };
         let msg = e.to_string();
         assert!(msg.starts_with("need 2 free 2 MiB hugepages but only 1 are free (total 3)"));
-        assert!(
-            msg.contains("`echo 4 > /proc/sys/vm/nr_hugepages`"),
-            "{msg}"
-        );
+        assert!(msg.contains("`echo 4 > /proc/sys/vm/nr_hugepages`"), "{msg}");
         assert!(msg.contains("`sysctl vm.nr_hugepages=4`"), "{msg}");
         assert!(msg.ends_with("or run with hugepages off"), "{msg}");
         assert!(Error::ZeroLength.to_string().contains("0 bytes"));

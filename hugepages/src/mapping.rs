@@ -45,13 +45,7 @@ impl Mapping {
         let mut reasons = Vec::new();
         let (ptr, mapped_len, backing) = map_with_fallback(len, policy, &mut reasons)?;
         let fallback_reason = (!reasons.is_empty()).then(|| reasons.join("; "));
-        Ok(Mapping {
-            ptr,
-            len,
-            mapped_len,
-            backing,
-            fallback_reason,
-        })
+        Ok(Mapping { ptr, len, mapped_len, backing, fallback_reason })
     }
 
     /// What backs the mapping.
@@ -93,16 +87,11 @@ impl Mapping {
     pub fn report(&self) -> String {
         let page = sys::page_size();
         let what = match self.backing {
-            Backing::HugeTlb2M if self.mapped_len == HUGE_PAGE_SIZE => {
-                "1 x 2 MiB hugetlb page".into()
-            }
+            Backing::HugeTlb2M if self.mapped_len == HUGE_PAGE_SIZE => "1 x 2 MiB hugetlb page".into(),
             Backing::HugeTlb2M => {
                 format!("{} x 2 MiB hugetlb pages", self.mapped_len / HUGE_PAGE_SIZE)
             }
-            Backing::Thp => format!(
-                "a {} MiB THP-advised 2 MiB-aligned region",
-                self.mapped_len >> 20
-            ),
+            Backing::Thp => format!("a {} MiB THP-advised 2 MiB-aligned region", self.mapped_len >> 20),
             Backing::Small => format!("{} x {} KiB pages", self.mapped_len / page, page >> 10),
         };
         match &self.fallback_reason {
@@ -118,9 +107,7 @@ fn map_with_fallback(
     policy: Policy,
     reasons: &mut Vec<String>,
 ) -> Result<(NonNull<u8>, usize, Backing), Error> {
-    let huge_len = len
-        .checked_next_multiple_of(HUGE_PAGE_SIZE)
-        .ok_or(Error::TooLarge(len))?;
+    let huge_len = len.checked_next_multiple_of(HUGE_PAGE_SIZE).ok_or(Error::TooLarge(len))?;
     if matches!(policy, Policy::Auto | Policy::HugeTlbOnly) {
         match sys::mmap_anon(huge_len, libc::MAP_HUGETLB | libc::MAP_HUGE_2MB) {
             Ok(ptr) => return Ok((ptr, huge_len, Backing::HugeTlb2M)),
@@ -130,16 +117,10 @@ fn map_with_fallback(
                     return Err(error);
                 }
                 reasons.push(match error {
-                    Error::NoFreeHugePages {
-                        needed, total: 0, ..
-                    } => {
+                    Error::NoFreeHugePages { needed, total: 0, .. } => {
                         format!("no hugetlb pages reserved: echo {needed} > {NR_HUGEPAGES}")
                     }
-                    Error::NoFreeHugePages {
-                        needed,
-                        free,
-                        total,
-                    } => format!(
+                    Error::NoFreeHugePages { needed, free, total } => format!(
                         "only {free} of {total} hugetlb pages free, need {needed}: \
                          echo {} > {NR_HUGEPAGES}",
                         Error::nr_hugepages_to_set(needed, free, total)
@@ -155,9 +136,7 @@ fn map_with_fallback(
             Err(reason) => reasons.push(reason),
         }
     }
-    let small_len = len
-        .checked_next_multiple_of(sys::page_size())
-        .ok_or(Error::TooLarge(len))?;
+    let small_len = len.checked_next_multiple_of(sys::page_size()).ok_or(Error::TooLarge(len))?;
     let ptr = sys::mmap_anon(small_len, 0).map_err(|source| Error::Mmap {
         backing: Backing::Small,
         len: small_len,
@@ -172,19 +151,11 @@ fn hugetlb_error(len: usize, huge_len: usize, source: io::Error) -> Error {
     if source.raw_os_error() == Some(libc::ENOMEM) {
         if let Ok(s) = hugetlb_status() {
             if s.page_size == HUGE_PAGE_SIZE as u64 && s.available() < needed {
-                return Error::NoFreeHugePages {
-                    needed,
-                    free: s.available(),
-                    total: s.total,
-                };
+                return Error::NoFreeHugePages { needed, free: s.available(), total: s.total };
             }
         }
     }
-    Error::Mmap {
-        backing: Backing::HugeTlb2M,
-        len: huge_len,
-        source,
-    }
+    Error::Mmap { backing: Backing::HugeTlb2M, len: huge_len, source }
 }
 
 /// Maps `len` (a multiple of 2 MiB) bytes at a 2 MiB-aligned address and advises THP for them.
@@ -193,8 +164,7 @@ fn map_thp(len: usize) -> Result<NonNull<u8>, String> {
         return Err(format!("THP disabled: {THP_ENABLED} is [never]"));
     }
     let over = len.checked_add(HUGE_PAGE_SIZE).ok_or("length overflows")?;
-    let raw =
-        sys::mmap_anon(over, 0).map_err(|e| format!("mmap of {over} B for THP failed: {e}"))?;
+    let raw = sys::mmap_anon(over, 0).map_err(|e| format!("mmap of {over} B for THP failed: {e}"))?;
     let addr = raw.as_ptr() as usize;
     let head = addr.next_multiple_of(HUGE_PAGE_SIZE) - addr;
     let aligned = raw.as_ptr().wrapping_add(head);

@@ -32,20 +32,8 @@ pub fn hugetlb_status() -> io::Result<HugeTlbStatus> {
 fn parse_meminfo(text: &str) -> io::Result<HugeTlbStatus> {
     let field = |name: &str| {
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(':')?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("no {name} in /proc/meminfo"),
-                )
-            })
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no {name} in /proc/meminfo")))
     };
     Ok(HugeTlbStatus {
         total: field("HugePages_Total")?,
@@ -66,16 +54,7 @@ mod tests {
                     HugePages_Rsvd:        1\nHugePages_Surp:        0\n\
                     Hugepagesize:       2048 kB\n";
         let s = parse_meminfo(text).unwrap();
-        assert_eq!(
-            s,
-            HugeTlbStatus {
-                total: 4,
-                free: 3,
-                reserved: 1,
-                surplus: 0,
-                page_size: 2 << 20
-            }
-        );
+        assert_eq!(s, HugeTlbStatus { total: 4, free: 3, reserved: 1, surplus: 0, page_size: 2 << 20 });
         assert_eq!(s.available(), 2);
         assert!(parse_meminfo("MemTotal: 1 kB\n").is_err());
     }

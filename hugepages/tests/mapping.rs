@@ -33,27 +33,17 @@ fn vmas() -> Vec<(usize, usize, String)> {
 /// Parses the `start-end` that opens an smaps VMA header line.
 fn hex_range(line: &str) -> Option<(usize, usize)> {
     let (a, b) = line.split_whitespace().next()?.split_once('-')?;
-    Some((
-        usize::from_str_radix(a, 16).ok()?,
-        usize::from_str_radix(b, 16).ok()?,
-    ))
+    Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?))
 }
 
 /// The smaps field lines of the VMA holding `addr`.
 fn vma_of(addr: *const u8) -> String {
     let addr = addr as usize;
-    vmas()
-        .into_iter()
-        .find(|v| v.0 <= addr && addr < v.1)
-        .expect("address is mapped")
-        .2
+    vmas().into_iter().find(|v| v.0 <= addr && addr < v.1).expect("address is mapped").2
 }
 
 fn field<'a>(vma: &'a str, name: &str) -> &'a str {
-    vma.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .unwrap_or_default()
-        .trim()
+    vma.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).unwrap_or_default().trim()
 }
 
 /// Checks the mapping is zero-filled and writable.
@@ -84,12 +74,8 @@ struct Sysctl {
 
 impl Sysctl {
     fn set(path: &'static str, value: u64) -> Sysctl {
-        let guard = Sysctl {
-            path,
-            old: read_u64(path),
-        };
-        fs::write(path, value.to_string())
-            .unwrap_or_else(|e| panic!("writing {value} to {path}: {e}"));
+        let guard = Sysctl { path, old: read_u64(path) };
+        fs::write(path, value.to_string()).unwrap_or_else(|e| panic!("writing {value} to {path}: {e}"));
         guard
     }
 }
@@ -104,19 +90,12 @@ impl Drop for Sysctl {
 
 /// Whether we may resize the hugetlb pool. Without root: skip with a note, or fail when CI is set.
 fn may_resize_pool(what: &str) -> bool {
-    if fs::OpenOptions::new()
-        .write(true)
-        .open(NR_HUGEPAGES)
-        .is_ok()
-    {
+    if fs::OpenOptions::new().write(true).open(NR_HUGEPAGES).is_ok() {
         return true;
     }
     let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
     let need = format!("needs root (write access to {NR_HUGEPAGES}) to {what}");
-    assert!(
-        !ci,
-        "{need}; CI is set, so it may not be skipped: run these tests as root"
-    );
+    assert!(!ci, "{need}; CI is set, so it may not be skipped: run these tests as root");
     eprintln!("note: skipped, {need}");
     false
 }
@@ -132,11 +111,7 @@ fn without_free_hugepages() -> Option<Vec<Sysctl>> {
     }
     let nr = read_u64(NR_HUGEPAGES).saturating_sub(s.available());
     let guards = vec![Sysctl::set(NR_OVERCOMMIT, 0), Sysctl::set(NR_HUGEPAGES, nr)];
-    assert_eq!(
-        hugetlb_status().unwrap().available(),
-        0,
-        "could not drain the hugetlb pool"
-    );
+    assert_eq!(hugetlb_status().unwrap().available(), 0, "could not drain the hugetlb pool");
     Some(guards)
 }
 
@@ -144,10 +119,7 @@ fn without_free_hugepages() -> Option<Vec<Sysctl>> {
 fn zero_length_is_rejected_and_mapping_is_send_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Mapping>();
-    assert!(matches!(
-        Mapping::new(0, Policy::Auto),
-        Err(Error::ZeroLength)
-    ));
+    assert!(matches!(Mapping::new(0, Policy::Auto), Err(Error::ZeroLength)));
 }
 
 #[test]
@@ -171,20 +143,11 @@ fn no_hugetlb_gets_an_aligned_thp_advised_region() {
     let _lock = lock();
     let mut m = Mapping::new(3 << 20, Policy::NoHugeTlb).unwrap();
     if fs::read_to_string(THP_ENABLED).is_ok_and(|mode| !mode.contains("[never]")) {
-        assert_eq!(
-            (m.backing(), m.mapped_len(), m.fallback_reason()),
-            (Backing::Thp, 4 << 20, None)
-        );
+        assert_eq!((m.backing(), m.mapped_len(), m.fallback_reason()), (Backing::Thp, 4 << 20, None));
         assert_eq!(m.as_ptr() as usize % HUGE_PAGE_SIZE, 0);
-        assert_eq!(
-            m.report(),
-            "3145728 B in a 4 MiB THP-advised 2 MiB-aligned region"
-        );
+        assert_eq!(m.report(), "3145728 B in a 4 MiB THP-advised 2 MiB-aligned region");
         let vma = vma_of(m.as_ptr());
-        assert!(
-            field(&vma, "VmFlags").split(' ').any(|f| f == "hg"),
-            "no MADV_HUGEPAGE flag:\n{vma}"
-        );
+        assert!(field(&vma, "VmFlags").split(' ').any(|f| f == "hg"), "no MADV_HUGEPAGE flag:\n{vma}");
         assert_eq!(field(&vma, "THPeligible"), "1", "{vma}");
     } else {
         assert_eq!(m.backing(), Backing::Small);
@@ -203,16 +166,10 @@ fn hugetlb_only_maps_2m_pages_when_reserved() {
     let want = read_u64(NR_HUGEPAGES) + 2;
     let _restore = Sysctl::set(NR_HUGEPAGES, want);
     let got = read_u64(NR_HUGEPAGES);
-    assert!(
-        got >= want,
-        "kernel reserved only {got} of {want} hugetlb pages (memory fragmented?)"
-    );
+    assert!(got >= want, "kernel reserved only {got} of {want} hugetlb pages (memory fragmented?)");
 
     let mut m = Mapping::new(3 << 20, Policy::HugeTlbOnly).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        (m.backing(), m.mapped_len(), m.fallback_reason()),
-        (Backing::HugeTlb2M, 4 << 20, None)
-    );
+    assert_eq!((m.backing(), m.mapped_len(), m.fallback_reason()), (Backing::HugeTlb2M, 4 << 20, None));
     assert_eq!(m.report(), "3145728 B in 2 x 2 MiB hugetlb pages");
     exercise(&mut m);
     let vma = vma_of(m.as_ptr());
@@ -232,21 +189,13 @@ fn hugetlb_only_without_free_pages_says_how_to_reserve() {
     };
     let total = hugetlb_status().unwrap().total;
     let err = Mapping::new(1_000_000, Policy::HugeTlbOnly).unwrap_err();
-    assert!(
-        matches!(err, Error::NoFreeHugePages { needed: 1, free: 0, total: t } if t == total),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NoFreeHugePages { needed: 1, free: 0, total: t } if t == total), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.starts_with(&format!(
-            "need 1 free 2 MiB hugepages but only 0 are free (total {total})"
-        )),
+        msg.starts_with(&format!("need 1 free 2 MiB hugepages but only 0 are free (total {total})")),
         "{msg}"
     );
-    assert!(
-        msg.contains(&format!("`echo {} > /proc/sys/vm/nr_hugepages`", total + 1)),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("`echo {} > /proc/sys/vm/nr_hugepages`", total + 1)), "{msg}");
 }
 
 #[test]
@@ -260,16 +209,9 @@ fn auto_falls_back_and_says_why() {
     let reason = m.fallback_reason().expect("a fallback reason").to_owned();
     assert!(reason.contains("> /proc/sys/vm/nr_hugepages"), "{reason}");
     if hugetlb_status().unwrap().total == 0 {
-        assert!(
-            reason.starts_with("no hugetlb pages reserved: echo 1 > "),
-            "{reason}"
-        );
+        assert!(reason.starts_with("no hugetlb pages reserved: echo 1 > "), "{reason}");
     }
-    assert!(
-        m.report().ends_with(&format!(" ({reason})")),
-        "{}",
-        m.report()
-    );
+    assert!(m.report().ends_with(&format!(" ({reason})")), "{}", m.report());
     eprintln!("{}", m.report());
     exercise(&mut m);
     assert_unmapped_after_drop(m);

@@ -159,13 +159,7 @@ impl Datapath for MemSocket {
             };
             self.stats.rx_datagrams += 1;
             self.stats.rx_bytes += p.data.len() as u64;
-            f(
-                Addrs {
-                    local: self.local,
-                    peer: p.from,
-                },
-                &mut p.data,
-            );
+            f(Addrs { local: self.local, peer: p.from }, &mut p.data);
             n += 1;
         }
         Ok(n)

@@ -123,33 +123,17 @@ impl UringConfig {
     /// Reject settings the kernel ABI or our index encoding cannot represent.
     fn validate(&self) -> io::Result<()> {
         let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
-        if self.buf_count == 0
-            || !self.buf_count.is_power_of_two()
-            || self.buf_count > MAX_BUF_COUNT
-        {
-            return bad(format!(
-                "buf_count {} must be a power of two in 1..=32768",
-                self.buf_count
-            ));
+        if self.buf_count == 0 || !self.buf_count.is_power_of_two() || self.buf_count > MAX_BUF_COUNT {
+            return bad(format!("buf_count {} must be a power of two in 1..=32768", self.buf_count));
         }
         if self.buf_size < RX_HEADER_LEN + 64 || u32::try_from(self.buf_size).is_err() {
-            return bad(format!(
-                "buf_size {} must be at least {}",
-                self.buf_size,
-                RX_HEADER_LEN + 64
-            ));
+            return bad(format!("buf_size {} must be at least {}", self.buf_size, RX_HEADER_LEN + 64));
         }
         if self.max_payload == 0 || self.max_payload > UDP_MAX_PAYLOAD {
-            return bad(format!(
-                "max_payload {} must be in 1..={UDP_MAX_PAYLOAD}",
-                self.max_payload
-            ));
+            return bad(format!("max_payload {} must be in 1..={UDP_MAX_PAYLOAD}", self.max_payload));
         }
         if self.max_segments == 0 || self.max_segments > 1024 {
-            return bad(format!(
-                "max_segments {} must be in 1..=1024",
-                self.max_segments
-            ));
+            return bad(format!("max_segments {} must be in 1..=1024", self.max_segments));
         }
         if self.tx_batches == 0 || self.tx_batches > u32::MAX as usize {
             return bad(format!("tx_batches {} must be at least 1", self.tx_batches));
@@ -184,10 +168,7 @@ impl Mmap {
         };
         if ptr == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mmap {len} bytes for {what}: {e}"),
-            ));
+            return Err(io::Error::new(e.kind(), format!("mmap {len} bytes for {what}: {e}")));
         }
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::other(format!("mmap for {what} returned null")))?;
@@ -244,21 +225,12 @@ struct BufRing {
 impl BufRing {
     /// Map the ring and buffers and put every buffer in the ring.
     fn new(count: u16, size: usize) -> io::Result<BufRing> {
-        let ring = Mmap::new(
-            usize::from(count) * std::mem::size_of::<BufDesc>(),
-            "buffer ring",
-        )?;
-        let mem_len = usize::from(count).checked_mul(size).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large")
-        })?;
+        let ring = Mmap::new(usize::from(count) * std::mem::size_of::<BufDesc>(), "buffer ring")?;
+        let mem_len = usize::from(count)
+            .checked_mul(size)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "receive buffers too large"))?;
         let mem = Mmap::new(mem_len, "receive buffers")?;
-        let mut bufs = BufRing {
-            ring,
-            mem,
-            count,
-            size,
-            tail: 0,
-        };
+        let mut bufs = BufRing { ring, mem, count, size, tail: 0 };
         for bid in 0..count {
             bufs.push(bid);
         }
@@ -270,12 +242,7 @@ impl BufRing {
         // SAFETY: the ring mapping is page aligned, holds `count` entries and outlives the registration:
         // `UringSocket` drops the io_uring (ending the registration) before this mapping.
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                self.ring.as_ptr() as u64,
-                self.count,
-                bgid,
-                0,
-            )
+            ring.submitter().register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.count, bgid, 0)
         }
     }
 
@@ -285,10 +252,7 @@ impl BufRing {
         // SAFETY: `bid < count`, so the range lies inside `mem`; the kernel handed this buffer to us in a
         // completion and gets it back only through `push`, so nothing else accesses it meanwhile.
         unsafe {
-            std::slice::from_raw_parts_mut(
-                self.mem.as_ptr().add(usize::from(bid) * self.size),
-                self.size,
-            )
+            std::slice::from_raw_parts_mut(self.mem.as_ptr().add(usize::from(bid) * self.size), self.size)
         }
     }
 
@@ -309,8 +273,7 @@ impl BufRing {
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail is a naturally aligned u16 inside the ring mapping, which lives as long as
         // `self`; the kernel reads it with an acquire load, so it is only ever accessed atomically.
-        let tail =
-            unsafe { AtomicU16::from_ptr(self.ring.as_ptr().add(BUF_RING_TAIL_OFFSET).cast()) };
+        let tail = unsafe { AtomicU16::from_ptr(self.ring.as_ptr().add(BUF_RING_TAIL_OFFSET).cast()) };
         tail.store(self.tail, Ordering::Release);
     }
 }
@@ -383,11 +346,7 @@ impl TxMsg {
             hdr,
             iov,
             name,
-            cmsg: GsoCmsg {
-                hdr: cmsg_hdr,
-                segment: 0,
-                _pad: [0; 6],
-            },
+            cmsg: GsoCmsg { hdr: cmsg_hdr, segment: 0, _pad: [0; 6] },
             peer: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             off: 0,
             len: 0,
@@ -399,10 +358,7 @@ impl TxMsg {
     /// Point `hdr` at this slot's own iovec/name/cmsg for `len` bytes at `base`, with a `UDP_SEGMENT`
     /// cmsg when `gso_segment` is given.
     fn prepare(&mut self, base: *mut u8, len: usize, gso_segment: Option<u16>) {
-        self.iov = libc::iovec {
-            iov_base: base.cast(),
-            iov_len: len,
-        };
+        self.iov = libc::iovec { iov_base: base.cast(), iov_len: len };
         let name_len = write_sockaddr(self.peer, &mut self.name);
         self.hdr.msg_name = std::ptr::addr_of_mut!(self.name).cast();
         self.hdr.msg_namelen = name_len;
@@ -467,17 +423,10 @@ struct Tx {
 impl Tx {
     /// Map the pool.
     fn new(cfg: &UringConfig) -> io::Result<Tx> {
-        let too_big =
-            || io::Error::new(io::ErrorKind::InvalidInput, "transmit pool size overflows");
-        let buf_cap = cfg
-            .max_payload
-            .checked_mul(cfg.max_segments)
-            .ok_or_else(too_big)?;
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "transmit pool size overflows");
+        let buf_cap = cfg.max_payload.checked_mul(cfg.max_segments).ok_or_else(too_big)?;
         let mem_len = buf_cap.checked_mul(cfg.tx_batches).ok_or_else(too_big)?;
-        let slots = cfg
-            .tx_batches
-            .checked_mul(cfg.max_segments)
-            .ok_or_else(too_big)?;
+        let slots = cfg.tx_batches.checked_mul(cfg.max_segments).ok_or_else(too_big)?;
         Ok(Tx {
             mem: Mmap::new(mem_len, "transmit batches")?,
             buf_cap,
@@ -586,7 +535,9 @@ impl Tx {
 
 /// A UDP socket driven by its own io_uring: the io_uring backend of [`Datapath`].
 ///
-/// Create it on the worker thread that drives it: io_uring runs completion work on the submitting thread.
+/// Drive it from the worker thread that owns it: io_uring runs completion work on the thread that
+/// submitted, and the receive is armed by the first [`Datapath::recv`] or [`Datapath::wait`], so binding on
+/// another thread and moving the socket over is fine.
 pub struct UringSocket {
     // Field order is drop order: the ring (and with it the buffer-ring registration) goes first.
     ring: IoUring,
@@ -621,9 +572,10 @@ impl UringSocket {
     pub fn bind(cfg: &UringConfig) -> io::Result<UringSocket> {
         cfg.validate()?;
         let socket = open_socket(cfg)?;
-        let local = socket.local_addr()?.as_socket().ok_or_else(|| {
-            io::Error::other(format!("UDP {}: bound address is not IP", cfg.listen))
-        })?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other(format!("UDP {}: bound address is not IP", cfg.listen)))?;
         let effective_bufs = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
         let ring = setup_ring(cfg)?;
         let bufs = BufRing::new(cfg.buf_count, cfg.buf_size)?;
@@ -696,8 +648,7 @@ impl UringSocket {
         push_sqe(&mut self.ring, &entry)?;
         self.rx.armed = true;
         self.rx.want_arm = false;
-        submit(&self.ring)
-            .map_err(|e| context(e, format!("arming io_uring recvmsg on {}", self.local)))
+        submit(&self.ring).map_err(|e| context(e, format!("arming io_uring recvmsg on {}", self.local)))
     }
 
     /// Take every completion out of the CQ: sends are accounted at once, receives queued in `rx.pending`.
@@ -713,13 +664,7 @@ impl UringSocket {
         for cqe in self.ring.completion() {
             let (ud, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
             if ud & SEND_TAG != 0 {
-                send_done(
-                    &mut self.tx,
-                    &mut self.stats,
-                    (ud & !SEND_TAG) as usize,
-                    res,
-                    self.local,
-                );
+                send_done(&mut self.tx, &mut self.stats, (ud & !SEND_TAG) as usize, res, self.local);
             } else {
                 if !cqueue::more(flags) {
                     self.rx.armed = false;
@@ -745,11 +690,7 @@ impl UringSocket {
         self.tx.bufs[b].refs += segs - 1;
         for i in 0..segs {
             let seg_off = off + i * seg_size;
-            let seg_len = if i + 1 == segs {
-                len - i * seg_size
-            } else {
-                seg_size
-            };
+            let seg_len = if i + 1 == segs { len - i * seg_size } else { seg_size };
             let base = self.tx.ptr(seg_off);
             let slot = &mut self.tx.msgs[m + i];
             slot.peer = peer;
@@ -781,10 +722,7 @@ impl UringSocket {
             return true;
         }
         let timeout = types::Timespec::new().sec(1);
-        let _ = self
-            .ring
-            .submitter()
-            .register_sync_cancel(Some(timeout), types::CancelBuilder::any());
+        let _ = self.ring.submitter().register_sync_cancel(Some(timeout), types::CancelBuilder::any());
         let deadline = Instant::now() + DROP_DRAIN;
         loop {
             self.reap();
@@ -841,8 +779,7 @@ impl Datapath for UringSocket {
                     self.rx.bufs.push(bid);
                 }
                 match -res {
-                    libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOMEM => {
-                    }
+                    libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ENOMEM => {}
                     errno => {
                         let e = io::Error::from_raw_os_error(errno);
                         let hint = if errno == libc::EINVAL {
@@ -850,10 +787,7 @@ impl Datapath for UringSocket {
                         } else {
                             ""
                         };
-                        failure = Some(context(
-                            e,
-                            format!("io_uring recvmsg on {}{hint}", self.local),
-                        ));
+                        failure = Some(context(e, format!("io_uring recvmsg on {}{hint}", self.local)));
                         break;
                     }
                 }
@@ -870,13 +804,7 @@ impl Datapath for UringSocket {
                     let payload = &mut self.rx.bufs.buf_mut(bid)[start..end];
                     self.stats.rx_datagrams += 1;
                     self.stats.rx_bytes += payload.len() as u64;
-                    f(
-                        Addrs {
-                            local: self.local,
-                            peer,
-                        },
-                        payload,
-                    );
+                    f(Addrs { local: self.local, peer }, payload);
                     delivered += 1;
                 }
                 None => self.stats.rx_dropped += 1,
@@ -935,8 +863,7 @@ impl Datapath for UringSocket {
         queued.clear();
         self.tx.retry = queued;
         if pushed {
-            submit(&self.ring)
-                .map_err(|e| context(e, format!("io_uring submit on {}", self.local)))?;
+            submit(&self.ring).map_err(|e| context(e, format!("io_uring submit on {}", self.local)))?;
         }
         self.reap();
         result
@@ -945,8 +872,7 @@ impl Datapath for UringSocket {
     fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         self.arm_if_needed()?;
         if timeout.is_zero() || !self.rx.pending.is_empty() {
-            return submit(&self.ring)
-                .map_err(|e| context(e, format!("io_uring submit on {}", self.local)));
+            return submit(&self.ring).map_err(|e| context(e, format!("io_uring submit on {}", self.local)));
         }
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
@@ -1025,12 +951,7 @@ fn read_sockaddr(b: &[u8]) -> Option<SocketAddr> {
             let flowinfo = u32::from_be_bytes(b[4..8].try_into().ok()?);
             let ip: [u8; 16] = b[8..24].try_into().ok()?;
             let scope_id = u32::from_ne_bytes(b[24..28].try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(ip),
-                port,
-                flowinfo,
-                scope_id,
-            )))
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope_id)))
         }
         _ => None,
     }
@@ -1043,9 +964,7 @@ fn write_sockaddr(addr: SocketAddr, out: &mut SockaddrBuf) -> libc::socklen_t {
             out.v4 = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
@@ -1055,9 +974,7 @@ fn write_sockaddr(addr: SocketAddr, out: &mut SockaddrBuf) -> libc::socklen_t {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             };
             std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
@@ -1087,9 +1004,7 @@ fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
         .map_err(|e| context(e, format!("SO_RCVBUF {} on UDP {addr}", cfg.recv_buf)))?;
     set_buf_size(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, cfg.send_buf)
         .map_err(|e| context(e, format!("SO_SNDBUF {} on UDP {addr}", cfg.send_buf)))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| context(e, format!("O_NONBLOCK on UDP {addr}")))?;
+    socket.set_nonblocking(true).map_err(|e| context(e, format!("O_NONBLOCK on UDP {addr}")))?;
     socket.bind(&addr.into()).map_err(|e| bind_error(e, addr))?;
     Ok(socket)
 }
@@ -1114,17 +1029,11 @@ fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
 /// Set a socket buffer size, trying the privileged `*FORCE` option (beyond `net.core.*mem_max`) first.
 fn set_buf_size(fd: RawFd, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
-    set_int_opt(fd, libc::SOL_SOCKET, force, size)
-        .or_else(|_| set_int_opt(fd, libc::SOL_SOCKET, plain, size))
+    set_int_opt(fd, libc::SOL_SOCKET, force, size).or_else(|_| set_int_opt(fd, libc::SOL_SOCKET, plain, size))
 }
 
 /// `setsockopt` of an int option.
-fn set_int_opt(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
+fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
@@ -1145,8 +1054,7 @@ fn set_int_opt(
 /// Build the ring: the configured depth with cooperative task running, then without it, then at
 /// [`FALLBACK_SQ_DEPTH`]; the CQ holds every send and receive that can be in flight.
 fn setup_ring(cfg: &UringConfig) -> io::Result<IoUring> {
-    let in_flight =
-        cfg.tx_batches.saturating_mul(cfg.max_segments) + usize::from(cfg.buf_count) + 64;
+    let in_flight = cfg.tx_batches.saturating_mul(cfg.max_segments) + usize::from(cfg.buf_count) + 64;
     let mut depths = vec![cfg.sq_depth];
     if cfg.sq_depth > FALLBACK_SQ_DEPTH {
         depths.push(FALLBACK_SQ_DEPTH);
@@ -1167,13 +1075,7 @@ fn setup_ring(cfg: &UringConfig) -> io::Result<IoUring> {
         }
     }
     let e = last.unwrap_or_else(|| io::Error::other("no ring depth to try"));
-    Err(context(
-        e,
-        format!(
-            "io_uring_setup with {} entries for UDP {}",
-            cfg.sq_depth, cfg.listen
-        ),
-    ))
+    Err(context(e, format!("io_uring_setup with {} entries for UDP {}", cfg.sq_depth, cfg.listen)))
 }
 
 /// Push one SQE, submitting first if the queue is full.
@@ -1194,14 +1096,7 @@ fn push_sqe(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
 fn submit(ring: &IoUring) -> io::Result<()> {
     match ring.submit() {
         Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => Ok(()),
         Err(e) => Err(e),
     }
 }
