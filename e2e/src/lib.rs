@@ -1,0 +1,131 @@
+//! Helpers for end-to-end tests: locate the workspace binaries, run the server as a child process with a
+//! bounded lifetime, stop it by its pid with SIGINT, and read the JSON both sides write.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A workspace binary (`server`, `client`) next to the running test's profile directory.
+///
+/// # Panics
+/// When the binary has not been built (`cargo test --workspace` builds it).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --release --workspace` (or cargo test --workspace)", p.display());
+    p
+}
+
+/// A running server, stopped with SIGINT on drop if still alive.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Stderr lines seen so far (the startup banner and anything after).
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Start `server` with `args` and wait until it prints that it is listening (bounded by `timeout`).
+    pub fn start(args: &[&str], timeout: Duration) -> Server {
+        let mut child = Command::new(bin("server"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("listening on") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start listening within {timeout:?}");
+                }
+            }
+        }
+        Server { child, log: rx }
+    }
+
+    /// Send SIGINT to the server's pid and wait (bounded) for it to exit; returns its exit status code.
+    pub fn stop(mut self, timeout: Duration) -> i32 {
+        signal(self.child.id(), libc::SIGINT);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {timeout:?} of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Run the `client` binary to completion (bounded by `timeout`), returning its exit code.
+pub fn run_client(args: &[&str], timeout: Duration) -> i32 {
+    let mut child = Command::new(bin("client")).args(args).stdout(Stdio::inherit()).spawn().expect("spawn client");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("client did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Read a JSON file.
+pub fn json(path: &Path) -> serde_json::Value {
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+/// A fresh scratch directory under the target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let d = exe.parent().expect("deps").join(format!("e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
