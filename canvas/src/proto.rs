@@ -14,8 +14,10 @@ pub const ALPN: &[u8] = b"canvas/1";
 pub const VERSION: u8 = 1;
 /// "I have no usable state": a SYNC with this tick asks for a snapshot.
 pub const NO_TICK: u64 = u64::MAX;
-/// Largest control frame accepted (a raw 16 Mpixel snapshot fits).
+/// Largest server control frame a client accepts (a raw 16 Mpixel snapshot fits).
 pub const MAX_FRAME: usize = (1 << 24) + 64;
+/// Largest client control frame the server accepts (WRITE is 11 bytes, SYNC 10).
+pub const MAX_CLIENT_FRAME: usize = 64;
 /// Size of one diff entry `[u32 LE index][u8 color]`.
 pub const ENTRY_LEN: usize = 5;
 /// Bytes before the entries in a DIFF_PART datagram.
@@ -43,35 +45,39 @@ pub mod ty {
     pub const SYNCED: u8 = 0x86;
     /// S→C datagram: one part of a tick's diff.
     pub const DIFF_PART: u8 = 0x90;
-    /// S→C datagram: the newest tick that changed the canvas, sent on quiet ticks so that a client whose
-    /// last diff was lost entirely notices.
+    /// S→C datagram: the current tick and the newest tick that changed the canvas, sent on quiet ticks so
+    /// that a client whose last diff was lost entirely notices, and a client that is current advances.
     pub const HEAD: u8 = 0x91;
 }
 
 /// Size of a HEAD datagram.
-pub const HEAD_LEN: usize = 2 + 8 + 8;
+pub const HEAD_LEN: usize = 2 + 8 + 8 + 8;
 
 /// A server datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerDatagram<'a> {
     /// Part of a tick's diff.
     DiffPart(DiffPart<'a>),
-    /// The newest tick that changed the canvas, and the canvas hash at it.
+    /// The server's current tick, the newest tick that changed the canvas (nothing changed after it up to
+    /// `tick`), and the canvas hash.
     Head {
-        /// Newest changing tick.
+        /// Current tick.
         tick: u64,
-        /// Hash after it.
+        /// Newest changing tick (`<= tick`).
+        last_change: u64,
+        /// Canvas hash.
         hash: u64,
     },
 }
 
 /// Encode a HEAD datagram.
-pub fn encode_head(tick: u64, hash: u64) -> [u8; HEAD_LEN] {
+pub fn encode_head(tick: u64, last_change: u64, hash: u64) -> [u8; HEAD_LEN] {
     let mut b = [0u8; HEAD_LEN];
     b[0] = VERSION;
     b[1] = ty::HEAD;
     b[2..10].copy_from_slice(&tick.to_le_bytes());
-    b[10..18].copy_from_slice(&hash.to_le_bytes());
+    b[10..18].copy_from_slice(&last_change.to_le_bytes());
+    b[18..26].copy_from_slice(&hash.to_le_bytes());
     b
 }
 
@@ -81,9 +87,12 @@ pub fn decode_datagram(d: &[u8]) -> Result<ServerDatagram<'_>, ProtoError> {
     match t {
         ty::DIFF_PART => decode_diff_part(d).map(ServerDatagram::DiffPart),
         ty::HEAD => {
-            let (tick, hash) = (c.u64()?, c.u64()?);
+            let (tick, last_change, hash) = (c.u64()?, c.u64()?, c.u64()?);
             c.end()?;
-            Ok(ServerDatagram::Head { tick, hash })
+            if last_change > tick {
+                return Err(ProtoError::BadLength);
+            }
+            Ok(ServerDatagram::Head { tick, last_change, hash })
         }
         other => Err(ProtoError::UnknownType(other)),
     }
@@ -516,16 +525,28 @@ pub fn decode_snapshot_body(
 }
 
 /// Reassembles length-prefixed frames from stream bytes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
+    max: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FrameReader {
-    /// An empty reader.
+    /// An empty reader accepting frames up to [`MAX_FRAME`].
     pub fn new() -> Self {
-        Self::default()
+        Self::with_max(MAX_FRAME)
+    }
+
+    /// An empty reader accepting frames up to `max` bytes.
+    pub fn with_max(max: usize) -> Self {
+        Self { buf: Vec::new(), start: 0, max }
     }
 
     /// Bytes buffered and not yet returned as frames.
@@ -563,7 +584,7 @@ impl FrameReader {
             return Ok(None);
         }
         let len = u32::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME {
+        if len > self.max {
             return Err(ProtoError::FrameTooLarge(len));
         }
         if avail.len() < LEN_PREFIX + len {
@@ -657,10 +678,11 @@ mod tests {
             back.extend(p.diff.entries());
         }
         assert_eq!(back, entries);
-        let h = encode_head(77, 88);
-        assert_eq!(decode_datagram(&h), Ok(ServerDatagram::Head { tick: 77, hash: 88 }));
+        let h = encode_head(77, 70, 88);
+        assert_eq!(decode_datagram(&h), Ok(ServerDatagram::Head { tick: 77, last_change: 70, hash: 88 }));
+        assert_eq!(decode_datagram(&encode_head(1, 2, 0)), Err(ProtoError::BadLength));
         assert!(matches!(decode_datagram(d.get(0).unwrap()), Ok(ServerDatagram::DiffPart(_))));
-        assert_eq!(decode_datagram(&h[..17]), Err(ProtoError::Truncated));
+        assert_eq!(decode_datagram(&h[..25]), Err(ProtoError::Truncated));
         let mut none = Datagrams::new();
         encode_diff_parts(5, 2, 0, &[], 1200, &mut none);
         assert!(none.is_empty());

@@ -64,8 +64,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica with no state yet. The server sends a snapshot after WELCOME unasked, so the first SYNC
-    /// counts as already outstanding.
+    /// A replica with no state yet. The client's first message is `SYNC{NO_TICK}` (its hello), which the
+    /// server answers with WELCOME, SNAPSHOT, DIFF*, SYNCED: that SYNC counts as already outstanding.
     pub fn new(dims: Dims) -> Self {
         Self::with_limits(dims, DEFAULT_GAP_GRACE, DEFAULT_MAX_PENDING)
     }
@@ -133,8 +133,21 @@ impl Replica {
     pub fn on_datagram(&mut self, d: &[u8], now: Instant) -> Result<(), ProtoError> {
         let p = match proto::decode_datagram(d)? {
             ServerDatagram::DiffPart(p) => p,
-            ServerDatagram::Head { tick, .. } => {
-                self.note_tick(tick, now);
+            ServerDatagram::Head { tick, last_change, hash } => {
+                match self.tick.filter(|_| !self.diverged) {
+                    // Newer than this (reordered) HEAD: nothing to learn.
+                    Some(t) if t > tick => {}
+                    // Current: nothing changed in (last_change, tick], so the replica is at `tick` too,
+                    // and its hash must be the server's.
+                    Some(t) if t >= last_change => {
+                        if self.sync_ok_at(hash) {
+                            self.tick = Some(tick);
+                            self.pending.retain(|&k, _| k > tick);
+                            self.advance()?;
+                        }
+                    }
+                    _ => self.note_tick(last_change, now),
+                }
                 return Ok(());
             }
         };
@@ -164,6 +177,16 @@ impl Replica {
         e.missing -= 1;
         e.entries.extend_from_slice(p.diff.entries);
         self.advance()
+    }
+
+    /// A HEAD's hash must match when the replica claims to be current; a mismatch means divergence.
+    fn sync_ok_at(&mut self, hash: u64) -> bool {
+        if self.hash != hash {
+            self.stats.hash_mismatches += 1;
+            self.diverged = true;
+            return false;
+        }
+        true
     }
 
     /// Consume a control-stream message (SNAPSHOT, DIFF and SYNCED matter; others are ignored).
@@ -204,8 +227,14 @@ impl Replica {
                 );
                 self.advance()
             }
-            ServerMsg::Synced { .. } => {
+            ServerMsg::Synced { tick } => {
                 self.sync_outstanding = false;
+                // The reply carried every change up to `tick`: once applied, the replica is at `tick`.
+                if let Some(t) = self.tick.filter(|_| !self.diverged) {
+                    if self.pending.first_key_value().is_none_or(|(&k, _)| k > tick) || t >= tick {
+                        self.tick = Some(t.max(tick));
+                    }
+                }
                 if let Some((t, _)) = self.behind {
                     self.behind = Some((t, now));
                 }
@@ -441,7 +470,7 @@ mod tests {
         feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
         s.tick(&[(1, 1)]); // every part lost, and nothing changes afterwards
         s.tick(&[]);
-        r.on_datagram(&proto::encode_head(1, s.canvas.hash()), t0).unwrap();
+        r.on_datagram(&proto::encode_head(2, 1, s.canvas.hash()), t0).unwrap();
         assert_eq!(r.poll_sync(t0), None, "within grace");
         assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), Some(0));
         feed_stream(&mut r, &s.sync_reply(0), t0);
@@ -449,6 +478,32 @@ mod tests {
         // An ACK for a tick the replica already has does nothing.
         r.note_tick(1, t0);
         assert_eq!(r.poll_sync(t0 + Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn quiet_ticks_advance_a_current_replica() {
+        let t0 = Instant::now();
+        let mut s = Server::new();
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let d = s.tick(&[(4, 4)]);
+        r.on_datagram(d.get(0).unwrap(), t0).unwrap();
+        // A write acked at tick 3 that changed nothing (same color): tick 3 has no diff.
+        s.tick(&[(4, 4)]);
+        s.tick(&[]);
+        r.note_tick(3, t0);
+        r.on_datagram(&proto::encode_head(3, 1, s.canvas.hash()), t0).unwrap();
+        assert_eq!(r.tick(), Some(3));
+        assert_eq!(r.poll_sync(t0 + Duration::from_secs(5)), None, "no SYNC storm for empty acked ticks");
+        // A SYNC reply brings the replica to the reply's tick even when that tick changed nothing.
+        let mut r2 = Replica::new(DIMS);
+        feed_stream(&mut r2, &s.sync_reply(NO_TICK), t0);
+        r2.note_tick(3, t0);
+        let mut reply = Vec::new();
+        proto::encode_synced(3, &mut reply);
+        r2.on_datagram(&proto::encode_head(3, 1, 12345), t0).unwrap_or(());
+        assert_eq!(r2.stats().hash_mismatches, 1, "a HEAD hash that disagrees with a current replica");
+        let _ = reply;
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 pub const APP_ERR_PROTOCOL: u64 = 0x101;
 /// Application error code sent on graceful shutdown.
 pub const APP_ERR_SHUTDOWN: u64 = 0x0;
+/// Application error code sent to a client that does not read its control stream: more than this many
+/// control chunks (ACKs, REJECTs, diffs) are queued for it.
+pub const APP_ERR_NOT_READING: u64 = 0x102;
+/// Control chunks queued per connection before it is closed with [`APP_ERR_NOT_READING`].
+pub const MAX_STREAM_CHUNKS: usize = 4096;
 
 /// Endpoint tuning; the server fills it from its flags.
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +125,10 @@ pub struct EndpointStats {
     pub paced_holds: u64,
     /// Packets quiche produced and handed to the backend.
     pub packets_out: u64,
+    /// Broadcast datagrams larger than the peer accepts (skipped).
+    pub dgram_too_big: u64,
+    /// Connections closed for not reading their control stream.
+    pub closed_not_reading: u64,
     /// quiche timeouts fired.
     pub timeouts: u64,
 }
@@ -442,7 +451,7 @@ impl Endpoint {
             timer: None,
             outbox: VecDeque::new(),
             ctl: None,
-            reader: FrameReader::new(),
+            reader: FrameReader::with_max(proto::MAX_CLIENT_FRAME),
             stream_out: VecDeque::new(),
             welcomed: false,
             ready: false,
@@ -874,8 +883,13 @@ impl Ctx {
                     self.stats.broadcast_bytes += g.len() as u64;
                 }
                 Err(quiche::Error::Done) => break,
+                Err(quiche::Error::BufferTooShort) => {
+                    // Larger than the peer accepts: skip this one; a canvas/1 client repairs with SYNC.
+                    *i += 1;
+                    self.stats.dgram_too_big += 1;
+                }
                 Err(_) => {
-                    // Peer without DATAGRAM support, or a datagram larger than it accepts.
+                    // Peer without DATAGRAM support.
                     c.outbox.clear();
                     break;
                 }
@@ -899,6 +913,11 @@ impl Ctx {
             self.stats.packets_out += 1;
         }
         self.feed_stream(c);
+        if c.stream_out.len() > MAX_STREAM_CHUNKS && !c.q.is_closed() {
+            let _ = c.q.close(true, APP_ERR_NOT_READING, b"control stream not read");
+            c.stream_out.clear();
+            self.stats.closed_not_reading += 1;
+        }
         self.feed_dgrams(c);
         let mut sent = 0;
         loop {

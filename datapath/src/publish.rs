@@ -55,7 +55,7 @@ pub struct Publication {
     pub parts: Datagrams,
     /// canvas/1 framed DIFF (the stream form, for SYNC replies).
     pub diff_frame: Vec<u8>,
-    /// canvas/1 HEAD datagram: the newest changing tick (this one, or `base` when this tick is empty).
+    /// canvas/1 HEAD datagram: this tick and the newest changing tick (this one, or `base` when empty).
     pub head: Datagrams,
     /// For each worker: writes from it applied up to and including this tick (cumulative).
     pub applied: Vec<u64>,
@@ -85,7 +85,7 @@ impl Publication {
         }
         let mut head = Datagrams::new();
         head.begin();
-        head.extend(&proto::encode_head(if entries.is_empty() { base } else { tick }, hash));
+        head.extend(&proto::encode_head(tick, if entries.is_empty() { base } else { tick }, hash));
         Self {
             tick,
             base,

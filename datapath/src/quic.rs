@@ -44,7 +44,8 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The server's quiche config: both ALPNs (canvas/1 preferred), DATAGRAM frames, stream limits a quinn
+/// The server's quiche config: both ALPNs (quiche picks the first of the client's list that it supports),
+/// DATAGRAM frames, stream limits a quinn
 /// client needs (quiche's defaults of 0 streams and 0 idle timeout break peers), pacing on.
 pub fn server_config(q: &QuicConfig, cert: &Path, key: &Path) -> Result<quiche::Config, ConfigError> {
     let err = |what: &str, e: quiche::Error| ConfigError(format!("{what}: {e}"));
