@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::grid::Dims;
 use crate::hash;
-use crate::proto::{self, DiffView, ProtoError, ServerDatagram, ServerMsg, NO_TICK};
+use crate::proto::{self, DiffView, ProtoError, ServerDatagram, ServerMsg, SnapshotEncoding, NO_TICK};
+use std::sync::Arc;
 
 /// How long a gap may persist before it is repaired by a SYNC (covers datagram reordering).
 pub const DEFAULT_GAP_GRACE: Duration = Duration::from_millis(250);
@@ -50,7 +51,10 @@ pub struct ReplicaStats {
 /// The replica.
 #[derive(Debug)]
 pub struct Replica {
+    /// Empty until the first snapshot (a joining client allocates nothing before it has content).
     pixels: Vec<u8>,
+    len: usize,
+    prefix: Option<Arc<hash::PrefixTable>>,
     hash: u64,
     tick: Option<u64>,
     pending: BTreeMap<u64, Pending>,
@@ -72,10 +76,11 @@ impl Replica {
 
     /// A replica with explicit gap grace and pending bound.
     pub fn with_limits(dims: Dims, grace: Duration, max_pending: usize) -> Self {
-        let pixels = vec![0; dims.len()];
         Self {
-            hash: hash::full(&pixels),
-            pixels,
+            hash: 0,
+            pixels: Vec::new(),
+            len: dims.len(),
+            prefix: None,
             tick: None,
             pending: BTreeMap::new(),
             sync_outstanding: true,
@@ -92,7 +97,7 @@ impl Replica {
         self.tick
     }
 
-    /// The replica's pixels.
+    /// The replica's pixels (empty before the first snapshot).
     pub fn pixels(&self) -> &[u8] {
         &self.pixels
     }
@@ -193,14 +198,23 @@ impl Replica {
     pub fn on_message(&mut self, m: &ServerMsg<'_>, now: Instant) -> Result<(), ProtoError> {
         match *m {
             ServerMsg::Snapshot { tick, hash, dims, encoding, data } => {
-                if dims.len() != self.pixels.len() {
+                if dims.len() != self.len {
                     return Err(ProtoError::BadSnapshot);
                 }
                 if !self.diverged && self.tick.is_some_and(|t| t >= tick) {
                     return Ok(()); // already newer
                 }
+                if self.pixels.len() != self.len {
+                    self.pixels = vec![0; self.len];
+                }
                 proto::decode_snapshot_body(encoding, data, &mut self.pixels)?;
-                self.hash = hash::full(&self.pixels);
+                self.hash = match encoding {
+                    // O(runs) with the shared prefix table, instead of hashing every pixel.
+                    SnapshotEncoding::Rle => {
+                        self.prefix.get_or_insert_with(|| hash::PrefixTable::for_len(self.len)).of_rle(data)
+                    }
+                    SnapshotEncoding::Raw => hash::full(&self.pixels),
+                };
                 self.tick = Some(tick);
                 self.diverged = self.hash != hash;
                 if self.diverged {
