@@ -335,6 +335,11 @@ impl Endpoint {
         !self.dirty.is_empty() || !self.ctx.tx_now.is_empty()
     }
 
+    /// Entries in the timer heap (live and superseded), for tests and stats.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
     /// Earliest timer (quiche timeout or pacing release).
     pub fn next_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
@@ -571,8 +576,13 @@ impl Endpoint {
             let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
                 continue;
             };
-            if c.timer == Some(t) {
-                c.timer = None;
+            if c.timer != Some(t) {
+                continue; // superseded by an earlier deadline
+            }
+            c.timer = None;
+            // The armed deadline may be earlier than quiche's current one (it only ever moves the armed
+            // entry earlier, see `flush`): fire quiche only when its own deadline has passed.
+            if c.q.timeout_instant().is_some_and(|q| q <= now) {
                 c.q.on_timeout();
                 self.ctx.stats.timeouts += 1;
             }
@@ -619,14 +629,16 @@ impl Endpoint {
                 self.remove(key);
                 continue;
             }
-            // Re-arm the timer (quiche timeout or pacing release).
+            // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap entry:
+            // quiche moves its idle deadline on every packet, and pushing each move would grow the heap by
+            // one stale entry per packet. A later deadline is picked up when the armed entry fires.
             let t = match &c.paced {
                 Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
                 None => c.q.timeout_instant(),
             };
-            if t != c.timer {
-                c.timer = t;
-                if let Some(t) = t {
+            if let Some(t) = t {
+                if c.timer.is_none_or(|armed| t < armed) {
+                    c.timer = Some(t);
                     self.timers.push(Reverse((t, key, c.gen)));
                 }
             }
@@ -637,6 +649,13 @@ impl Endpoint {
         }
         pending.clear();
         self.dirty = again;
+        // Superseded heap entries are skipped when they fire; purge them once they outnumber live ones.
+        if self.timers.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.timers.retain(|Reverse((t, k, g))| {
+                conns.get(*k).is_some_and(|c| c.gen == *g && c.timer == Some(*t))
+            });
+        }
         if self.dirty.capacity() < pending.capacity() {
             self.dirty.reserve(pending.capacity());
         }

@@ -87,6 +87,10 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     assert!(rejected >= bad, "every invalid write is rejected");
     assert_eq!(mism, 0);
     assert!(sent > 500);
+    for (e, _) in &sim.workers {
+        // At most one live entry per connection plus superseded ones that have not fired yet.
+        assert!(e.timer_entries() <= 3 * e.conn_count() + 8, "timer heap bounded: {}", e.timer_entries());
+    }
     let applied: u64 = sim.workers.iter().map(|(e, _)| e.stats().pixels_applied).sum();
     assert_eq!(applied, acked);
     if loss > 0.0 {
