@@ -1,0 +1,408 @@
+//! A `canvas/1` client: one control stream (hello SYNC, WRITEs, repair SYNCs out; WELCOME, SNAPSHOT, DIFF,
+//! SYNCED, ACK, REJECT in) and DIFF_PART datagrams into a [`Replica`].
+//!
+//! One `select!` loop per client multiplexes the phase, the stream, datagrams, the buffered stream output,
+//! the write timer and the sync timer; every branch future is cancel-safe (quinn documents `read_chunk`,
+//! `read_datagram` and `write` as such), so nothing is lost when another branch wins.
+//!
+//! A light client (beyond `--replicas`) keeps no replica: it follows the highest tick announced by
+//! SNAPSHOT, DIFF, SYNCED, DIFF_PART or HEAD, never SYNCs, and counts a write visible once that tick reaches
+//! the ACKed one (a lost part goes unnoticed: an approximation that costs no memory).
+//!
+//! Latency: a write is visible once the replica reaches the tick its ACK names. The ACKed tick is passed
+//! to [`Replica::note_tick`], so a replica that stays behind it (the tick changed nothing, or its diff was
+//! lost and nothing followed) is caught up by HEAD datagrams, SYNCED or its own SYNC.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
+use canvas::replica::ReplicaStats;
+use canvas::{Dims, Pixel, Replica};
+use rand::rngs::SmallRng;
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::{micros, now_or_never, Ctx, Failure, Phase, ReplicaSlot, Slot};
+
+/// Largest chunk taken from the control stream at once.
+const READ_CHUNK: usize = 64 << 10;
+/// How often a quiet client re-checks its replica for gaps (the replica's grace is 250 ms).
+const SYNC_POLL: Duration = Duration::from_millis(50);
+/// Stop generating writes while this much control-stream output is queued (flow control is pushing back).
+const MAX_OUT_QUEUED: usize = 64 << 10;
+/// Datagrams taken per wakeup before the loop looks at its other inputs.
+const DATAGRAM_BATCH: usize = 64;
+/// After a frame this large (a snapshot) the frame reader's buffer is released once empty.
+const BIG_FRAME: usize = 64 << 10;
+
+/// Writes in flight by id (ids are consecutive, so a deque indexed from the oldest unresolved one).
+#[derive(Debug, Default)]
+struct Writes {
+    first_id: u32,
+    next_id: u32,
+    sent: VecDeque<Option<Instant>>,
+    outstanding: usize,
+}
+
+impl Writes {
+    fn send(&mut self, now: Instant) -> u32 {
+        let id = self.next_id;
+        self.next_id = id.wrapping_add(1);
+        self.sent.push_back(Some(now));
+        self.outstanding += 1;
+        id
+    }
+
+    fn resolve(&mut self, id: u32) -> Option<Instant> {
+        let i = id.wrapping_sub(self.first_id) as usize;
+        let t = self.sent.get_mut(i)?.take()?;
+        self.outstanding -= 1;
+        while self.sent.front().is_some_and(Option::is_none) {
+            self.sent.pop_front();
+            self.first_id = self.first_id.wrapping_add(1);
+        }
+        Some(t)
+    }
+}
+
+/// Per-connection protocol state outside the replica.
+struct Session<'a> {
+    ctx: &'a Ctx,
+    slot: &'a Slot,
+    dims: Option<Dims>,
+    writes: Writes,
+    /// ACKed writes whose tick the replica has not reached: (tick, sent at).
+    acked: Vec<(u64, Instant)>,
+    /// No replica: follow announced ticks only.
+    light: bool,
+    /// Light clients: the highest tick the server announced.
+    light_tick: Option<u64>,
+    pending_ticks: usize,
+    seen: ReplicaStats,
+    lat: Vec<u64>,
+}
+
+fn replica(rep: &mut ReplicaSlot) -> Option<&mut Replica> {
+    match rep {
+        ReplicaSlot::Canvas1(r) => Some(r),
+        _ => None,
+    }
+}
+
+fn bad<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Failure {
+    move |e| Failure::protocol(format!("{what}: {e}"))
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a Ctx, slot: &'a Slot, light: bool) -> Self {
+        Self {
+            ctx,
+            slot,
+            dims: None,
+            writes: Writes::default(),
+            acked: Vec::new(),
+            light,
+            light_tick: None,
+            pending_ticks: 0,
+            seen: ReplicaStats::default(),
+            lat: Vec::new(),
+        }
+    }
+
+    /// Handle every complete frame; returns true when the WELCOME was among them.
+    fn on_stream(
+        &mut self,
+        fr: &mut FrameReader,
+        rep: &mut ReplicaSlot,
+        now: Instant,
+    ) -> Result<(bool, bool), Failure> {
+        let (mut welcomed, mut big) = (false, false);
+        while let Some(frame) = fr.pop().map_err(bad("control stream"))? {
+            big |= frame.len() > BIG_FRAME;
+            let m = proto::decode_server(frame).map_err(bad("control message"))?;
+            if let ServerMsg::Welcome(w) = m {
+                if self.dims.is_some() {
+                    return Err(Failure::protocol("second WELCOME"));
+                }
+                if w.dims.is_empty() || w.dims.len() > canvas::grid::MAX_PIXELS {
+                    return Err(Failure::protocol(format!("WELCOME with unusable dimensions {:?}", w.dims)));
+                }
+                self.dims = Some(w.dims);
+                if !self.light {
+                    *rep = ReplicaSlot::Canvas1(Box::new(Replica::new(w.dims)));
+                }
+                welcomed = true;
+                continue;
+            }
+            if self.dims.is_none() {
+                return Err(Failure::protocol("message before WELCOME"));
+            }
+            let mut r = replica(rep);
+            match m {
+                ServerMsg::Ack { id, tick } => {
+                    let sent = self
+                        .writes
+                        .resolve(id)
+                        .ok_or_else(|| Failure::protocol(format!("ACK for unknown write {id}")))?;
+                    self.ctx.counters.applied.fetch_add(1, Relaxed);
+                    let visible = r.as_ref().map_or(self.light_tick, |r| r.tick());
+                    if visible.is_some_and(|t| t >= tick) {
+                        self.lat.push(micros(sent, now));
+                    } else {
+                        if let Some(r) = r.as_mut() {
+                            r.note_tick(tick, now);
+                        }
+                        self.acked.push((tick, sent));
+                    }
+                }
+                ServerMsg::Reject { id, reason, .. } => {
+                    self.writes
+                        .resolve(id)
+                        .ok_or_else(|| Failure::protocol(format!("REJECT for unknown write {id}")))?;
+                    self.ctx.counters.reject(reason);
+                }
+                _ => match r {
+                    Some(r) => r.on_message(&m, now).map_err(bad("SNAPSHOT/DIFF/SYNCED"))?,
+                    None => {
+                        let tick = match m {
+                            ServerMsg::Snapshot { tick, .. } => {
+                                self.ctx.counters.snapshots.fetch_add(1, Relaxed);
+                                tick
+                            }
+                            ServerMsg::Diff(d) => d.tick,
+                            ServerMsg::Synced { tick } => tick,
+                            _ => continue,
+                        };
+                        self.light_tick = self.light_tick.max(Some(tick));
+                    }
+                },
+            }
+        }
+        Ok((welcomed, big))
+    }
+
+    /// A light client's view of a datagram: the tick it announces.
+    fn on_light_datagram(&mut self, d: &[u8]) -> Result<(), Failure> {
+        let tick = match proto::decode_datagram(d).map_err(bad("datagram"))? {
+            proto::ServerDatagram::DiffPart(p) => p.diff.tick,
+            proto::ServerDatagram::Head { tick, .. } => tick,
+        };
+        self.light_tick = self.light_tick.max(Some(tick));
+        Ok(())
+    }
+
+    /// After any event: settle visible writes, ask for repairs, publish counters.
+    fn settle(&mut self, mut r: Option<&mut Replica>, now: Instant, out: &mut Vec<u8>) {
+        if let Some(v) = r.as_ref().map_or(self.light_tick, |r| r.tick()) {
+            let lat = &mut self.lat;
+            self.acked.retain(|&(tick, sent)| {
+                let seen = tick <= v;
+                if seen {
+                    lat.push(micros(sent, now));
+                }
+                !seen
+            });
+        }
+        if let Some(r) = r.as_mut() {
+            if let Some(have_tick) = r.poll_sync(now) {
+                proto::encode_client(&ClientMsg::Sync { have_tick }, out);
+            }
+            let c = &self.ctx.counters;
+            let st = r.stats();
+            if st != self.seen {
+                let d = |new: u64, old: u64| new.saturating_sub(old);
+                c.syncs.fetch_add(d(st.syncs, self.seen.syncs), Relaxed);
+                c.snapshots.fetch_add(d(st.snapshots, self.seen.snapshots), Relaxed);
+                c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
+                self.seen = st;
+            }
+            self.pending_ticks = r.pending_ticks();
+        }
+        self.slot.unresolved.store(self.writes.outstanding as u32, Relaxed);
+        self.slot.invisible.store(self.acked.len() as u32, Relaxed);
+    }
+
+    /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, or an
+    /// ACKed tick not reached yet). Light clients never sync.
+    fn needs_poll(&self) -> bool {
+        !self.light && (self.pending_ticks > 0 || !self.acked.is_empty())
+    }
+}
+
+enum Ev {
+    Phase,
+    Chunk(Bytes),
+    Datagrams,
+    Wrote,
+    WriteTimer,
+    SyncTimer,
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(365 * 86_400)
+}
+
+/// Run the protocol on an established connection until the phase says `Close` (Ok) or it fails.
+pub async fn drive(
+    ctx: &Ctx,
+    slot: &Slot,
+    conn: &quinn::Connection,
+    rng: &mut SmallRng,
+    phase: &mut watch::Receiver<Phase>,
+    full: bool,
+) -> Result<(), Failure> {
+    let (mut send, mut recv) = match tokio::time::timeout(ctx.handshake_timeout, conn.open_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Failure::conn(&e)),
+        Err(_) => {
+            return Err(Failure::protocol("cannot open the control stream (server allows no bidi stream?)"))
+        }
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut out_pos = 0usize;
+    proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK }, &mut out);
+    let mut fr = FrameReader::new();
+    let mut s = Session::new(ctx, slot, !full);
+    let mut writing = false;
+    let write_sleep = tokio::time::sleep_until(far_future());
+    let sync_sleep = tokio::time::sleep_until(far_future());
+    tokio::pin!(write_sleep, sync_sleep);
+    let mut sync_armed = false;
+    let mut dgrams: Vec<Bytes> = Vec::new();
+    let c = &ctx.counters;
+    loop {
+        let ev = tokio::select! {
+            biased;
+            r = phase.changed() => match r {
+                Ok(()) => Ev::Phase,
+                Err(_) => return Ok(()),
+            },
+            r = recv.read_chunk(READ_CHUNK, true) => match r {
+                Ok(Some(chunk)) => Ev::Chunk(chunk.bytes),
+                Ok(None) => return Err(Failure::protocol("server finished the control stream")),
+                Err(e) => return Err(Failure::read(&e)),
+            },
+            r = send.write(&out[out_pos..]), if out_pos < out.len() => match r {
+                Ok(n) => {
+                    out_pos += n;
+                    Ev::Wrote
+                }
+                Err(e) => return Err(Failure::write(&e)),
+            },
+            () = &mut write_sleep, if writing && out.len() - out_pos < MAX_OUT_QUEUED => Ev::WriteTimer,
+            () = &mut sync_sleep, if sync_armed => Ev::SyncTimer,
+            // Last: under overload datagrams are always ready, and must not starve the rest.
+            r = conn.read_datagram() => match r {
+                Ok(d) => {
+                    dgrams.push(d);
+                    Ev::Datagrams
+                }
+                Err(e) => return Err(Failure::conn(&e)),
+            },
+        };
+        let now = Instant::now();
+        match ev {
+            Ev::Phase => match *phase.borrow_and_update() {
+                Phase::Close => return Ok(()),
+                Phase::Drain => writing = false,
+                Phase::Run => {}
+            },
+            Ev::Wrote => {
+                if out_pos == out.len() {
+                    out.clear();
+                    out_pos = 0;
+                } else if out_pos >= 4096 {
+                    out.drain(..out_pos);
+                    out_pos = 0;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        {
+            let mut rep = slot.replica();
+            match ev {
+                Ev::Chunk(bytes) => {
+                    fr.push(&bytes);
+                    let (welcomed, big) = s.on_stream(&mut fr, &mut rep, now)?;
+                    if big && fr.buffered() == 0 {
+                        fr = FrameReader::new(); // give the snapshot-sized buffer back
+                    }
+                    if welcomed && *phase.borrow() == Phase::Run {
+                        writing = true;
+                        write_sleep.as_mut().reset((now + ctx.pixel_wait(rng)).into());
+                    }
+                }
+                Ev::Datagrams => {
+                    while dgrams.len() < DATAGRAM_BATCH {
+                        match now_or_never(conn.read_datagram()) {
+                            Some(Ok(d)) => dgrams.push(d),
+                            _ => break,
+                        }
+                    }
+                    c.rx_datagrams.fetch_add(dgrams.len() as u64, Relaxed);
+                    c.rx_bytes.fetch_add(dgrams.iter().map(|d| d.len() as u64).sum(), Relaxed);
+                    if let Some(r) = replica(&mut rep) {
+                        for d in &dgrams {
+                            r.on_datagram(d, now).map_err(bad("datagram"))?;
+                        }
+                    } else if s.light && s.dims.is_some() {
+                        for d in &dgrams {
+                            s.on_light_datagram(d)?;
+                        }
+                    }
+                    dgrams.clear();
+                }
+                Ev::WriteTimer => {
+                    if let Some(dims) = s.dims {
+                        let pixel = Pixel {
+                            x: rng.random_range(0..dims.width),
+                            y: rng.random_range(0..dims.height),
+                            color: rng.random(),
+                        };
+                        let id = s.writes.send(now);
+                        proto::encode_client(&ClientMsg::Write { id, pixel }, &mut out);
+                        c.pixels_sent.fetch_add(1, Relaxed);
+                    }
+                    write_sleep.as_mut().reset((now + ctx.pixel_wait(rng)).into());
+                }
+                Ev::SyncTimer => sync_armed = false,
+                Ev::Phase | Ev::Wrote => {}
+            }
+            if s.dims.is_some() {
+                s.settle(replica(&mut rep), now, &mut out);
+            }
+        }
+        if !sync_armed && s.needs_poll() {
+            sync_sleep.as_mut().reset((now + SYNC_POLL).into());
+            sync_armed = true;
+        }
+        ctx.latency.record(&mut s.lat);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_resolve_in_any_order() {
+        let t = Instant::now();
+        let mut w = Writes::default();
+        let ids: Vec<u32> = (0..5).map(|_| w.send(t)).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4]);
+        assert!(w.resolve(2).is_some());
+        assert!(w.resolve(2).is_none(), "twice");
+        assert!(w.resolve(9).is_none(), "never sent");
+        assert!(w.resolve(0).is_some());
+        assert_eq!(w.first_id, 1);
+        assert!(w.resolve(1).is_some());
+        assert_eq!(w.first_id, 3);
+        assert_eq!(w.outstanding, 2);
+        assert!(w.resolve(4).is_some() && w.resolve(3).is_some());
+        assert_eq!((w.outstanding, w.sent.len(), w.first_id), (0, 0, 5));
+    }
+}

@@ -1,0 +1,280 @@
+//! The run: set up endpoints and clients, write for `--duration`, drain, verify replicas, close, report.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use canvas::{proto, Dims, RejectReason};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::client::{self, Ctx, Phase, Slot, Status};
+use crate::config::{parse_target, Args, Protocol};
+use crate::stats::{FailKind, Latency, Reporter};
+use crate::summary::Summary;
+use crate::{net, tls, verify};
+
+/// Legacy has no acks to wait for: give in-flight writes a few ticks to show up in a diff.
+const LEGACY_DRAIN: Duration = Duration::from_secs(1);
+/// How often the orchestrator looks at the clients while draining.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Build the runtime, run, print and write the summary; the process exit code.
+pub fn main(args: Args) -> ExitCode {
+    let rt = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("client: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(&args));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", summary.table());
+    if let Some(path) = &args.summary_json {
+        let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("client: --summary-json {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if summary.handshakes == 0 {
+        eprintln!(
+            "client: no client could connect to {} ({}): {}",
+            summary.target,
+            summary.server_addr,
+            summary.first_error.as_deref().unwrap_or("no connection was attempted")
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// One whole run.
+pub async fn run(args: &Args) -> Result<Summary, String> {
+    let t0 = Instant::now();
+    let target = parse_target(&args.target)?;
+    let addr = target.resolve().await?;
+    let transport = Arc::new(tls::transport(args)?);
+    let client_config = tls::client_config(args.protocol.alpn(), transport.clone())?;
+    let verify_config = tls::client_config(proto::ALPN, transport)?;
+    let n_ep = args.endpoints.min(args.clients).max(1);
+    let (endpoints, socket) = net::endpoints(n_ep, addr, args.socket_buffer)?;
+    if socket.rcvbuf < args.socket_buffer {
+        eprintln!(
+            "[{}] warning: socket buffers are {} B (asked {} B); run as root or raise net.core.rmem_max",
+            args.id, socket.rcvbuf, args.socket_buffer
+        );
+    }
+    let ctx = Arc::new(Ctx {
+        protocol: args.protocol,
+        seed: args.seed,
+        id: args.id.clone(),
+        max_conn_jitter_ms: args.max_conn_jitter,
+        min_wait_ms: args.min_pixel_wait,
+        max_wait_ms: args.max_pixel_wait,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        addr,
+        server_name: target.host.clone(),
+        client_config,
+        legacy_dims: Dims { width: args.width, height: args.height },
+        full_replicas: args.replicas.unwrap_or(args.clients).min(args.clients),
+        counters: Default::default(),
+        latency: Latency::default(),
+        first_error: Mutex::new(None),
+        errors_printed: Default::default(),
+    });
+    let applied_label = match args.protocol {
+        Protocol::Canvas1 => "acked",
+        Protocol::Legacy => "observed",
+    };
+    let mut reporter = Reporter::new(args.metrics_dir.as_deref(), &args.id, applied_label)?;
+    eprintln!(
+        "[{}] {} clients, protocol {}, {} endpoints, target {} ({addr}), {}",
+        args.id,
+        args.clients,
+        args.protocol.name(),
+        n_ep,
+        args.target,
+        args.duration.map_or("until Ctrl-C".to_string(), |d| format!("{d} s"))
+    );
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Run);
+    let slots: Vec<Arc<Slot>> = (0..args.clients).map(|_| Arc::default()).collect();
+    let mut tasks = JoinSet::new();
+    for (i, slot) in slots.iter().enumerate() {
+        tasks.spawn(client::run(ctx.clone(), i, slot.clone(), endpoints[i % n_ep].clone(), phase_rx.clone()));
+    }
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let rctx = ctx.clone();
+    let reporter_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => reporter.row(&rctx.counters, &rctx.latency),
+                _ = stop_rx.changed() => break,
+            }
+        }
+    });
+
+    // Write phase.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let run_start = Instant::now();
+    let end = args.duration().map(|d| run_start + d);
+    let mut interrupted = false;
+    loop {
+        let wake = end.map_or(Instant::now() + Duration::from_millis(200), |e| {
+            e.min(Instant::now() + Duration::from_millis(200))
+        });
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut ctrl_c => {
+                eprintln!("[{}] interrupted: stopping writes, verifying (Ctrl-C again to skip)", args.id);
+                interrupted = true;
+                break;
+            }
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        if ctx.counters.failed.load(Relaxed) as usize == args.clients {
+            eprintln!("[{}] every client failed: ending the run early", args.id);
+            break;
+        }
+    }
+    let duration_s = run_start.elapsed().as_secs_f64();
+    phase_tx.send_replace(Phase::Drain);
+
+    // Drain, then verify (a second Ctrl-C skips both).
+    let verify_timeout = Duration::from_secs(args.verify_timeout);
+    let settle = async {
+        let budget = match args.protocol {
+            Protocol::Canvas1 => verify_timeout,
+            Protocol::Legacy => LEGACY_DRAIN.min(verify_timeout),
+        };
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline && !slots.iter().all(|s| s.status() != Status::Open || s.settled()) {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let open = || slots.iter().filter(|s| s.status() == Status::Open);
+        let unresolved: u64 = open().map(|s| u64::from(s.unresolved.load(Relaxed))).sum();
+        let invisible: u64 = open().map(|s| u64::from(s.invisible.load(Relaxed))).sum();
+        let verdict = if ctx.counters.handshakes.load(Relaxed) == 0 {
+            verify::Verdict { error: Some("no client connected".into()), ..Default::default() }
+        } else {
+            verify::verify(
+                &slots,
+                &endpoints[0],
+                &verify_config,
+                addr,
+                &target.host,
+                Instant::now() + verify_timeout,
+            )
+            .await
+        };
+        (unresolved, invisible, verdict)
+    };
+    let (unresolved, invisible, verdict) = tokio::select! {
+        r = settle => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("[{}] interrupted again: skipping verification", args.id);
+            (0, 0, verify::Verdict { error: Some("skipped (interrupted)".into()), ..Default::default() })
+        }
+    };
+
+    // Close: clients send CONNECTION_CLOSE, then the endpoints get a bounded chance to deliver it.
+    // (Dropping an aborted client's connection closes it too: quinn closes on the last handle's drop.)
+    phase_tx.send_replace(Phase::Close);
+    let close_bound = Duration::from_secs_f64(args.close_timeout);
+    let closed =
+        tokio::time::timeout(close_bound, async { while tasks.join_next().await.is_some() {} }).await;
+    if closed.is_err() {
+        tasks.abort_all();
+    }
+    let idle_by = tokio::time::Instant::now() + close_bound;
+    for ep in &endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    for ep in &endpoints {
+        let _ = tokio::time::timeout_at(idle_by, ep.wait_idle()).await;
+    }
+    let still_closing: usize = endpoints.iter().map(|e| e.open_connections()).sum();
+    if still_closing > 0 {
+        eprintln!(
+            "[{}] note: {still_closing} connections still in their closing period after --close-timeout {} s \
+             (CONNECTION_CLOSE was queued; draining lasts 3 PTOs, long when RTT estimates are inflated)",
+            args.id, args.close_timeout
+        );
+    }
+    let _ = stop_tx.send(true);
+    let _ = reporter_task.await;
+
+    let c = &ctx.counters;
+    let count = |st: Status| slots.iter().filter(|s| s.status() == st).count();
+    let failed_by_kind: BTreeMap<&'static str, u64> =
+        FailKind::ALL.iter().zip(&c.fail_kinds).map(|(k, v)| (k.name(), v.load(Relaxed))).collect();
+    let rejected_by_reason: BTreeMap<&'static str, u64> =
+        RejectReason::ALL.iter().zip(&c.rejected).map(|(r, v)| (r.name(), v.load(Relaxed))).collect();
+    let first_error = ctx.first_error.lock().expect("error lock").clone();
+    Ok(Summary {
+        id: args.id.clone(),
+        protocol: args.protocol,
+        target: args.target.clone(),
+        server_addr: addr.to_string(),
+        clients: args.clients,
+        connected: count(Status::Closed) + count(Status::Open),
+        failed: c.failed.load(Relaxed),
+        failed_by_kind,
+        never_started: count(Status::Waiting),
+        handshakes: c.handshakes.load(Relaxed),
+        pixels_sent: c.pixels_sent.load(Relaxed),
+        pixels_applied: c.applied.load(Relaxed),
+        pixels_rejected: c.rejected_total(),
+        rejected_by_reason,
+        applied_is_observed: args.protocol == Protocol::Legacy,
+        unresolved_writes: unresolved,
+        acked_not_visible: invisible,
+        legacy_noop_writes: c.legacy_noop_writes.load(Relaxed),
+        legacy_unobserved: c.legacy_unobserved.load(Relaxed),
+        legacy_datagram_errors: c.legacy_errors.load(Relaxed),
+        replicas: ctx.full_replicas,
+        replicas_checked: verdict.checked,
+        replicas_matching: verdict.matching,
+        verify: verdict,
+        latency_ms: ctx.latency.total(),
+        duration_s,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        rx_datagrams: c.rx_datagrams.load(Relaxed),
+        rx_bytes: c.rx_bytes.load(Relaxed),
+        syncs: c.syncs.load(Relaxed),
+        snapshots: c.snapshots.load(Relaxed),
+        hash_mismatches: c.hash_mismatches.load(Relaxed),
+        interrupted,
+        still_closing_at_exit: still_closing,
+        endpoints: n_ep,
+        threads: args.threads,
+        seed: args.seed,
+        socket,
+        usage: crate::sys::usage(),
+        first_error,
+    })
+}

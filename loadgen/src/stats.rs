@@ -1,0 +1,345 @@
+//! Shared counters (atomics), the latency histograms, and the per-second CSV / progress reporter.
+//!
+//! CSV columns: the predecessor's `timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps` (unix
+//! seconds, open connections, cumulative failures, cumulative pixels sent, pixels sent in that second,
+//! datagrams received in that second, Mbit/s of received datagram payload), then ours:
+//! `acked,rejected,syncs,snapshots` (cumulative; for legacy `acked` counts writes observed in a broadcast)
+//! and `lat_p50_ms,lat_p99_ms` over that second's write→visible samples (empty when there were none).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use canvas::RejectReason;
+use hdrhistogram::Histogram;
+
+/// CSV header (predecessor's seven columns first).
+pub const CSV_HEADER: &str =
+    "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms";
+
+/// Highest latency tracked: one hour in microseconds (larger samples saturate).
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+/// A report interval this long (s) means the runtime could not run the reporter on time.
+const LATE_REPORT_S: f64 = 1.25;
+/// Significant figures of the latency histograms.
+const LATENCY_SIGFIG: u8 = 3;
+
+/// Why a client's connection counts as failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailKind {
+    /// `Endpoint::connect` refused (bad address, endpoint closed, ...).
+    Connect,
+    /// The handshake did not finish within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// The handshake failed (TLS error, refused, ALPN mismatch, ...).
+    Handshake,
+    /// The server closed the connection (CONNECTION_CLOSE or stateless reset) before the end.
+    ClosedByServer,
+    /// The idle timeout fired.
+    IdleTimeout,
+    /// The server broke the protocol (bad frame, unexpected message, stream finished).
+    Protocol,
+    /// Any other local error (e.g. sending failed).
+    Other,
+}
+
+impl FailKind {
+    /// Every kind, in counter order.
+    pub const ALL: [FailKind; 7] = [
+        Self::Connect,
+        Self::HandshakeTimeout,
+        Self::Handshake,
+        Self::ClosedByServer,
+        Self::IdleTimeout,
+        Self::Protocol,
+        Self::Other,
+    ];
+
+    /// Name for the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::Handshake => "handshake",
+            Self::ClosedByServer => "closed_by_server",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Protocol => "protocol",
+            Self::Other => "other",
+        }
+    }
+
+    /// Classify a connection error seen after the handshake.
+    pub fn of(e: &quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as E;
+        match e {
+            E::TimedOut => Self::IdleTimeout,
+            E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::Reset => Self::ClosedByServer,
+            E::TransportError(_) | E::VersionMismatch => Self::Protocol,
+            E::LocallyClosed | E::CidsExhausted => Self::Other,
+        }
+    }
+}
+
+/// Process-wide counters, updated by every client with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Clients that started connecting.
+    pub attempted: AtomicU64,
+    /// Handshakes that completed.
+    pub handshakes: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Clients whose connection failed (any [`FailKind`]).
+    pub failed: AtomicU64,
+    /// Failures by kind ([`FailKind::ALL`] order).
+    pub fail_kinds: [AtomicU64; 7],
+    /// Writes sent.
+    pub pixels_sent: AtomicU64,
+    /// canvas/1 writes ACKed; legacy writes observed in a later broadcast.
+    pub applied: AtomicU64,
+    /// canvas/1 REJECTs by reason ([`RejectReason::ALL`] order).
+    pub rejected: [AtomicU64; 5],
+    /// Datagrams received.
+    pub rx_datagrams: AtomicU64,
+    /// Datagram payload bytes received.
+    pub rx_bytes: AtomicU64,
+    /// SYNC requests sent to repair replicas (not counting the hello).
+    pub syncs: AtomicU64,
+    /// Snapshots installed in replicas.
+    pub snapshots: AtomicU64,
+    /// Replica hash mismatches after applying a diff or snapshot.
+    pub hash_mismatches: AtomicU64,
+    /// Legacy datagrams the replica could not use (malformed, interrupted snapshot).
+    pub legacy_errors: AtomicU64,
+    /// Legacy writes of the color the replica already showed (they produce no diff entry to observe).
+    pub legacy_noop_writes: AtomicU64,
+    /// Legacy writes never observed in a diff within the observation timeout.
+    pub legacy_unobserved: AtomicU64,
+}
+
+impl Counters {
+    /// Record a failure.
+    pub fn fail(&self, kind: FailKind) {
+        self.failed.fetch_add(1, Relaxed);
+        let i = FailKind::ALL.iter().position(|k| *k == kind).expect("listed");
+        self.fail_kinds[i].fetch_add(1, Relaxed);
+    }
+
+    /// Record a REJECT.
+    pub fn reject(&self, reason: RejectReason) {
+        let i = RejectReason::ALL.iter().position(|r| *r == reason).expect("listed");
+        self.rejected[i].fetch_add(1, Relaxed);
+    }
+
+    /// Total REJECTs.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|r| r.load(Relaxed)).sum()
+    }
+}
+
+/// Latency histograms (microseconds): the whole run and the current second.
+#[derive(Debug)]
+pub struct Latency {
+    inner: Mutex<(Histogram<u64>, Histogram<u64>)>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        let h = || Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).expect("valid bounds");
+        Self { inner: Mutex::new((h(), h())) }
+    }
+}
+
+/// Percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LatencyMs {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest sample.
+    pub max: f64,
+    /// Number of samples.
+    pub samples: u64,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl LatencyMs {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            samples: h.len(),
+        }
+    }
+}
+
+impl Latency {
+    /// Record a batch of samples (microseconds) and clear it: one lock per batch.
+    pub fn record(&self, batch: &mut Vec<u64>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut g = self.inner.lock().expect("latency lock");
+        for &us in batch.iter() {
+            g.0.saturating_record(us);
+            g.1.saturating_record(us);
+        }
+        batch.clear();
+    }
+
+    /// Percentiles of the current second (None without samples), and start a new second.
+    pub fn take_second(&self) -> Option<LatencyMs> {
+        let mut g = self.inner.lock().expect("latency lock");
+        let r = (!g.1.is_empty()).then(|| LatencyMs::of(&g.1));
+        g.1.reset();
+        r
+    }
+
+    /// Percentiles over the whole run.
+    pub fn total(&self) -> LatencyMs {
+        LatencyMs::of(&self.inner.lock().expect("latency lock").0)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    pixels: u64,
+    datagrams: u64,
+    bytes: u64,
+}
+
+/// Writes one CSV row and one stderr progress line per call.
+#[derive(Debug)]
+pub struct Reporter {
+    id: String,
+    applied_label: &'static str,
+    csv: Option<BufWriter<File>>,
+    start: Instant,
+    last_at: Instant,
+    last: (u64, u64, u64),
+}
+
+impl Reporter {
+    /// A reporter writing `{dir}/{id}.csv` when `dir` is given (the directory is created); the progress
+    /// line calls applied writes `applied_label` ("acked", or "observed" for legacy).
+    pub fn new(dir: Option<&Path>, id: &str, applied_label: &'static str) -> Result<Self, String> {
+        let csv = match dir {
+            None => None,
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("--metrics-dir {}: {e}", dir.display()))?;
+                let path = dir.join(format!("{id}.csv"));
+                let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut w = BufWriter::new(f);
+                writeln!(w, "{CSV_HEADER}")
+                    .and_then(|_| w.flush())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                Some(w)
+            }
+        };
+        let now = Instant::now();
+        Ok(Self { id: id.to_string(), applied_label, csv, start: now, last_at: now, last: (0, 0, 0) })
+    }
+
+    /// Emit the row for the interval since the previous call.
+    pub fn row(&mut self, c: &Counters, lat: &Latency) {
+        let now = Instant::now();
+        let secs = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
+        self.last_at = now;
+        let cur = Seen {
+            pixels: c.pixels_sent.load(Relaxed),
+            datagrams: c.rx_datagrams.load(Relaxed),
+            bytes: c.rx_bytes.load(Relaxed),
+        };
+        let (lp, ld, lb) = self.last;
+        self.last = (cur.pixels, cur.datagrams, cur.bytes);
+        // Rates are per second over the interval since the previous row (1 s unless the runtime was
+        // too busy to run the reporter on time, which the progress line then says).
+        let per_s = |d: u64| (d as f64 / secs).round() as u64;
+        let tx_pps = per_s(cur.pixels - lp);
+        let rx_dgram = per_s(cur.datagrams - ld);
+        let rx_mbps = (cur.bytes - lb) as f64 * 8.0 / 1e6 / secs;
+        let active = c.active.load(Relaxed);
+        let failed = c.failed.load(Relaxed);
+        let acked = c.applied.load(Relaxed);
+        let rejected = c.rejected_total();
+        let syncs = c.syncs.load(Relaxed);
+        let snapshots = c.snapshots.load(Relaxed);
+        let l = lat.take_second();
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
+        let (p50, p99) = (fmt(l.map(|l| l.p50)), fmt(l.map(|l| l.p99)));
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if let Some(w) = self.csv.as_mut() {
+            let r = writeln!(
+                w,
+                "{ts},{active},{failed},{},{tx_pps},{rx_dgram},{rx_mbps:.3},{acked},{rejected},{syncs},{snapshots},{p50},{p99}",
+                cur.pixels
+            )
+            .and_then(|_| w.flush());
+            if let Err(e) = r {
+                eprintln!("[{}] metrics CSV write failed, disabling it: {e}", self.id);
+                self.csv = None;
+            }
+        }
+        let late = if secs > LATE_REPORT_S {
+            format!(
+                " [report {:.0} ms late: the client is saturated, add processes or --threads]",
+                (secs - 1.0) * 1e3
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[{}] t={:>4.0}s active={active} failed={failed} tx={} ({tx_pps}/s) rx={rx_dgram} dg/s {rx_mbps:.2} Mbit/s \
+             {}={acked} rejected={rejected} syncs={syncs} snapshots={snapshots} p50={}ms p99={}ms{late}",
+            self.id,
+            now.duration_since(self.start).as_secs_f64(),
+            cur.pixels,
+            self.applied_label,
+            if p50.is_empty() { "-" } else { &p50 },
+            if p99.is_empty() { "-" } else { &p99 },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_second_and_total() {
+        let l = Latency::default();
+        assert_eq!(l.take_second(), None);
+        let mut b = vec![1000, 2000, 3000, 100_000];
+        l.record(&mut b);
+        assert!(b.is_empty());
+        let s = l.take_second().unwrap();
+        assert_eq!(s.samples, 4);
+        assert!((s.p50 - 2.0).abs() < 0.01, "{s:?}");
+        assert!((s.max - 100.0).abs() < 0.1, "{s:?}");
+        assert_eq!(l.take_second(), None);
+        assert_eq!(l.total().samples, 4);
+    }
+
+    #[test]
+    fn csv_has_header_and_rows() {
+        let dir = std::env::temp_dir().join(format!("loadgen-stats-{}", std::process::id()));
+        let c = Counters::default();
+        let l = Latency::default();
+        let mut r = Reporter::new(Some(&dir), "t", "acked").unwrap();
+        c.pixels_sent.store(10, Relaxed);
+        r.row(&c, &l);
+        let text = std::fs::read_to_string(dir.join("t.csv")).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[1].split(',').count(), CSV_HEADER.split(',').count());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

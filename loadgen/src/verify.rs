@@ -1,0 +1,192 @@
+//! End-of-run verification: fetch the server's canvas over a fresh `canvas/1` connection and compare every
+//! client's replica with it, re-fetching for the ones that differ until they match or time runs out.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
+use canvas::{hash, Dims};
+
+use crate::client::{Slot, Status};
+
+/// Pause between two comparisons of replicas that still differ.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
+/// How many differing replicas are described in the summary.
+const MAX_EXAMPLES: usize = 5;
+
+/// The server's canvas at a tick.
+#[derive(Debug, Clone)]
+pub struct Truth {
+    /// Tick the pixels are at (the snapshot's, or the last DIFF's that followed it).
+    pub tick: u64,
+    /// Dimensions.
+    pub dims: Dims,
+    /// The pixels.
+    pub pixels: Vec<u8>,
+    /// Whether the pixels hash to what the server announced for that tick.
+    pub hash_ok: bool,
+}
+
+/// Fetch the canvas: connect, send `SYNC{NO_TICK}`, read WELCOME, SNAPSHOT, DIFF* up to SYNCED.
+pub async fn fetch(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Truth, String> {
+    let conn = tokio::time::timeout(timeout, async {
+        endpoint
+            .connect_with(config.clone(), addr, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| format!("no handshake within {timeout:?}"))??;
+    let r = tokio::time::timeout(timeout, read_canvas(&conn))
+        .await
+        .unwrap_or_else(|_| Err(format!("no full snapshot within {timeout:?}")));
+    conn.close(0u32.into(), b"verify done");
+    r
+}
+
+async fn read_canvas(conn: &quinn::Connection) -> Result<Truth, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut hello = Vec::new();
+    proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK }, &mut hello);
+    send.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut fr = FrameReader::new();
+    let mut dims: Option<Dims> = None;
+    let mut pixels = Vec::new();
+    let mut at: Option<(u64, u64)> = None; // (tick, announced hash)
+    loop {
+        let chunk = recv
+            .read_chunk(1 << 20, true)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("server finished the stream")?;
+        fr.push(&chunk.bytes);
+        while let Some(f) = fr.pop().map_err(|e| e.to_string())? {
+            match proto::decode_server(f).map_err(|e| e.to_string())? {
+                ServerMsg::Welcome(w) => {
+                    dims = Some(w.dims);
+                    pixels = vec![0; w.dims.len()];
+                }
+                ServerMsg::Snapshot { tick, hash, dims: d, encoding, data } => {
+                    if dims != Some(d) {
+                        return Err(format!("SNAPSHOT dimensions {d:?} differ from WELCOME {dims:?}"));
+                    }
+                    proto::decode_snapshot_body(encoding, data, &mut pixels).map_err(|e| e.to_string())?;
+                    at = Some((tick, hash));
+                }
+                ServerMsg::Diff(d) => {
+                    if at.is_some_and(|(t, _)| d.tick > t) {
+                        for (i, c) in d.entries() {
+                            *pixels.get_mut(i as usize).ok_or(format!("DIFF index {i} out of range"))? = c;
+                        }
+                        at = Some((d.tick, d.hash));
+                    }
+                }
+                ServerMsg::Synced { .. } => {
+                    let (tick, h) = at.ok_or("SYNCED before any SNAPSHOT")?;
+                    let dims = dims.expect("a snapshot implies a welcome");
+                    return Ok(Truth { tick, dims, hash_ok: hash::full(&pixels) == h, pixels });
+                }
+                ServerMsg::Ack { .. } | ServerMsg::Reject { .. } => {}
+            }
+        }
+    }
+}
+
+/// A replica that did not match.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Mismatch {
+    /// Client index.
+    pub client: usize,
+    /// The replica's tick (canvas/1).
+    pub replica_tick: Option<u64>,
+    /// Pixels that differ from the last fetched canvas.
+    pub differing_pixels: usize,
+}
+
+/// Outcome of the verification.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Verdict {
+    /// Clients still connected with a whole replica.
+    pub checked: usize,
+    /// Those equal to a fetched canvas.
+    pub matching: usize,
+    /// Tick of the last fetched canvas.
+    pub snapshot_tick: Option<u64>,
+    /// The fetched canvas hashed to what the server announced (false is a server bug).
+    pub snapshot_hash_ok: Option<bool>,
+    /// Canvases fetched.
+    pub fetches: usize,
+    /// Why the canvas could not be fetched (the last error), if it never could.
+    pub error: Option<String>,
+    /// A few replicas that still differ.
+    pub mismatches: Vec<Mismatch>,
+}
+
+fn candidate(slot: &Slot) -> bool {
+    slot.status() == Status::Open && slot.replica().synced_pixels().is_some()
+}
+
+/// Compare replicas with fetched canvases until all match or `deadline`.
+pub async fn verify(
+    slots: &[std::sync::Arc<Slot>],
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    deadline: Instant,
+) -> Verdict {
+    let mut v = Verdict::default();
+    let mut matched = vec![false; slots.len()];
+    let mut last: Option<Truth> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        match fetch(endpoint, config, addr, server_name, left).await {
+            Ok(truth) => {
+                v.fetches += 1;
+                v.error = None;
+                for (i, slot) in slots.iter().enumerate() {
+                    if !matched[i] && candidate(slot) {
+                        matched[i] = slot.replica().synced_pixels() == Some(&truth.pixels[..]);
+                    }
+                }
+                last = Some(truth);
+            }
+            Err(e) => v.error = Some(e),
+        }
+        let pending = slots.iter().enumerate().any(|(i, s)| !matched[i] && candidate(s));
+        if (last.is_some() && !pending) || Instant::now() + RECHECK_EVERY >= deadline {
+            break;
+        }
+        tokio::time::sleep(RECHECK_EVERY).await;
+    }
+    for (i, slot) in slots.iter().enumerate() {
+        if !candidate(slot) {
+            continue;
+        }
+        v.checked += 1;
+        if matched[i] {
+            v.matching += 1;
+        } else if let (Some(t), true) = (&last, v.mismatches.len() < MAX_EXAMPLES) {
+            let rep = slot.replica();
+            let px = rep.synced_pixels().unwrap_or(&[]);
+            let differing = if px.len() == t.pixels.len() {
+                px.iter().zip(&t.pixels).filter(|(a, b)| a != b).count()
+            } else {
+                t.pixels.len()
+            };
+            v.mismatches.push(Mismatch { client: i, replica_tick: rep.tick(), differing_pixels: differing });
+        }
+    }
+    if let Some(t) = &last {
+        v.snapshot_tick = Some(t.tick);
+        v.snapshot_hash_ok = Some(t.hash_ok);
+    }
+    v
+}

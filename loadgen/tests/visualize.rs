@@ -1,0 +1,61 @@
+//! `visualize_load.py` renders a report from a mix of new (13-column) and predecessor (7-column) CSVs.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Set to require the Python test (CI); otherwise a missing matplotlib is reported and the test passes.
+const REQUIRE_ENV: &str = "LOADGEN_REQUIRE_PYTHON";
+
+#[test]
+fn visualize_load_renders_png() {
+    let have = Command::new("python3").args(["-c", "import matplotlib"]).status().is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os(REQUIRE_ENV).is_none(),
+            "{REQUIRE_ENV} is set but python3 with matplotlib is missing"
+        );
+        eprintln!("SKIPPED visualize_load_renders_png: python3 with matplotlib not found (set {REQUIRE_ENV} to require)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("loadgen-visualize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut new = String::from(
+        "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms\n",
+    );
+    let mut old = String::from("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps\n");
+    for i in 0..10u64 {
+        let ts = 1_700_000_000 + i;
+        let lat = if i == 0 { ",".to_string() } else { format!("{}.5,{}.25", 40 + i, 90 + i) };
+        new.push_str(&format!(
+            "{ts},{},0,{},100,{},1.5,{},{},0,{},{lat}\n",
+            50 + i,
+            100 * i,
+            500 + i,
+            90 * i,
+            10 * i,
+            50
+        ));
+        if i % 3 != 1 {
+            // The predecessor's file skips some seconds.
+            old.push_str(&format!("{ts},{},{},{},80,300,0.9\n", 20 + i, i / 4, 80 * i));
+        }
+    }
+    std::fs::write(dir.join("a.csv"), new).unwrap();
+    std::fs::write(dir.join("b.csv"), old).unwrap();
+    let png = dir.join("report.png");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("visualize_load.py");
+    let out =
+        Command::new("python3").arg(&script).arg(&dir).arg("-o").arg(&png).output().expect("run python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&png).expect("PNG written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    // An empty directory is an error with a message, not a traceback.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out =
+        Command::new("python3").arg(&script).arg(&empty).arg("-o").arg(dir.join("x.png")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no *.csv"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
