@@ -16,7 +16,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --release --workspace` (or cargo test --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --release --workspace` (or cargo test --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -95,7 +99,8 @@ fn signal(pid: u32, sig: i32) {
 
 /// Run the `client` binary to completion (bounded by `timeout`), returning its exit code.
 pub fn run_client(args: &[&str], timeout: Duration) -> i32 {
-    let mut child = Command::new(bin("client")).args(args).stdout(Stdio::inherit()).spawn().expect("spawn client");
+    let mut child =
+        Command::new(bin("client")).args(args).stdout(Stdio::inherit()).spawn().expect("spawn client");
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(st) = child.try_wait().expect("wait") {

@@ -69,7 +69,11 @@ fn run(protocol: &str) {
     assert_eq!(t("closed"), t("accepted"), "every connection closed by the end");
     assert_eq!(t("pixels_received"), n("pixels_sent"), "the server saw every write the client sent");
     if protocol == "canvas1" {
-        assert_eq!(n("pixels_applied") + n("pixels_rejected"), n("pixels_sent"), "applied + rejected == sent");
+        assert_eq!(
+            n("pixels_applied") + n("pixels_rejected"),
+            n("pixels_sent"),
+            "applied + rejected == sent"
+        );
         assert_eq!(t("pixels_applied"), n("pixels_applied"), "server and client agree on applied writes");
         assert_eq!(t("pixels_rejected"), n("pixels_rejected"));
     } else {
