@@ -919,6 +919,11 @@ impl Ctx {
 
     /// Send what `c` has, up to the send budget. Returns (has more to send, transmit side full).
     fn flush_conn<B: Datapath>(&mut self, c: &mut Conn, now: Instant, tx: &mut B) -> (bool, bool) {
+        // quiche stamps `SendInfo.at` from its own reading of the monotonic clock (with its default
+        // recovery, `at` is simply quiche's "now"), so release times are compared with a fresh reading, once
+        // per connection: the loop's `now` can be tens of milliseconds old by the end of a flush pass over
+        // thousands of connections, and comparing against it would hold nearly every packet.
+        let now = now.max(Instant::now());
         if let Some(p) = &c.paced {
             if p.at > now {
                 return (false, false);
