@@ -21,6 +21,9 @@ pub struct LoopConfig {
     pub drain: Duration,
 }
 
+/// Idle wait of a worker that has no connections.
+pub const NO_CONN_WAIT: Duration = Duration::from_millis(50);
+
 /// Default loop tuning.
 pub const DEFAULT_LOOP: LoopConfig = LoopConfig {
     rx_batch: 256,
@@ -65,7 +68,9 @@ pub fn run<B: Datapath>(
         if cfg.busy_poll || now.duration_since(last_activity) < cfg.spin {
             continue;
         }
-        let mut wait = cfg.idle_wait;
+        // With no connections there is no publication to notice promptly: an arriving packet completes the
+        // wait anyway, so sleep longer.
+        let mut wait = if ep.conn_count() == 0 { cfg.idle_wait.max(NO_CONN_WAIT) } else { cfg.idle_wait };
         if let Some(t) = ep.next_timeout() {
             wait = wait.min(t.saturating_duration_since(now));
         }

@@ -112,3 +112,34 @@ fn three_hundred_clients_converge_through_loss_and_reordering() {
 fn heavy_loss_forces_resyncs_and_still_converges() {
     run(200, 0.05, 0.05, 11);
 }
+
+/// Stateless Retry on every new connection, and the r/place cooldown: one write per connection is applied,
+/// the rest are refused with REJECT{cooldown} and a retry time.
+#[test]
+fn retry_and_cooldown_through_the_endpoint() {
+    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let mut cfg = config(50, 0.0, 0.0, 3);
+    cfg.endpoint.retry = true;
+    cfg.endpoint.cooldown = Cooldown::new(canvas::cooldown::RPLACE_PERIOD);
+    let mut sim = Sim::new(cfg, &cert, &key);
+    assert!(sim.run_until(Duration::from_secs(30), Sim::all_ready));
+    for (i, c) in sim.clients.iter_mut().enumerate() {
+        for k in 0..3u16 {
+            c.write(Pixel { x: i as u16, y: k, color: 1 });
+        }
+    }
+    assert!(sim.run_until(Duration::from_secs(30), Sim::converged));
+    let stats: Vec<_> = sim.workers.iter().map(|(e, _)| e.stats()).collect();
+    let retries: u64 = stats.iter().map(|s| s.retries).sum();
+    let accepted: u64 = stats.iter().map(|s| s.accepted).sum();
+    let cooldown: u64 = stats.iter().map(|s| s.rejected_cooldown).sum();
+    assert_eq!(accepted, 50);
+    assert!(retries >= 50, "every connection was sent a Retry first ({retries})");
+    assert_eq!(stats.iter().map(|s| s.bad_tokens).sum::<u64>(), 0);
+    assert_eq!(cooldown, 100, "two of three writes per connection refused");
+    for c in &sim.clients {
+        assert_eq!((c.acked, c.rejected), (1, 2));
+    }
+    let px = sim.master.canvas().pixels();
+    assert_eq!(px.iter().filter(|&&p| p == 1).count(), 50, "only the first write of each client landed");
+}
