@@ -24,6 +24,8 @@ pub const LOCAL_CID_LEN: usize = 16;
 /// A packet whose pacing release time is less than this ahead is sent at once (Linux fq's granularity is
 /// of the same order; holding packets for less would cost more wake-ups than it saves burstiness).
 pub const PACING_SLACK: Duration = Duration::from_millis(1);
+/// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
+pub const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Retry tokens older than this are refused.
 pub const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 /// Application error code sent when a client breaks the canvas/1 framing.
@@ -371,10 +373,10 @@ impl Endpoint {
         if key.is_none() && hdr.ty == quiche::Type::Initial {
             key = self.ids.get(&self.derive_cid(&hdr.dcid)).copied();
         }
-        let key = match key {
-            Some(k) => k,
-            None => match self.accept(now, addrs, &hdr) {
-                Some(k) => k,
+        let (key, new) = match key {
+            Some(k) => (k, false),
+            None => match self.accept(now, addrs, &hdr, pkt.len()) {
+                Some(k) => (k, true),
                 None => return,
             },
         };
@@ -382,14 +384,21 @@ impl Endpoint {
         let info = quiche::RecvInfo { from: addrs.peer, to: addrs.local };
         if c.q.recv(pkt, info).is_err() {
             self.ctx.stats.recv_errors += 1;
+            if new {
+                // An Initial quiche refused: no state is kept for it.
+                self.remove(key);
+                return;
+            }
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
         Self::mark_dirty(&mut self.dirty, key, c);
     }
 
-    fn accept(&mut self, now: Instant, addrs: Addrs, hdr: &quiche::Header<'_>) -> Option<usize> {
+    fn accept(&mut self, now: Instant, addrs: Addrs, hdr: &quiche::Header<'_>, len: usize) -> Option<usize> {
         let stats = &mut self.ctx.stats;
-        if hdr.ty != quiche::Type::Initial || self.closing {
+        // RFC 9000 §14.1: a server discards Initial packets in datagrams smaller than 1200 bytes, and sends
+        // nothing (not even Version Negotiation) in reply to them: no amplification from small packets.
+        if hdr.ty != quiche::Type::Initial || self.closing || len < MIN_INITIAL_DATAGRAM {
             stats.dropped_packets += 1;
             return None;
         }

@@ -143,3 +143,34 @@ fn retry_and_cooldown_through_the_endpoint() {
     let px = sim.master.canvas().pixels();
     assert_eq!(px.iter().filter(|&&p| p == 1).count(), 50, "only the first write of each client landed");
 }
+
+/// Initials in datagrams under 1200 bytes are dropped unanswered (RFC 9000 §14.1) and an Initial quiche
+/// refuses leaves no connection behind; the genuine Initial is then accepted.
+#[test]
+fn small_or_garbage_initials_leave_no_state() {
+    use datapath::seam::{Addrs, Datapath};
+    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let mut sim = Sim::new(config(1, 0.0, 0.0, 5), &cert, &key);
+    let mut buf = vec![0u8; 1500];
+    let (n, info) = sim.clients[0].q.send(&mut buf).expect("client Initial");
+    assert!(n >= 1200);
+    let addrs = Addrs { local: info.to, peer: info.from };
+    let now = std::time::Instant::now();
+    let (ep, sock) = &mut sim.workers[0];
+    let mut short = buf[..1100].to_vec();
+    ep.on_datagram(now, addrs, &mut short);
+    assert_eq!((ep.conn_count(), ep.stats().dropped_packets), (0, 1));
+    let mut garbage = buf[..n].to_vec();
+    for b in garbage[64..].iter_mut() {
+        *b ^= 0x5a;
+    }
+    ep.on_datagram(now, addrs, &mut garbage);
+    assert_eq!(ep.conn_count(), 0, "a refused Initial keeps no state");
+    ep.flush(now, sock);
+    assert!(sock.tx.is_empty(), "nothing is sent in reply to either");
+    assert_eq!(sock.stats().tx_datagrams, 0);
+    ep.on_datagram(now, addrs, &mut buf[..n]);
+    assert_eq!(ep.conn_count(), 1);
+    ep.flush(now, sock);
+    assert!(!sock.tx.is_empty(), "the server answers a genuine Initial");
+}
