@@ -2,6 +2,8 @@
 //! bounded lifetime, stop it by its pid with SIGINT, and read the JSON both sides write.
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,17 +37,26 @@ pub struct Server {
 impl Server {
     /// Start `server` with `args` and wait until it prints that it is listening (bounded by `timeout`).
     pub fn start(args: &[&str], timeout: Duration) -> Server {
-        let mut child = Command::new(bin("server"))
-            .args(args)
+        let mut cmd = Command::new(bin("server"));
+        cmd.args(args);
+        Server::spawn(cmd, "server", timeout)
+    }
+
+    /// Spawn `cmd` (a server command line), echo its stderr prefixed with `[tag]`, and wait until it prints
+    /// that it is listening (bounded by `timeout`).
+    pub fn spawn(mut cmd: Command, tag: &str, timeout: Duration) -> Server {
+        let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn server");
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let tag = format!("[{tag}]");
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
+                eprintln!("{tag} {line}");
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -59,6 +70,7 @@ impl Server {
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("server did not start listening within {timeout:?}");
                 }
             }
