@@ -247,7 +247,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         HugePolicy::On => hugepages::Policy::HugeTlbOnly,
         HugePolicy::Off => hugepages::Policy::Small,
     };
-    let mem = hugepages::Mapping::new(dims.len(), policy).map_err(|e| format!("canvas memory: {e}"))?;
+    let mem = hugepages::Mapping::new(dims.len(), policy).map_err(|e| {
+        format!("canvas memory: {e} (`--hugepages auto` falls back to THP, then 4 KiB pages)")
+    })?;
     eprintln!("server: canvas {}x{}: {}", dims.width, dims.height, mem.report());
     let canvas = Canvas::new(dims, mem)?;
 
