@@ -725,6 +725,12 @@ impl Ctx {
                         None => self.stats.legacy_ignored += 1,
                     }
                 }
+                // The legacy protocol has no streams: read and discard whatever a client sends on one, so
+                // it does not sit in quiche's buffers up to the flow-control window.
+                let readable: Vec<u64> = c.q.readable().collect();
+                for s in readable {
+                    while c.q.stream_recv(s, buf).is_ok() {}
+                }
             }
             Proto::Canvas1 => {
                 // canvas/1 clients send nothing as datagrams; drain and ignore.
