@@ -24,6 +24,8 @@ pub const LOCAL_CID_LEN: usize = 16;
 /// A packet whose pacing release time is less than this ahead is sent at once (Linux fq's granularity is
 /// of the same order; holding packets for less would cost more wake-ups than it saves burstiness).
 pub const PACING_SLACK: Duration = Duration::from_millis(1);
+/// Superseded timer entries tolerated beyond two per connection before the heap is purged.
+pub const TIMER_PURGE_SLACK: usize = 64;
 /// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
 pub const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Retry tokens older than this are refused.
@@ -659,7 +661,7 @@ impl Endpoint {
         pending.clear();
         self.dirty = again;
         // Superseded heap entries are skipped when they fire; purge them once they outnumber live ones.
-        if self.timers.len() > 2 * self.conns.len() + 64 {
+        if self.timers.len() > TIMER_PURGE_SLACK + 2 * self.conns.len() {
             let conns = &self.conns;
             self.timers.retain(|Reverse((t, k, g))| {
                 conns.get(*k).is_some_and(|c| c.gen == *g && c.timer == Some(*t))
