@@ -131,6 +131,8 @@ struct Summary {
     broadcast_packets: u64,
     broadcast_paced: u64,
     per_pixel_broadcast_dgrams: u64,
+    /// AES-128-GCM seal samples: (packet bytes, time, iterations).
+    aead: Vec<(usize, Duration, u64)>,
 }
 
 /// A ready sim driven round by round, with the server side timed and the clients driven directly.
@@ -392,12 +394,55 @@ fn server_cpu_per_broadcast_datagram(c: &mut Criterion, s: &mut Summary) {
     }
 }
 
+/// The AEAD floor: sealing one packet-sized payload with the cipher quiche negotiates with quinn here
+/// (TLS_AES_128_GCM_SHA256), via ring on the same CPU. A broadcast datagram costs at least this (plus header
+/// protection, one AES block) however good the rest of the path gets.
+fn aead_floor(c: &mut Criterion, s: &mut Summary) {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, CHACHA20_POLY1305};
+    let mut g = c.benchmark_group("aead_floor");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    // Sizes of a typical broadcast DIFF_PART packet here (~460 B) and a full 1350-byte packet.
+    for (name, alg) in [("aes128gcm", &AES_128_GCM), ("chacha20poly1305", &CHACHA20_POLY1305)] {
+        let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).expect("key"));
+        for len in [460usize, 1350] {
+            let mut buf = vec![0x5au8; len];
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(format!("{name}_seal_{len}B"), |b| {
+                let mut pn = 0u64;
+                b.iter_custom(|iters| {
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        pn += 1;
+                        let mut nonce = [0u8; 12];
+                        nonce[4..].copy_from_slice(&pn.to_be_bytes());
+                        let tag = key
+                            .seal_in_place_separate_tag(
+                                Nonce::assume_unique_for_key(nonce),
+                                Aad::from(&[0u8; 20]),
+                                &mut buf,
+                            )
+                            .expect("seal");
+                        let _ = std::hint::black_box(tag);
+                    }
+                    let el = t0.elapsed();
+                    if name == "aes128gcm" {
+                        s.aead.push((len, el, iters));
+                    }
+                    el
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut s = Summary::default();
     ingest(&mut c, &mut s);
     server_cpu_per_pixel(&mut c, &mut s);
     server_cpu_per_broadcast_datagram(&mut c, &mut s);
+    aead_floor(&mut c, &mut s);
     c.final_summary();
 
     println!("\nsummary ({CLIENTS} clients, 1 worker, mem backend, own totals incl. warm-up):");
@@ -437,5 +482,18 @@ fn main() {
             s.broadcast_paced
         );
     }
-    println!("  aead floor                           skipped (no AEAD crate in the dependencies yet)");
+    for len in [460usize, 1350] {
+        let (t, n) = s
+            .aead
+            .iter()
+            .filter(|a| a.0 == len)
+            .fold((Duration::ZERO, 0u64), |acc, a| (acc.0 + a.1, acc.1 + a.2));
+        if n > 0 {
+            println!(
+                "  {:<36} {:>9.1} ns/packet (AES-128-GCM seal, ring)",
+                format!("aead floor {len} B"),
+                t.as_nanos() as f64 / n as f64
+            );
+        }
+    }
 }
