@@ -113,6 +113,11 @@ fn signal(pid: u32, sig: i32) {
 pub fn run_client(args: &[&str], timeout: Duration) -> i32 {
     let mut child =
         Command::new(bin("client")).args(args).stdout(Stdio::inherit()).spawn().expect("spawn client");
+    wait_bounded(&mut child, timeout, "client")
+}
+
+/// Wait for `child` (polling), killing it and panicking after `timeout`; returns its exit code.
+pub fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> i32 {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -121,9 +126,9 @@ pub fn run_client(args: &[&str], timeout: Duration) -> i32 {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("client did not finish within {timeout:?}");
+            panic!("{what} did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -6,10 +6,10 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::{bin, Server};
+use crate::{bin, wait_bounded, Server};
 
 /// `scripts/testbed.sh` of this workspace.
 pub fn script() -> PathBuf {
@@ -77,22 +77,6 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
     let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
     let code = wait_bounded(&mut child, timeout, &what);
     Output { code, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
-}
-
-/// Wait for `child` (polling), killing it and panicking after `timeout`.
-fn wait_bounded(child: &mut Child, timeout: Duration, what: &str) -> i32 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Run `scripts/testbed.sh ARGS` (bounded).
