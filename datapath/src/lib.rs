@@ -4,7 +4,10 @@
 
 pub mod backend;
 pub mod endpoint;
+pub mod frame;
 pub mod master;
+pub mod netdev;
+pub mod pin;
 pub mod publish;
 pub mod quic;
 pub mod seam;
