@@ -1,18 +1,20 @@
 //! `server`: the canvas server. Master on the main thread, one worker per `-w`, io_uring sockets
-//! (`--mode uring`) or AF_XDP (`--mode xdp`, next milestone).
+//! (`--mode uring`) or one AF_XDP socket per NIC queue (`--mode xdp`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canvas::{Canvas, Cooldown, Dims, Rules};
 use clap::{Parser, ValueEnum};
 use datapath::backend::uring::{UringConfig, UringSocket};
+use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy};
 use datapath::endpoint::{Endpoint, EndpointConfig, EndpointStats};
 use datapath::master::{Master, MasterConfig, MasterStats, Shared, WorkerLink};
+use datapath::pin::{self, PinPolicy};
 use datapath::quic::{self, QuicConfig, DEFAULT_QUIC};
 use datapath::seam::{BackendStats, Datapath};
 use datapath::worker::{self, LoopConfig, DEFAULT_LOOP};
@@ -23,6 +25,26 @@ enum Mode {
     Uring,
     /// AF_XDP raw frames.
     Xdp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum XdpAttach {
+    /// Native (driver) mode, else generic.
+    Auto,
+    /// Native only (needed for zero-copy).
+    Native,
+    /// Generic (skb) mode only: any interface, VLAN devices included.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ZeroCopyArg {
+    /// Zero-copy when the driver has it, else copy mode.
+    Auto,
+    /// Zero-copy or fail.
+    On,
+    /// Copy mode.
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -43,9 +65,10 @@ enum HugePolicy {
     about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas"
 )]
 struct Args {
-    /// Worker threads (one socket / NIC queue each).
-    #[arg(short = 'w', long = "workers", default_value_t = 1)]
-    workers: usize,
+    /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
+    /// the queue of its index).
+    #[arg(short = 'w', long = "workers")]
+    workers: Option<usize>,
     /// Datapath.
     #[arg(long, value_enum, default_value_t = Mode::Uring)]
     mode: Mode,
@@ -108,9 +131,34 @@ struct Args {
     /// The r/place rule: one pixel per connection per 300 s (same as --cooldown-secs 300).
     #[arg(long, conflicts_with = "cooldown_secs")]
     rplace_cooldown: bool,
-    /// Where the canvas memory comes from.
+    /// Where the canvas (and, in xdp mode, UMEM) memory comes from.
     #[arg(long, value_enum, default_value_t = HugePolicy::Auto)]
     hugepages: HugePolicy,
+
+    /// xdp: the interface to serve on (e.g. `eth1.4000` for generic XDP on the VLAN device, or `eth1` with
+    /// `--vlan 4000` for native XDP on the parent).
+    #[arg(long)]
+    iface: Option<String>,
+    /// xdp: the VLAN carried on `--iface` (the program matches it, in the frame or in RX metadata; sent
+    /// frames are tagged with it). Leave unset on a VLAN device or an untagged network.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    vlan: Option<u16>,
+    /// xdp: how to attach the XDP program.
+    #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
+    xdp_attach: XdpAttach,
+    /// xdp: AF_XDP zero-copy.
+    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
+    zero_copy: ZeroCopyArg,
+    /// Pin each worker next to its NIC queue's IRQ core (irq), on that core's SMT sibling (sibling), or not
+    /// at all (none). Default: irq in xdp mode, none in uring mode (sockets have no queue).
+    #[arg(long, value_enum)]
+    pin: Option<PinPolicy>,
+    /// xdp: UMEM frames (2 KiB each) per socket.
+    #[arg(long, default_value_t = xdp::DEFAULT_FRAMES)]
+    xdp_frames: u32,
+    /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
+    #[arg(long, default_value_t = xdp::DEFAULT_RING)]
+    xdp_ring: u32,
 
     /// QUIC idle timeout in ms (quiche's default 0 = never; 30 s after RFC 9308 §3.2).
     #[arg(long, default_value_t = DEFAULT_QUIC.idle_timeout.as_millis() as u64)]
@@ -161,15 +209,48 @@ const CONN_STATE_BYTES: usize = 25 * 1024;
 #[derive(serde::Serialize)]
 struct WorkerReport {
     worker: usize,
+    cpu: Option<usize>,
     endpoint: EndpointStats,
     backend: BackendStats,
-    rearms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rearms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xdp: Option<XdpWorkerReport>,
+}
+
+#[derive(serde::Serialize)]
+struct XdpWorkerReport {
+    queue: u32,
+    zero_copy: bool,
+    umem_hugetlb: bool,
+    stats: XdpSockStats,
+    frames: xdp::FrameAudit,
+}
+
+#[derive(serde::Serialize)]
+struct XdpReport {
+    interface: String,
+    vlan: Option<u16>,
+    attach: String,
+    vlan_from_metadata_program: bool,
+    queues: u32,
+    counters: std::collections::BTreeMap<String, u64>,
+    tripwire_packets: u64,
+    notes: Vec<String>,
+}
+
+/// One worker's packet backend.
+enum Backend {
+    Uring(UringSocket),
+    Xdp(Box<XdpSocket>),
 }
 
 #[derive(serde::Serialize)]
 struct Report {
     mode: &'static str,
     workers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xdp: Option<XdpReport>,
     master: MasterStats,
     canvas_hash: String,
     totals: Totals,
@@ -210,14 +291,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// The tripwire: a plain UDP socket on the served port. In xdp mode every datagram for the port should be
+/// steered to an AF_XDP socket, so one arriving here means the program is not steering (detached, wrong
+/// VLAN, a queue without a socket): count it and say so.
+fn tripwire(
+    listen: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Result<(Arc<AtomicU64>, std::thread::JoinHandle<()>), String> {
+    let sock = std::net::UdpSocket::bind(listen).map_err(|e| {
+        format!("cannot bind the tripwire UDP socket on {listen}: {e} (is another server using the port? `ss -ulpn sport = :{}`)", listen.port())
+    })?;
+    sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let h = std::thread::Builder::new()
+        .name("tripwire".into())
+        .spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut warned_at = 0u64;
+            let mut last_warn = std::time::Instant::now() - Duration::from_secs(60);
+            while !stop.load(Ordering::Acquire) {
+                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+                    if last_warn.elapsed() >= Duration::from_secs(5) {
+                        eprintln!(
+                            "server: warning: tripwire: {} datagram(s) for {listen} reached the kernel UDP socket (latest from {from}): the XDP program is not steering them to AF_XDP (wrong --vlan? a queue without a worker? program detached?)",
+                            n - warned_at
+                        );
+                        warned_at = n;
+                        last_warn = std::time::Instant::now();
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((count, h))
+}
+
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if a.mode == Mode::Xdp {
-        return Err(
-            "--mode xdp is not built yet (AF_XDP datapath is the next milestone): use --mode uring".into()
-        );
-    }
-    if a.workers == 0 {
+    if a.workers == Some(0) {
         return Err("-w/--workers must be at least 1".into());
+    }
+    if a.mode == Mode::Uring && (a.iface.is_some() || a.vlan.is_some()) {
+        return Err("--iface and --vlan belong to --mode xdp (the uring mode serves every interface through --listen)".into());
     }
     if !a.provided_buffers.is_power_of_two() {
         return Err(format!("--provided-buffers must be a power of two, got {}", a.provided_buffers).into());
@@ -253,63 +369,155 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("server: canvas {}x{}: {}", dims.width, dims.height, mem.report());
     let canvas = Canvas::new(dims, mem)?;
 
-    // Sockets first, so a bad address fails before anything starts.
-    let ucfg = UringConfig {
-        listen: a.listen,
-        recv_buf: a.socket_recv_buf,
-        send_buf: a.socket_send_buf,
-        sq_depth: a.io_uring_sq_depth,
-        buf_count: a.provided_buffers,
-        gso: !a.no_gso,
-        max_payload: a.max_udp_payload,
-        ..UringConfig::default()
-    };
-    let mut sockets = Vec::with_capacity(a.workers);
-    for _ in 0..a.workers {
-        sockets.push(UringSocket::bind(&ucfg)?);
-    }
-    let listen = sockets[0].local_addr();
-
-    // Memory budget and sysctl checks.
-    let (eff_r, eff_s) = sockets[0].effective_bufs();
-    let per_worker_io =
-        ucfg.buf_count as usize * ucfg.buf_size + ucfg.tx_batches * ucfg.max_payload * ucfg.max_segments;
-    let per_worker_conns = a.max_connections_per_worker * CONN_STATE_BYTES;
-    let queues = a.workers * a.spsc_capacity * std::mem::size_of::<datapath::publish::PixelWrite>();
-    let sock = a.workers * (a.socket_recv_buf + a.socket_send_buf);
-    eprintln!(
-        "server: memory budget: canvas {} + socket buffers {} ({} workers x ({} rx + {} tx)) + io buffers {} + write queues {} + connection state up to {} ({} conns x ~{} KiB) = {}",
-        mib(dims.len()),
-        mib(sock),
-        a.workers,
-        mib(a.socket_recv_buf),
-        mib(a.socket_send_buf),
-        mib(a.workers * per_worker_io),
-        mib(queues),
-        mib(a.workers * per_worker_conns),
-        a.workers * a.max_connections_per_worker,
-        CONN_STATE_BYTES / 1024,
-        mib(dims.len() + sock + a.workers * per_worker_io + queues + a.workers * per_worker_conns),
-    );
-    for (name, want, got) in
-        [("net.core.rmem_max", a.socket_recv_buf, eff_r), ("net.core.wmem_max", a.socket_send_buf, eff_s)]
-    {
-        let max = read_sysctl(name).unwrap_or(0);
-        // The kernel reports double the requested size when it granted it.
-        if got < want {
-            eprintln!(
-                "server: warning: {name} is {max} and the socket got {got} of the {want} bytes asked; \
-                 fix with `sysctl -w {name}={want}` (or run as root so SO_*BUFFORCE applies)"
-            );
-        }
-    }
-
-    let links = (0..a.workers).map(|_| WorkerLink::new(a.spsc_capacity, 1024)).collect();
-    let shared =
-        Arc::new(Shared { links, snapshot_wanted: AtomicBool::new(false), shutdown: AtomicBool::new(false) });
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    // Backends first, so a bad address or interface fails before anything starts.
+    let mut backends: Vec<Backend> = Vec::new();
+    let mut program: Option<xdp_prog::XdpProgram> = None;
+    let mut xdp_queues = 0;
+    let mut xdp_notes = Vec::new();
+    let mut trip: Option<(Arc<AtomicU64>, std::thread::JoinHandle<()>)> = None;
+    let workers;
+    let listen;
+    let pin_policy = a.pin.unwrap_or(if a.mode == Mode::Xdp { PinPolicy::Irq } else { PinPolicy::None });
+    let mut pin_iface = "lo".to_string();
+    match a.mode {
+        Mode::Uring => {
+            workers = a.workers.unwrap_or(1);
+            let ucfg = UringConfig {
+                listen: a.listen,
+                recv_buf: a.socket_recv_buf,
+                send_buf: a.socket_send_buf,
+                sq_depth: a.io_uring_sq_depth,
+                buf_count: a.provided_buffers,
+                gso: !a.no_gso,
+                max_payload: a.max_udp_payload,
+                ..UringConfig::default()
+            };
+            for _ in 0..workers {
+                backends.push(Backend::Uring(UringSocket::bind(&ucfg)?));
+            }
+            let Backend::Uring(first) = &backends[0] else { unreachable!() };
+            listen = first.local_addr();
+            let (eff_r, eff_s) = first.effective_bufs();
+            let per_worker_io = ucfg.buf_count as usize * ucfg.buf_size
+                + ucfg.tx_batches * ucfg.max_payload * ucfg.max_segments;
+            print_budget(
+                &a,
+                dims.len(),
+                workers,
+                a.workers_socket_bytes(workers),
+                per_worker_io,
+                "io buffers",
+            );
+            for (name, want, got) in [
+                ("net.core.rmem_max", a.socket_recv_buf, eff_r),
+                ("net.core.wmem_max", a.socket_send_buf, eff_s),
+            ] {
+                let max = read_sysctl(name).unwrap_or(0);
+                // The kernel reports double the requested size when it granted it.
+                if got < want {
+                    eprintln!(
+                        "server: warning: {name} is {max} and the socket got {got} of the {want} bytes asked; \
+                         fix with `sysctl -w {name}={want}` (or run as root so SO_*BUFFORCE applies)"
+                    );
+                }
+            }
+        }
+        Mode::Xdp => {
+            let iface = a.iface.clone().ok_or(
+                "--mode xdp needs --iface (e.g. `--iface eth1.4000`, or `--iface eth1 --vlan 4000` for native XDP on the parent)",
+            )?;
+            if a.listen.port() == 0 {
+                return Err("--mode xdp needs a fixed --listen port (the XDP program matches it)".into());
+            }
+            listen = a.listen;
+            let (queues, how) = datapath::netdev::rx_queues(&iface)?;
+            xdp_queues = queues;
+            workers = a.workers.unwrap_or(queues as usize);
+            if workers > queues as usize {
+                return Err(format!(
+                    "{iface} has {queues} receive queue(s) ({how}) and AF_XDP needs one per worker: use -w {queues} or add queues (`ethtool -L {iface} combined {workers}`)"
+                )
+                .into());
+            }
+            if workers < queues as usize {
+                eprintln!(
+                    "server: warning: {iface} has {queues} receive queues and only {workers} worker(s): datagrams arriving on queues {workers}..{} fall back to the kernel (the tripwire will count them); use -w {queues}",
+                    queues - 1
+                );
+            }
+            // The tripwire holds the port first: a second server on the same port fails here, before it
+            // could attach anything.
+            trip = Some(tripwire(listen, stop.clone())?);
+            let mode = match a.xdp_attach {
+                XdpAttach::Auto => xdp_prog::AttachMode::Auto,
+                XdpAttach::Native => xdp_prog::AttachMode::Native,
+                XdpAttach::Generic => xdp_prog::AttachMode::Generic,
+            };
+            let prog = xdp_prog::XdpProgram::attach(
+                iface.as_str(),
+                xdp_prog::Config { port: listen.port(), vlan: a.vlan, mode },
+            )?;
+            xdp_notes.extend(prog.notes().iter().cloned());
+            eprintln!(
+                "server: XDP program {} attached to {iface} in {} mode{}",
+                prog.prog_id(),
+                prog.mode(),
+                match a.vlan {
+                    Some(v) if prog.vlan_metadata() =>
+                        format!(", VLAN {v} matched in the frame or RX metadata"),
+                    Some(v) => format!(", VLAN {v} matched in the frame"),
+                    None => String::new(),
+                }
+            );
+            for n in prog.notes() {
+                eprintln!("server: xdp: {n}");
+            }
+            for q in 0..workers as u32 {
+                let cfg = XdpConfig {
+                    vlan: a.vlan,
+                    zero_copy: match a.zero_copy {
+                        ZeroCopyArg::Auto => ZeroCopy::Auto,
+                        ZeroCopyArg::On => ZeroCopy::On,
+                        ZeroCopyArg::Off => ZeroCopy::Off,
+                    },
+                    pages: match a.hugepages {
+                        HugePolicy::Auto => UmemPages::Auto,
+                        HugePolicy::On => UmemPages::HugeTlb,
+                        HugePolicy::Off => UmemPages::Small,
+                    },
+                    frames: a.xdp_frames,
+                    ring: a.xdp_ring,
+                    max_payload: a.max_udp_payload,
+                    ..XdpConfig::new(&iface, q, listen)
+                };
+                let sock = XdpSocket::bind(&cfg)?;
+                for n in sock.notes() {
+                    eprintln!("server: xdp: {n}");
+                }
+                xdp_notes.extend(sock.notes().iter().cloned());
+                prog.insert_socket(q, sock.fd())?;
+                backends.push(Backend::Xdp(Box::new(sock)));
+            }
+            let umem = a.xdp_frames as usize * xdp::FRAME_SIZE as usize;
+            print_budget(&a, dims.len(), workers, 0, umem, "UMEM");
+            pin_iface = iface;
+            program = Some(prog);
+        }
+    }
+
+    // Pinning: planned before any thread pins itself (the plan reads this thread's allowed CPUs).
+    let plan = pin::plan(&pin_iface, workers, pin_policy)?;
+    for n in &plan.notes {
+        eprintln!("server: pin: {n}");
+    }
+
+    let links = (0..workers).map(|_| WorkerLink::new(a.spsc_capacity, 1024)).collect();
+    let shared =
+        Arc::new(Shared { links, snapshot_wanted: AtomicBool::new(false), shutdown: AtomicBool::new(false) });
 
     let mcfg = MasterConfig {
         batch_drain: a.master_batch_drain,
@@ -327,7 +535,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let reports = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
-    for (w, mut sock) in sockets.into_iter().enumerate() {
+    for (w, backend) in backends.into_iter().enumerate() {
         let ecfg = EndpointConfig {
             worker: w,
             rules,
@@ -343,26 +551,59 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
         let (shared, stop, reports) = (shared.clone(), stop.clone(), reports.clone());
+        let cpu = plan.workers.get(w).copied().flatten();
         threads.push(std::thread::Builder::new().name(format!("worker-{w}")).spawn(move || {
+            if let Some(c) = cpu {
+                if let Err(e) = pin::pin_current_thread(c) {
+                    eprintln!("server: warning: worker {w}: {e}");
+                }
+            }
             let mut ep = Endpoint::new(ecfg, qcfg, shared.clone(), std::time::Instant::now());
-            let res = worker::run(&mut ep, &mut sock, &lcfg, &stop);
+            let (res, backend_stats, rearms, xdp) = match backend {
+                Backend::Uring(mut sock) => {
+                    let res = worker::run(&mut ep, &mut sock, &lcfg, &stop);
+                    (res, sock.stats(), Some(sock.rearms()), None)
+                }
+                Backend::Xdp(mut sock) => {
+                    let res = worker::run(&mut ep, sock.as_mut(), &lcfg, &stop);
+                    // Let the last CONNECTION_CLOSEs leave and their frames come home.
+                    sock.quiesce(Duration::from_millis(200));
+                    let x = XdpWorkerReport {
+                        queue: sock.queue(),
+                        zero_copy: sock.zero_copy(),
+                        umem_hugetlb: sock.hugetlb(),
+                        stats: sock.xdp_stats(),
+                        frames: sock.frame_audit(),
+                    };
+                    (res, sock.stats(), None, Some(x))
+                }
+            };
             if let Err(e) = &res {
                 eprintln!("server: worker {w}: {e}");
                 stop.store(true, Ordering::Release);
             }
             reports.lock().expect("reports").push(WorkerReport {
                 worker: w,
+                cpu,
                 endpoint: ep.stats(),
-                backend: sock.stats(),
-                rearms: sock.rearms(),
+                backend: backend_stats,
+                rearms,
+                xdp,
             });
             res
         })?);
     }
+    if let Some(c) = plan.master {
+        if let Err(e) = pin::pin_current_thread(c) {
+            eprintln!("server: warning: master: {e}");
+        }
+    }
     eprintln!(
-        "server: listening on udp {listen} ({} workers, io_uring, GSO {}), ALPN canvas/1 and h3, cert {}",
-        a.workers,
-        if ucfg.gso { "on" } else { "off" },
+        "server: listening on udp {listen} ({workers} workers, {}), ALPN canvas/1 and h3, cert {}",
+        match &program {
+            Some(p) => format!("AF_XDP on {} queues 0..{} ({} XDP)", p.interface(), workers, p.mode()),
+            None => format!("io_uring, GSO {}", if a.no_gso { "off" } else { "on" }),
+        },
         cert.display()
     );
 
@@ -381,6 +622,43 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut failed = false;
     for t in threads {
         failed |= !matches!(t.join(), Ok(Ok(())));
+    }
+    // Workers have stopped: read the program's counters, then detach it (errors reported).
+    let xdp_report = match program.take() {
+        Some(p) => {
+            let counters = p
+                .counters()
+                .map(|c| {
+                    c.iter()
+                        .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let tripwire_packets = trip.as_ref().map(|(c, _)| c.load(Ordering::Relaxed)).unwrap_or(0);
+            let r = XdpReport {
+                interface: p.interface().to_string(),
+                vlan: a.vlan,
+                attach: p.mode().to_string(),
+                vlan_from_metadata_program: p.vlan_metadata(),
+                queues: xdp_queues,
+                counters,
+                tripwire_packets,
+                notes: xdp_notes,
+            };
+            if let Err(e) = p.detach() {
+                eprintln!("server: warning: {e}");
+            }
+            eprintln!(
+                "server: xdp: redirected {} frames to AF_XDP, tripwire saw {} datagram(s)",
+                r.counters.get("redirected").copied().unwrap_or(0),
+                r.tripwire_packets
+            );
+            Some(r)
+        }
+        None => None,
+    };
+    if let Some((_, h)) = trip.take() {
+        let _ = h.join();
     }
     let mut per_worker = std::mem::take(&mut *reports.lock().expect("reports"));
     per_worker.sort_by_key(|r| r.worker);
@@ -402,8 +680,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         t.accepted, t.closed, t.pixels_applied, t.pixels_rejected, t.ticks, t.datagrams_in, t.datagrams_out
     );
     let report = Report {
-        mode: "uring",
-        workers: a.workers,
+        mode: match a.mode {
+            Mode::Uring => "uring",
+            Mode::Xdp => "xdp",
+        },
+        workers,
+        xdp: xdp_report,
         master: ms,
         canvas_hash: format!("{:016x}", master.canvas().hash()),
         totals: t,
@@ -417,4 +699,28 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("a worker failed (see above)".into());
     }
     Ok(())
+}
+
+impl Args {
+    fn workers_socket_bytes(&self, workers: usize) -> usize {
+        workers * (self.socket_recv_buf + self.socket_send_buf)
+    }
+}
+
+/// Print what the configuration implies for memory.
+fn print_budget(a: &Args, canvas: usize, workers: usize, sock: usize, per_worker_io: usize, io_name: &str) {
+    let per_worker_conns = a.max_connections_per_worker * CONN_STATE_BYTES;
+    let queues = workers * a.spsc_capacity * std::mem::size_of::<datapath::publish::PixelWrite>();
+    eprintln!(
+        "server: memory budget: canvas {} + socket buffers {} + {io_name} {} ({workers} x {}) + write queues {} + connection state up to {} ({} conns x ~{} KiB) = {}",
+        mib(canvas),
+        mib(sock),
+        mib(workers * per_worker_io),
+        mib(per_worker_io),
+        mib(queues),
+        mib(workers * per_worker_conns),
+        workers * a.max_connections_per_worker,
+        CONN_STATE_BYTES / 1024,
+        mib(canvas + sock + workers * per_worker_io + queues + workers * per_worker_conns),
+    );
 }
