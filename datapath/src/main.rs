@@ -241,7 +241,7 @@ struct XdpReport {
 
 /// One worker's packet backend.
 enum Backend {
-    Uring(UringSocket),
+    Uring(Box<UringSocket>),
     Xdp(Box<XdpSocket>),
 }
 
@@ -397,7 +397,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..UringConfig::default()
             };
             for _ in 0..workers {
-                backends.push(Backend::Uring(UringSocket::bind(&ucfg)?));
+                backends.push(Backend::Uring(Box::new(UringSocket::bind(&ucfg)?)));
             }
             let Backend::Uring(first) = &backends[0] else { unreachable!() };
             listen = first.local_addr();
@@ -561,7 +561,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let mut ep = Endpoint::new(ecfg, qcfg, shared.clone(), std::time::Instant::now());
             let (res, backend_stats, rearms, xdp) = match backend {
                 Backend::Uring(mut sock) => {
-                    let res = worker::run(&mut ep, &mut sock, &lcfg, &stop);
+                    let res = worker::run(&mut ep, sock.as_mut(), &lcfg, &stop);
                     (res, sock.stats(), Some(sock.rearms()), None)
                 }
                 Backend::Xdp(mut sock) => {
