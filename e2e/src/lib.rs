@@ -2,6 +2,7 @@
 //! bounded lifetime, stop it by its pid with SIGINT, and read the JSON both sides write.
 #![forbid(unsafe_code)]
 
+pub mod load;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

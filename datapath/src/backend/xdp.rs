@@ -28,9 +28,10 @@
 //! transmits at most 32 frames, so the kick repeats while the kernel answers EAGAIN).
 //!
 //! # Zero-copy
-//! [`ZeroCopy::Auto`] binds with `XDP_ZEROCOPY` and, if the driver refuses, rebuilds the UMEM and binds in
-//! copy mode (libxdp has already registered the rings on the first socket, so the same UMEM cannot be
-//! bound twice). [`ZeroCopy::On`] fails with an error naming the driver. What the kernel granted is read
+//! [`ZeroCopy::Auto`] first probes a zero-copy bind with a small UMEM on ordinary pages and binds the real
+//! UMEM in zero-copy mode if the probe worked, else in copy mode. (Retrying the real UMEM is not possible:
+//! libxdp has registered rings on its socket; and a fresh hugetlb UMEM could fail because the kernel frees
+//! a refused UMEM's pinned pages asynchronously.) [`ZeroCopy::On`] fails with an error naming the driver. What the kernel granted is read
 //! back with `XDP_OPTIONS` ([`XdpSocket::zero_copy`]).
 
 use std::collections::HashMap;
@@ -460,41 +461,44 @@ impl XdpSocket {
     }
 
     fn bind_parts(cfg: &XdpConfig, notes: &mut Vec<String>) -> Result<Parts, BindError> {
-        let modes: &[bool] = match cfg.zero_copy {
-            ZeroCopy::Auto => &[true, false],
-            ZeroCopy::On => &[true],
-            ZeroCopy::Off => &[false],
-        };
-        let mut last = None;
-        for &zc in modes {
-            match Self::try_bind(cfg, zc, notes) {
-                Ok(p) => return Ok(p),
-                Err(e) if zc && cfg.zero_copy == ZeroCopy::Auto => {
-                    notes.push(format!(
-                        "zero-copy refused by the {} driver of {} ({}): using copy mode",
-                        driver(&cfg.iface),
-                        cfg.iface,
-                        e.source.as_ref().map(|e| e.to_string()).unwrap_or_else(|| e.msg.clone())
-                    ));
-                    last = Some(e);
-                }
-                Err(e) if zc => {
-                    let why = e.source.as_ref().map(|e| e.to_string()).unwrap_or_else(|| e.msg.clone());
-                    return Err(bind_err(
-                        format!(
-                            "--zero-copy on: the {} driver of {} refused a zero-copy AF_XDP socket on queue {} ({why}); \
-                             use --zero-copy auto to fall back to copy mode, or a NIC whose driver supports AF_XDP zero-copy",
+        // Zero-copy is probed with a small UMEM on ordinary pages: a refused bind must not cost the real
+        // UMEM, because the kernel releases a registered UMEM's pinned pages asynchronously, so its huge
+        // pages would not yet be free for the copy-mode retry.
+        let zc = match cfg.zero_copy {
+            ZeroCopy::Off => false,
+            ZeroCopy::Auto | ZeroCopy::On => {
+                let probe = XdpConfig { pages: UmemPages::Small, frames: 128, ring: 64, ..cfg.clone() };
+                match Self::try_bind_once(&probe, true, &mut Vec::new()) {
+                    Ok(parts) => {
+                        drop(parts);
+                        true
+                    }
+                    Err(e) => {
+                        let why = e.source.as_ref().map(|e| e.to_string()).unwrap_or_else(|| e.msg.clone());
+                        if cfg.zero_copy == ZeroCopy::On {
+                            return Err(bind_err(
+                                format!(
+                                    "--zero-copy on: the {} driver of {} refused a zero-copy AF_XDP socket on queue {} ({why}); \
+                                     use --zero-copy auto to fall back to copy mode, or a NIC whose driver supports AF_XDP zero-copy",
+                                    driver(&cfg.iface),
+                                    cfg.iface,
+                                    cfg.queue
+                                ),
+                                None,
+                            ));
+                        }
+                        notes.push(format!(
+                            "zero-copy refused by the {} driver of {} ({why}): using copy mode",
                             driver(&cfg.iface),
-                            cfg.iface,
-                            cfg.queue
-                        ),
-                        None,
-                    ));
+                            cfg.iface
+                        ));
+                        false
+                    }
                 }
-                Err(e) => return Err(e),
             }
-        }
-        Err(last.unwrap_or_else(|| bind_err("no bind mode", None)))
+        };
+        // After a successful probe the kernel may hold the queue for ~0.5 s: `try_bind` retries EBUSY.
+        Self::try_bind(cfg, zc, notes)
     }
 
     fn make_umem(

@@ -1,0 +1,175 @@
+//! One bounded load run on the testbed: a `server` in the server namespace, one `client` per client
+//! namespace (concurrently), then SIGINT, with every invariant both sides can prove checked on the way:
+//! all connected, none failed, every canvas/1 write applied or rejected, every replica equal to a fresh
+//! snapshot, and the server's own counters equal to the clients'.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::json;
+use crate::netns::{run_client_in, start_server_in, Testbed};
+
+/// What one client namespace runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSpec {
+    /// `client1` or `client2`.
+    pub host: &'static str,
+    /// `canvas1` or `legacy`.
+    pub protocol: &'static str,
+    /// Connections.
+    pub clients: u64,
+}
+
+/// The outcome of [`run`].
+#[derive(Debug)]
+pub struct LoadRun {
+    /// The server's `--stats-json`.
+    pub server: serde_json::Value,
+    /// Each client's `--summary-json`, in the order of the specs.
+    pub summaries: Vec<serde_json::Value>,
+    /// Server process CPU (user + system) in seconds over its whole life, from /proc/PID/stat.
+    pub server_cpu_s: f64,
+}
+
+impl LoadRun {
+    /// A server total.
+    pub fn total(&self, k: &str) -> u64 {
+        self.server["totals"][k].as_u64().unwrap_or_else(|| panic!("totals.{k} missing: {}", self.server))
+    }
+
+    /// Server CPU per datagram moved (in + out), in microseconds.
+    pub fn cpu_us_per_datagram(&self) -> f64 {
+        self.server_cpu_s * 1e6 / (self.total("datagrams_in") + self.total("datagrams_out")) as f64
+    }
+}
+
+/// utime + stime of `pid` in seconds.
+pub fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // /proc reports clock ticks of USER_HZ, which the kernel ABI fixes at 100 (sysconf(_SC_CLK_TCK)).
+    let hz = 100.0;
+    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz
+}
+
+fn client_args<'a>(spec: &ClientSpec, clients: &'a str, summary: &'a str, secs: &'a str) -> Vec<&'a str> {
+    vec![
+        "--target",
+        "https://10.0.1.10:4433",
+        "--clients",
+        clients,
+        "--id",
+        spec.host,
+        "--protocol",
+        spec.protocol,
+        "--duration",
+        secs,
+        "--max-conn-jitter",
+        "2000",
+        "--min-pixel-wait",
+        "100",
+        "--max-pixel-wait",
+        "400",
+        "--summary-json",
+        summary,
+    ]
+}
+
+/// Run the server with `server_args` (plus `--stats-json`) and the clients for `secs` seconds, check the
+/// invariants, stop the server, check its counters against the clients', and return everything.
+pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec], secs: u32) -> LoadRun {
+    let stats = dir.join("server.json");
+    let _ = std::fs::remove_file(&stats);
+    let mut args: Vec<&str> = server_args.to_vec();
+    let stats_s = stats.to_str().unwrap().to_owned();
+    args.extend(["--stats-json", &stats_s]);
+    let server = start_server_in(&tb.ns("server"), &args, Duration::from_secs(30));
+    let pid = server.pid();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("server exe");
+    assert_eq!(exe, crate::bin("server"), "the pid of `ip netns exec` is the server's");
+
+    let paths: Vec<String> = specs
+        .iter()
+        .map(|s| {
+            let p = dir.join(format!("{}.json", s.host));
+            let _ = std::fs::remove_file(&p);
+            p.to_str().unwrap().to_owned()
+        })
+        .collect();
+    let secs_s = secs.to_string();
+    let t = Instant::now();
+    let codes: Vec<i32> = std::thread::scope(|sc| {
+        let hs: Vec<_> = specs
+            .iter()
+            .zip(&paths)
+            .map(|(spec, path)| {
+                let ns = tb.ns(spec.host);
+                let n = spec.clients.to_string();
+                let secs_s = secs_s.clone();
+                sc.spawn(move || {
+                    run_client_in(
+                        &ns,
+                        &client_args(spec, &n, path, &secs_s),
+                        Duration::from_secs(u64::from(secs) + 120),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    eprintln!("clients ran {:.2?}", t.elapsed());
+    for (spec, code) in specs.iter().zip(&codes) {
+        assert_eq!(*code, 0, "{} ({}) exit code", spec.host, spec.protocol);
+    }
+
+    let (mut sent, mut applied, mut rejected) = (0, 0, 0);
+    let mut summaries = Vec::new();
+    for (spec, path) in specs.iter().zip(&paths) {
+        let s = json(Path::new(path));
+        let what = format!("{} ({})", spec.host, spec.protocol);
+        eprintln!("{what} summary: {s}");
+        let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("summary.{k} missing: {s}"));
+        assert_eq!(n("clients"), spec.clients, "{what}");
+        assert_eq!(n("connected"), spec.clients, "{what}: all connected");
+        assert_eq!(n("failed"), 0, "{what}: none failed");
+        assert_eq!(n("replicas_checked"), spec.clients, "{what}");
+        assert_eq!(n("replicas_matching"), spec.clients, "{what}: every replica matches a fresh snapshot");
+        assert!(n("pixels_sent") > spec.clients * 4, "{what}: the load was real");
+        sent += n("pixels_sent");
+        if spec.protocol == "canvas1" {
+            assert_eq!(
+                n("pixels_applied") + n("pixels_rejected"),
+                n("pixels_sent"),
+                "{what}: applied + rejected == sent"
+            );
+            applied += n("pixels_applied");
+            rejected += n("pixels_rejected");
+        } else {
+            // The legacy protocol has no acknowledgements: every write is valid and applied.
+            applied += n("pixels_sent");
+        }
+        summaries.push(s);
+    }
+
+    let server_cpu_s = process_cpu_s(pid);
+    let code = server.stop(Duration::from_secs(20));
+    assert_eq!(code, 0, "server exit code after SIGINT");
+    let st = json(&stats);
+    eprintln!("server totals: {}", st["totals"]);
+    let r = LoadRun { server: st, summaries, server_cpu_s };
+    let clients: u64 = specs.iter().map(|s| s.clients).sum();
+    // Every client connection + one verification connection per client process.
+    assert!(
+        r.total("accepted") >= clients + specs.len() as u64,
+        "accepted {} < {}",
+        r.total("accepted"),
+        clients + specs.len() as u64
+    );
+    assert_eq!(r.total("closed"), r.total("accepted"), "every connection closed by the end");
+    assert_eq!(r.total("pixels_received"), sent, "the server saw every write the clients sent");
+    assert_eq!(r.total("pixels_applied"), applied, "canvas1 applied + every legacy write");
+    assert_eq!(r.total("pixels_rejected"), rejected);
+    r
+}
