@@ -201,7 +201,7 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
 
         // 2. Native XDP on the parent, VLAN 4000 in the program, two queues, UMEM and canvas on hugetlb.
         {
-            let _pages = HugePages::reserve(2 * 8 + 1);
+            let _pages = HugePages::reserve(2 * 16 + 1);
             let r = load::run(
                 &tb,
                 &dir,

@@ -56,11 +56,13 @@ use crate::seam::{Addrs, BackendStats, Datapath};
 pub const FRAME_SIZE: u32 = 2048;
 /// The kernel's XDP_PACKET_HEADROOM in front of each frame's data.
 const XDP_HEADROOM: usize = 256;
-/// Default ring size (fill, completion, RX and TX each).
-pub const DEFAULT_RING: u32 = 2048;
-/// Default UMEM frames per socket: a full fill ring plus three rings' worth for transmit. 8192 × 2 KiB =
-/// 16 MiB, eight 2 MiB huge pages.
-pub const DEFAULT_FRAMES: u32 = 8192;
+/// Default ring size (fill, completion, RX and TX each): at 2048 a tick's broadcast pass over 1,000
+/// connections on this box let more than a fill ring of frames arrive unserved (kernel `fill_ring_empty`
+/// drops); the io_uring path buffers 4096 datagrams plus its socket buffer.
+pub const DEFAULT_RING: u32 = 4096;
+/// Default UMEM frames per socket: a full fill ring plus three rings' worth for transmit. 16384 × 2 KiB =
+/// 32 MiB, sixteen 2 MiB huge pages.
+pub const DEFAULT_FRAMES: u32 = 16384;
 /// Most neighbour entries kept before the table is cleared (and relearned from the next frames).
 const MAX_NEIGHBOURS: usize = 1 << 20;
 /// How long binding retries while the kernel still holds a just-closed socket's queue (EBUSY, ~0.5 s).
@@ -596,6 +598,15 @@ impl XdpSocket {
         match unsafe { xsk_rs::Socket::new(scfg, &umem, &ifname, cfg.queue) } {
             Ok((tx, rx, Some((fq, cq)))) => {
                 let granted = xdp_zero_copy(rx.fd().as_raw_fd()).unwrap_or(zc);
+                if !granted {
+                    // Copy mode transmits at most 32 frames per `sendto` unless told otherwise (Linux 6.17+).
+                    match set_tx_budget(rx.fd().as_raw_fd(), cfg.ring) {
+                        Ok(()) => umem_notes.push(format!("copy-mode transmit budget {} frames per kick", cfg.ring)),
+                        Err(e) => umem_notes.push(format!(
+                            "copy-mode transmit budget stays at 32 frames per kick (XDP_MAX_TX_SKB_BUDGET: {e})"
+                        )),
+                    }
+                }
                 notes.extend(umem_notes);
                 notes.push(format!(
                     "AF_XDP socket on {} queue {} in {} mode",
@@ -784,7 +795,8 @@ impl XdpSocket {
             return Ok(());
         }
         let fd = self.tx.fd().as_raw_fd();
-        // Copy mode transmits at most 32 frames per call and says EAGAIN when more are queued.
+        // Copy mode transmits at most its budget (32 frames before Linux 6.17 or without
+        // XDP_MAX_TX_SKB_BUDGET) per call and says EAGAIN when more are queued.
         let mut rounds = self.cfg.ring / 32 + 2;
         loop {
             self.xstats.tx_kicks += 1;
@@ -831,6 +843,27 @@ impl XdpSocket {
         dst.port() == l.port()
             && dst.is_ipv6() == l.is_ipv6()
             && (l.ip().is_unspecified() || dst.ip() == l.ip())
+    }
+}
+
+/// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17+): frames one copy-mode `sendto` may transmit, 32..=TX ring size.
+fn set_tx_budget(fd: i32, budget: u32) -> io::Result<()> {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+    // SAFETY: a u32 option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
