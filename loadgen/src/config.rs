@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::progress::ProgressMode;
+
 /// UDP port of the reference deployment (seed/hetzner_setup.md).
 pub const DEFAULT_PORT: u16 = 4433;
 /// Source sockets per process: the predecessor's 64 spread flows over RSS queues and SO_REUSEPORT workers.
@@ -105,6 +107,10 @@ pub struct Args {
     /// Write the end-of-run summary as JSON here.
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+    /// Progress on stderr: `auto` draws one live bar when stderr is a terminal and prints one line per
+    /// second otherwise (pipes, files, CI); `lines` always prints the lines.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
     /// Bound on the end-of-run drain (acks, visibility) and on replica verification, each.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_VERIFY_TIMEOUT_S)]
     pub verify_timeout: u64,
@@ -292,6 +298,7 @@ mod tests {
         assert_eq!(a.protocol, Protocol::Canvas1);
         assert_eq!(a.endpoints, DEFAULT_ENDPOINTS);
         assert_eq!(a.threads, 1);
+        assert_eq!(a.progress, ProgressMode::Auto);
         assert!(a.validate().is_ok());
         let a = Args::parse_from([
             "client",

@@ -5,13 +5,14 @@
 //!
 //! Layout: [`config`] (flags) → [`tls`] and [`net`] (QUIC config, sockets, endpoints) → [`client`] (one
 //! task per client, per protocol) → [`verify`] (replicas vs the server's canvas) → [`run`] (phases) →
-//! [`stats`] and [`summary`] (CSV, progress, JSON, table). [`sys`] holds the only unsafe code (two libc
-//! calls).
+//! [`stats`], [`progress`] and [`summary`] (CSV, progress lines or bar, JSON, table). [`sys`] holds the
+//! only unsafe code (two libc calls).
 #![deny(unsafe_code)]
 
 pub mod client;
 pub mod config;
 pub mod net;
+pub mod progress;
 pub mod run;
 pub mod stats;
 pub mod summary;

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::client::{self, Ctx, Phase, Slot, Status};
 use crate::config::{parse_target, Args, Protocol};
+use crate::progress::{note, Progress, Stage};
 use crate::stats::{FailKind, Latency, Reporter};
 use crate::summary::Summary;
 use crate::{net, tls, verify};
@@ -44,7 +45,7 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", summary.table());
+    print!("{}", summary.table());
     if let Some(path) = &args.summary_json {
         let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
         if let Err(e) = std::fs::write(path, json + "\n") {
@@ -102,7 +103,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         Protocol::Canvas1 => "acked",
         Protocol::Legacy => "observed",
     };
-    let mut reporter = Reporter::new(args.metrics_dir.as_deref(), &args.id, applied_label)?;
+    let reporter = Reporter::new(args.metrics_dir.as_deref(), &args.id, applied_label)?;
     eprintln!(
         "[{}] {} clients, protocol {}, {} endpoints, target {} ({addr}), {}",
         args.id,
@@ -112,6 +113,9 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         args.target,
         args.duration.map_or("until Ctrl-C".to_string(), |d| format!("{d} s"))
     );
+    // From here on, stderr messages go through `note` (above the bar, when there is one).
+    let progress = Progress::new(args.progress, &args.id, args.duration());
+    let mut reporter = reporter.with_progress(progress.clone());
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
     let slots: Vec<Arc<Slot>> = (0..args.clients).map(|_| Arc::default()).collect();
@@ -148,7 +152,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             _ = &mut ctrl_c => {
-                eprintln!("[{}] interrupted: stopping writes, verifying (Ctrl-C again to skip)", args.id);
+                note(format!("[{}] interrupted: stopping writes, verifying (Ctrl-C again to skip)", args.id));
                 interrupted = true;
                 break;
             }
@@ -157,12 +161,13 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
             break;
         }
         if ctx.counters.failed.load(Relaxed) as usize == args.clients {
-            eprintln!("[{}] every client failed: ending the run early", args.id);
+            note(format!("[{}] every client failed: ending the run early", args.id));
             break;
         }
     }
     let duration_s = run_start.elapsed().as_secs_f64();
     phase_tx.send_replace(Phase::Drain);
+    progress.stage(&args.id, Stage::Verify);
 
     // Drain, then verify (a second Ctrl-C skips both).
     let verify_timeout = Duration::from_secs(args.verify_timeout);
@@ -196,7 +201,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let (unresolved, invisible, verdict) = tokio::select! {
         r = settle => r,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("[{}] interrupted again: skipping verification", args.id);
+            note(format!("[{}] interrupted again: skipping verification", args.id));
             (0, 0, verify::Verdict { error: Some("skipped (interrupted)".into()), ..Default::default() })
         }
     };
@@ -204,6 +209,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     // Close: clients send CONNECTION_CLOSE, then the endpoints get a bounded chance to deliver it.
     // (Dropping an aborted client's connection closes it too: quinn closes on the last handle's drop.)
     phase_tx.send_replace(Phase::Close);
+    progress.stage(&args.id, Stage::Close);
     let close_bound = Duration::from_secs_f64(args.close_timeout);
     let closed =
         tokio::time::timeout(close_bound, async { while tasks.join_next().await.is_some() {} }).await;
@@ -219,14 +225,15 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     }
     let still_closing: usize = endpoints.iter().map(|e| e.open_connections()).sum();
     if still_closing > 0 {
-        eprintln!(
+        note(format!(
             "[{}] note: {still_closing} connections still in their closing period after --close-timeout {} s \
              (CONNECTION_CLOSE was queued; draining lasts 3 PTOs, long when RTT estimates are inflated)",
             args.id, args.close_timeout
-        );
+        ));
     }
     let _ = stop_tx.send(true);
     let _ = reporter_task.await;
+    progress.finish();
 
     let c = &ctx.counters;
     let count = |st: Status| slots.iter().filter(|s| s.status() == st).count();

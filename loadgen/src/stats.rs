@@ -3,8 +3,11 @@
 //! CSV columns: the predecessor's `timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps` (unix
 //! seconds, open connections, cumulative failures, cumulative pixels sent, pixels sent in that second,
 //! datagrams received in that second, Mbit/s of received datagram payload), then ours:
-//! `acked,rejected,syncs,snapshots` (cumulative; for legacy `acked` counts writes observed in a broadcast)
-//! and `lat_p50_ms,lat_p99_ms` over that second's write→visible samples (empty when there were none).
+//! `acked,rejected,syncs,snapshots` (cumulative; for legacy `acked` counts writes observed in a broadcast),
+//! `lat_p50_ms,lat_p99_ms` over that second's write→visible samples (empty when there were none) and
+//! `hash_mismatches` (cumulative replica hash mismatches).
+//!
+//! Progress goes to stderr: one text line per second, or a live bar on a terminal ([`Progress`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -16,9 +19,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use canvas::RejectReason;
 use hdrhistogram::Histogram;
 
-/// CSV header (predecessor's seven columns first).
-pub const CSV_HEADER: &str =
-    "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms";
+use crate::progress::{self, Progress};
+
+/// CSV header (predecessor's seven columns first; new columns are only ever appended).
+pub const CSV_HEADER: &str = concat!(
+    "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,",
+    "acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms,hash_mismatches"
+);
 
 /// Highest latency tracked: one hour in microseconds (larger samples saturate).
 const LATENCY_MAX_US: u64 = 3_600_000_000;
@@ -216,20 +223,22 @@ struct Seen {
     bytes: u64,
 }
 
-/// Writes one CSV row and one stderr progress line per call.
+/// Writes one CSV row and one stderr progress line (or bar update) per call.
 #[derive(Debug)]
 pub struct Reporter {
     id: String,
     applied_label: &'static str,
     csv: Option<BufWriter<File>>,
+    progress: Progress,
     start: Instant,
     last_at: Instant,
     last: (u64, u64, u64),
 }
 
 impl Reporter {
-    /// A reporter writing `{dir}/{id}.csv` when `dir` is given (the directory is created); the progress
-    /// line calls applied writes `applied_label` ("acked", or "observed" for legacy).
+    /// A reporter writing `{dir}/{id}.csv` when `dir` is given (the directory is created) and per-second
+    /// progress lines to stderr; the progress line calls applied writes `applied_label` ("acked", or
+    /// "observed" for legacy).
     pub fn new(dir: Option<&Path>, id: &str, applied_label: &'static str) -> Result<Self, String> {
         let csv = match dir {
             None => None,
@@ -245,7 +254,21 @@ impl Reporter {
             }
         };
         let now = Instant::now();
-        Ok(Self { id: id.to_string(), applied_label, csv, start: now, last_at: now, last: (0, 0, 0) })
+        Ok(Self {
+            id: id.to_string(),
+            applied_label,
+            csv,
+            progress: Progress::lines(),
+            start: now,
+            last_at: now,
+            last: (0, 0, 0),
+        })
+    }
+
+    /// Show progress in `progress` (a live bar replaces the per-second lines; the CSV is unchanged).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Emit the row for the interval since the previous call.
@@ -272,6 +295,7 @@ impl Reporter {
         let rejected = c.rejected_total();
         let syncs = c.syncs.load(Relaxed);
         let snapshots = c.snapshots.load(Relaxed);
+        let mismatches = c.hash_mismatches.load(Relaxed);
         let l = lat.take_second();
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
         let (p50, p99) = (fmt(l.map(|l| l.p50)), fmt(l.map(|l| l.p99)));
@@ -279,14 +303,41 @@ impl Reporter {
         if let Some(w) = self.csv.as_mut() {
             let r = writeln!(
                 w,
-                "{ts},{active},{failed},{},{tx_pps},{rx_dgram},{rx_mbps:.3},{acked},{rejected},{syncs},{snapshots},{p50},{p99}",
+                "{ts},{active},{failed},{},{tx_pps},{rx_dgram},{rx_mbps:.3},{acked},{rejected},{syncs},{snapshots},\
+                 {p50},{p99},{mismatches}",
                 cur.pixels
             )
             .and_then(|_| w.flush());
             if let Err(e) = r {
-                eprintln!("[{}] metrics CSV write failed, disabling it: {e}", self.id);
+                progress::note(format!("[{}] metrics CSV write failed, disabling it: {e}", self.id));
                 self.csv = None;
             }
+        }
+        let elapsed = now.duration_since(self.start).as_secs_f64();
+        if self.progress.is_bar() {
+            // Latency over the whole run so far (the lines show the last second's).
+            let total = lat.total();
+            let lat = if total.samples == 0 {
+                "p50 - p99 -".to_string()
+            } else {
+                format!("p50 {} p99 {} ms", short_ms(total.p50), short_ms(total.p99))
+            };
+            let late = if secs > LATE_REPORT_S {
+                format!("  [report {:.0} ms late: saturated]", (secs - 1.0) * 1e3)
+            } else {
+                String::new()
+            };
+            let mismatches =
+                if mismatches > 0 { format!("  hash mismatches {mismatches}") } else { String::new() };
+            self.progress.update(
+                elapsed as u64,
+                format!(
+                    "active {active}  failed {failed}  tx {tx_pps} px/s  rx {rx_dgram} dg/s  lat {lat}  {} \
+                     {acked}{mismatches}{late}",
+                    self.applied_label
+                ),
+            );
+            return;
         }
         let late = if secs > LATE_REPORT_S {
             format!(
@@ -300,12 +351,23 @@ impl Reporter {
             "[{}] t={:>4.0}s active={active} failed={failed} tx={} ({tx_pps}/s) rx={rx_dgram} dg/s {rx_mbps:.2} Mbit/s \
              {}={acked} rejected={rejected} syncs={syncs} snapshots={snapshots} p50={}ms p99={}ms{late}",
             self.id,
-            now.duration_since(self.start).as_secs_f64(),
+            elapsed,
             cur.pixels,
             self.applied_label,
             if p50.is_empty() { "-" } else { &p50 },
             if p99.is_empty() { "-" } else { &p99 },
         );
+    }
+}
+
+/// Milliseconds with about three significant figures (`0.84`, `45.1`, `982`, `2604`).
+fn short_ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
     }
 }
 
@@ -336,10 +398,37 @@ mod tests {
         let mut r = Reporter::new(Some(&dir), "t", "acked").unwrap();
         c.pixels_sent.store(10, Relaxed);
         r.row(&c, &l);
+        c.hash_mismatches.store(2, Relaxed);
+        let mut b = vec![1500];
+        l.record(&mut b);
+        r.row(&c, &l);
         let text = std::fs::read_to_string(dir.join("t.csv")).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
-        assert_eq!(lines[1].split(',').count(), CSV_HEADER.split(',').count());
+        assert!(CSV_HEADER.starts_with("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,"));
+        assert!(!CSV_HEADER.contains(' '));
+        assert_eq!(lines.len(), 3);
+        let cols: Vec<_> = CSV_HEADER.split(',').collect();
+        for row in &lines[1..] {
+            assert_eq!(row.split(',').count(), cols.len(), "{row}");
+        }
+        let cell = |row: &str, name: &str| {
+            let i = cols.iter().position(|c| *c == name).unwrap();
+            row.split(',').nth(i).unwrap().to_string()
+        };
+        assert_eq!(cell(lines[1], "tx_pixels"), "10");
+        assert_eq!(cell(lines[1], "lat_p50_ms"), "");
+        assert_eq!(cell(lines[1], "hash_mismatches"), "0");
+        assert_eq!(cell(lines[2], "lat_p50_ms"), "1.500");
+        assert_eq!(cell(lines[2], "hash_mismatches"), "2");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn short_ms_keeps_three_figures() {
+        assert_eq!(short_ms(0.8412), "0.84");
+        assert_eq!(short_ms(45.12), "45.1");
+        assert_eq!(short_ms(982.4), "982");
+        assert_eq!(short_ms(2604.0), "2604");
     }
 }

@@ -97,114 +97,223 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// A fixed-width table for stdout.
+    /// A table for stdout: a title line, then one row per figure in three aligned columns (what,
+    /// the main figure right-aligned, details).
     pub fn table(&self) -> String {
-        let mut s = String::new();
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(s, "  {k:<22} {v}");
+        let mut rows: Vec<(&str, String, String)> = Vec::new();
+        let mut row = |k: &'static str, v: String, d: String| rows.push((k, v, d));
+        let secs = self.duration_s.max(1e-9);
+        let elapsed = self.elapsed_s.max(1e-9);
+        let nonzero = |m: &BTreeMap<&'static str, u64>| {
+            m.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         };
-        row("id / protocol", format!("{} / {}", self.id, self.protocol.name()));
-        row("target", format!("{} ({})", self.target, self.server_addr));
         row(
             "duration",
+            format!("{:.1} s", self.duration_s),
             format!(
-                "{:.1} s write phase, {:.1} s total{}",
-                self.duration_s,
+                "write phase; {:.1} s in total{}",
                 self.elapsed_s,
                 if self.interrupted { " (interrupted)" } else { "" }
             ),
         );
         row(
             "clients",
+            self.clients.to_string(),
             format!(
-                "{} connected {} failed {} never started {}",
-                self.clients, self.connected, self.failed, self.never_started
+                "connected {}, failed {}, never started {}",
+                self.connected, self.failed, self.never_started
             ),
         );
         if self.failed > 0 {
-            let kinds: Vec<String> = self
-                .failed_by_kind
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            row("failures", kinds.join(" "));
+            row("failures", self.failed.to_string(), nonzero(&self.failed_by_kind));
         }
-        let secs = self.duration_s.max(1e-9);
-        row("pixels sent", format!("{} ({:.0}/s)", self.pixels_sent, self.pixels_sent as f64 / secs));
+        row("pixels sent", self.pixels_sent.to_string(), format!("{:.0}/s", self.pixels_sent as f64 / secs));
         if self.applied_is_observed {
             row(
                 "pixels observed",
-                format!(
-                    "{} (no-op {}, unobserved {})",
-                    self.pixels_applied, self.legacy_noop_writes, self.legacy_unobserved
-                ),
+                self.pixels_applied.to_string(),
+                format!("no-op {}, unobserved {}", self.legacy_noop_writes, self.legacy_unobserved),
             );
         } else {
-            row("pixels applied", self.pixels_applied.to_string());
-            let reasons: Vec<String> = self
-                .rejected_by_reason
-                .iter()
-                .filter(|(_, v)| **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            row("pixels rejected", format!("{} {}", self.pixels_rejected, reasons.join(" ")));
+            row("pixels applied", self.pixels_applied.to_string(), "acked by the server".into());
+            row("pixels rejected", self.pixels_rejected.to_string(), nonzero(&self.rejected_by_reason));
         }
         row(
             "unsettled at end",
+            (self.unresolved_writes + self.acked_not_visible).to_string(),
             format!("{} unresolved, {} acked-not-visible", self.unresolved_writes, self.acked_not_visible),
         );
+        let l = &self.latency_ms;
+        row("latency p50", format!("{:.1} ms", l.p50), format!("write -> visible, {} samples", l.samples));
+        row("latency p99", format!("{:.1} ms", l.p99), format!("max {:.1} ms", l.max));
         row(
-            "latency ms",
+            "rx datagrams",
+            self.rx_datagrams.to_string(),
             format!(
-                "p50 {:.1}  p99 {:.1}  max {:.1}  ({} samples)",
-                self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.max, self.latency_ms.samples
-            ),
-        );
-        row(
-            "rx",
-            format!(
-                "{} datagrams, {:.1} MB, {:.2} Mbit/s",
-                self.rx_datagrams,
+                "{:.1} MB, {:.2} Mbit/s",
                 self.rx_bytes as f64 / 1e6,
-                self.rx_bytes as f64 * 8.0 / 1e6 / self.elapsed_s.max(1e-9)
+                self.rx_bytes as f64 * 8.0 / 1e6 / elapsed
             ),
         );
         row(
-            "replica repair",
-            format!(
-                "syncs {} snapshots {} hash mismatches {}",
-                self.syncs, self.snapshots, self.hash_mismatches
-            ),
+            "hash mismatches",
+            self.hash_mismatches.to_string(),
+            format!("replica repair: syncs {}, snapshots {}", self.syncs, self.snapshots),
         );
-        let verdict = match (&self.verify.error, self.verify.snapshot_tick) {
-            (Some(e), None) => format!("could not fetch the canvas: {e}"),
-            (_, t) => format!(
-                "{}/{} replicas match (canvas tick {}, {} fetches{})",
-                self.replicas_matching,
-                self.replicas_checked,
-                t.map_or("-".into(), |t| t.to_string()),
-                self.verify.fetches,
-                if self.verify.snapshot_hash_ok == Some(false) { ", SNAPSHOT HASH WRONG" } else { "" }
+        match (&self.verify.error, self.verify.snapshot_tick) {
+            (Some(e), None) => {
+                row("replicas matching", "-".into(), format!("could not fetch the canvas: {e}"))
+            }
+            (_, t) => row(
+                "replicas matching",
+                format!("{}/{}", self.replicas_matching, self.replicas_checked),
+                format!(
+                    "of {} full replicas; canvas tick {}, {} fetches{}",
+                    self.replicas,
+                    t.map_or("-".into(), |t| t.to_string()),
+                    self.verify.fetches,
+                    if self.verify.snapshot_hash_ok == Some(false) { ", SNAPSHOT HASH WRONG" } else { "" }
+                ),
             ),
-        };
-        row("verification", verdict);
+        }
+        let cpu = self.usage.user_s + self.usage.sys_s;
         row(
-            "process",
+            "process cpu",
+            format!("{cpu:.1} s"),
             format!(
-                "cpu {:.1} s user + {:.1} s sys ({:.0}% of one core), peak RSS {:.0} MiB",
+                "{:.1} s user + {:.1} s sys ({:.0}% of one core), peak RSS {:.0} MiB",
                 self.usage.user_s,
                 self.usage.sys_s,
-                100.0 * (self.usage.user_s + self.usage.sys_s) / self.elapsed_s.max(1e-9),
+                100.0 * cpu / elapsed,
                 self.usage.max_rss_mib
             ),
         );
         if self.still_closing_at_exit > 0 {
-            row("still closing at exit", self.still_closing_at_exit.to_string());
+            row(
+                "still closing at exit",
+                self.still_closing_at_exit.to_string(),
+                "connections in their closing period".into(),
+            );
         }
         if let Some(e) = &self.first_error {
-            row("first error", e.clone());
+            row("first error", String::new(), e.clone());
+        }
+
+        let kw = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+        let vw = rows.iter().map(|(_, v, _)| v.chars().count()).max().unwrap_or(0);
+        let mut s = format!(
+            "summary of {} ({}), target {} ({})\n",
+            self.id,
+            self.protocol.name(),
+            self.target,
+            self.server_addr
+        );
+        for (k, v, d) in &rows {
+            let line = format!("  {k:<kw$}  {v:>vw$}  {d}");
+            let _ = writeln!(s, "{}", line.trim_end());
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(protocol: Protocol) -> Summary {
+        Summary {
+            id: "t".into(),
+            protocol,
+            target: "https://127.0.0.1:4499".into(),
+            server_addr: "127.0.0.1:4499".into(),
+            clients: 50,
+            connected: 48,
+            failed: 2,
+            failed_by_kind: [("handshake_timeout", 2), ("protocol", 0)].into_iter().collect(),
+            never_started: 0,
+            handshakes: 48,
+            pixels_sent: 1234,
+            pixels_applied: 1200,
+            pixels_rejected: 34,
+            rejected_by_reason: [("busy", 34), ("cooldown", 0)].into_iter().collect(),
+            applied_is_observed: protocol == Protocol::Legacy,
+            unresolved_writes: 1,
+            acked_not_visible: 2,
+            legacy_noop_writes: 7,
+            legacy_unobserved: 3,
+            legacy_datagram_errors: 0,
+            replicas: 50,
+            replicas_checked: 48,
+            replicas_matching: 47,
+            verify: Verdict {
+                checked: 48,
+                matching: 47,
+                snapshot_tick: Some(91),
+                fetches: 2,
+                ..Default::default()
+            },
+            latency_ms: LatencyMs { p50: 45.12, p99: 98.25, max: 120.5, samples: 1200 },
+            duration_s: 5.0,
+            elapsed_s: 7.25,
+            rx_datagrams: 98765,
+            rx_bytes: 12_345_678,
+            syncs: 11,
+            snapshots: 52,
+            hash_mismatches: 3,
+            interrupted: false,
+            still_closing_at_exit: 0,
+            endpoints: 8,
+            threads: 1,
+            seed: 1,
+            socket: SocketReport::default(),
+            usage: Usage { user_s: 1.25, sys_s: 0.5, max_rss_mib: 80.0 },
+            first_error: Some("client 3: handshake_timeout: no handshake after 10s".into()),
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_keeps_every_figure() {
+        let t = sample(Protocol::Canvas1).table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("summary of t (canvas1), target https://127.0.0.1:4499 (127.0.0.1:4499)")
+        );
+        // The value column is right-aligned: it ends at the same column on every row that has a value.
+        let cpu = lines.iter().find(|l| l.contains("process cpu")).unwrap();
+        let end = cpu.find("1.8 s").unwrap() + "1.8 s".len();
+        for l in &lines[1..lines.len() - 1] {
+            assert!(l.len() > end && &l[end - 1..end] != " " && &l[end..end + 2] == "  ", "{l:?} in\n{t}");
+        }
+        assert!(lines.last().unwrap().starts_with("  first error"), "{t}");
+        for needle in [
+            "5.0 s",
+            "7.2 s in total",
+            "connected 48, failed 2, never started 0",
+            "handshake_timeout=2",
+            "1234",
+            "247/s",
+            "1200",
+            "busy=34",
+            "1 unresolved, 2 acked-not-visible",
+            "45.1 ms",
+            "98.2 ms",
+            "max 120.5 ms",
+            "1200 samples",
+            "98765",
+            "12.3 MB",
+            "13.62 Mbit/s",
+            "syncs 11, snapshots 52",
+            "47/48",
+            "canvas tick 91, 2 fetches",
+            "1.2 s user + 0.5 s sys (24% of one core), peak RSS 80 MiB",
+            "first error",
+        ] {
+            assert!(t.contains(needle), "{needle:?} missing in\n{t}");
+        }
+        assert!(!t.contains("protocol=0"), "{t}");
+        assert!(!t.ends_with("\n\n"));
+        let legacy = sample(Protocol::Legacy).table();
+        assert!(legacy.contains("pixels observed") && legacy.contains("no-op 7, unobserved 3"), "{legacy}");
+        assert!(!legacy.contains("pixels rejected"), "{legacy}");
     }
 }

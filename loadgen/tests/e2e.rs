@@ -115,11 +115,14 @@ fn check_csv(dir: &Path, id: &str) {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms")
+        Some(
+            "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,\
+             lat_p50_ms,lat_p99_ms,hash_mismatches"
+        )
     );
     let rows: Vec<&str> = lines.collect();
     assert!(rows.len() >= 3, "only {} rows:\n{csv}", rows.len());
-    assert!(rows.iter().all(|r| r.split(',').count() == 13), "{csv}");
+    assert!(rows.iter().all(|r| r.split(',').count() == 14), "{csv}");
 }
 
 #[test]
@@ -172,6 +175,16 @@ fn canvas1(opts: Options, name: &str, extra: &[&str]) -> Value {
     assert_eq!(u(lat, "samples"), applied, "every applied write becomes visible: {ctx}");
     assert!(lat["p50"].as_f64().unwrap() > 0.0 && lat["p99"].as_f64().unwrap() < 5_000.0, "{ctx}");
     assert_eq!(s["verify"]["snapshot_hash_ok"], true, "{ctx}");
+    // stderr is a pipe: the per-second text lines, not the live bar.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("[e2e-canvas1] t=")
+            && l.contains(" active=")
+            && l.contains(" acked=")
+            && l.contains(" p99=")),
+        "{ctx}"
+    );
+    assert!(!stderr.contains('\r'), "{ctx}");
     check_csv(&dir, "e2e-canvas1");
     let _ = std::fs::remove_dir_all(&dir);
     s

@@ -1,4 +1,5 @@
-//! `visualize_load.py` renders a report from a mix of new (13-column) and predecessor (7-column) CSVs.
+//! `visualize_load.py` renders a report from a mix of current (14-column), older (13-column) and
+//! predecessor (7-column) CSVs, with and without `--summary-json` files.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,6 +25,8 @@ fn visualize_load_renders_png() {
         "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms\n",
     );
     let mut old = String::from("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps\n");
+    let mut cur = format!("{}\n", loadgen::stats::CSV_HEADER);
+    assert!(cur.ends_with(",lat_p50_ms,lat_p99_ms,hash_mismatches\n"), "{cur}");
     for i in 0..10u64 {
         let ts = 1_700_000_000 + i;
         let lat = if i == 0 { ",".to_string() } else { format!("{}.5,{}.25", 40 + i, 90 + i) };
@@ -36,6 +39,15 @@ fn visualize_load_renders_png() {
             10 * i,
             50
         ));
+        let lat = if i < 2 { ",".to_string() } else { format!("{}.5,{}", 200 - 15 * i, 2000 - 150 * i) };
+        cur.push_str(&format!(
+            "{ts},40,1,{},60,700,2.5,{},0,{},{},{lat},{}\n",
+            60 * i,
+            55 * i,
+            i / 2,
+            40 + i / 5,
+            i / 3
+        ));
         if i % 3 != 1 {
             // The predecessor's file skips some seconds.
             old.push_str(&format!("{ts},{},{},{},80,300,0.9\n", 20 + i, i / 4, 80 * i));
@@ -43,13 +55,56 @@ fn visualize_load_renders_png() {
     }
     std::fs::write(dir.join("a.csv"), new).unwrap();
     std::fs::write(dir.join("b.csv"), old).unwrap();
-    let png = dir.join("report.png");
+    std::fs::write(dir.join("c.csv"), cur).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("visualize_load.py");
-    let out =
-        Command::new("python3").arg(&script).arg(&dir).arg("-o").arg(&png).output().expect("run python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let bytes = std::fs::read(&png).expect("PNG written");
-    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    let render = |extra: &[&Path], png: &Path| {
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(&dir)
+            .arg("-o")
+            .arg(png)
+            .args(extra.iter().flat_map(|p| [Path::new("--summary"), p]))
+            .output()
+            .expect("run python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(png).expect("PNG written");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // CSVs only.
+    let stdout = render(&[], &dir.join("report.png"));
+    assert!(stdout.contains("3 CSV files, 0 summaries"), "{stdout}");
+    // Summaries: found in the metrics directory (other JSON files are ignored), or named with --summary.
+    let summary = |id: &str, matching: u64| {
+        format!(
+            r#"{{"id": "{id}", "protocol": "canvas1", "replicas": 50, "replicas_checked": 48,
+                "replicas_matching": {matching}, "hash_mismatches": 2, "syncs": 7,
+                "latency_ms": {{"p50": 41.5, "p99": 120.25, "max": 300.0, "samples": 900}},
+                "verify": {{"checked": 48, "matching": {matching}, "snapshot_tick": 90, "snapshot_hash_ok": true,
+                            "fetches": 1, "error": null, "mismatches": []}}}}"#
+        )
+    };
+    std::fs::write(dir.join("a.json"), summary("a", 48)).unwrap();
+    std::fs::write(dir.join("other.json"), r#"{"not": "a summary"}"#).unwrap();
+    let stdout = render(&[], &dir.join("report2.png"));
+    assert!(stdout.contains("3 CSV files, 1 summaries"), "{stdout}");
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("c.json"), summary("c", 46)).unwrap();
+    let stdout = render(&[&dir.join("a.json"), &elsewhere], &dir.join("report3.png"));
+    assert!(stdout.contains("3 CSV files, 2 summaries"), "{stdout}");
+    // A named file that is not a summary is an error with a message.
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .arg("-o")
+        .arg(dir.join("x.png"))
+        .arg("--summary")
+        .arg(dir.join("other.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loadgen --summary-json file"));
     // An empty directory is an error with a message, not a traceback.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();

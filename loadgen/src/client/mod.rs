@@ -211,7 +211,7 @@ impl Ctx {
         self.counters.fail(f.kind);
         let msg = format!("client {idx}: {}: {}", f.kind.name(), f.msg);
         if self.errors_printed.fetch_add(1, Relaxed) < MAX_PRINTED_ERRORS {
-            eprintln!("[{}] {msg}", self.id);
+            crate::progress::note(format!("[{}] {msg}", self.id));
         }
         let mut first = self.first_error.lock().expect("error lock");
         if first.is_none() {
