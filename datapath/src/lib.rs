@@ -3,8 +3,10 @@
 //! single-writer canvas.
 
 pub mod backend;
+pub mod doctor;
 pub mod endpoint;
 pub mod frame;
+pub mod live;
 pub mod master;
 pub mod netdev;
 pub mod pin;

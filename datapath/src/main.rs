@@ -62,7 +62,10 @@ enum HugePolicy {
 #[command(
     name = "server",
     version,
-    about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas"
+    about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas",
+    after_help = "Subcommand: `server doctor [--mode uring|xdp] [--iface IF] [--vlan ID] [-w N] [--listen ADDR] [--json] ...` \
+                  checks whether this box is ready to run the server with those options and prints the command that \
+                  fixes each finding (exit 1 on a blocker); see `server doctor --help`."
 )]
 struct Args {
     /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
@@ -159,6 +162,11 @@ struct Args {
     /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
     #[arg(long, default_value_t = xdp::DEFAULT_RING)]
     xdp_ring: u32,
+
+    /// Serve live metrics here (HTTP): Prometheus text at /metrics, the canvas at /canvas.png, a live page
+    /// at /. E.g. `127.0.0.1:9100` (port 0 picks a free one; the address is printed).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 
     /// QUIC idle timeout in ms (quiche's default 0 = never; 30 s after RFC 9308 §3.2).
     #[arg(long, default_value_t = DEFAULT_QUIC.idle_timeout.as_millis() as u64)]
@@ -281,6 +289,12 @@ fn mib(b: usize) -> String {
 }
 
 fn main() -> ExitCode {
+    // `server doctor [options]`: its own parser, so the flat `Args` stays as it is.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
+        let rest = std::env::args_os().skip(2);
+        let d = datapath::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
+        return datapath::doctor::run(d);
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -375,7 +389,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Backends first, so a bad address or interface fails before anything starts.
     let mut backends: Vec<Backend> = Vec::new();
-    let mut program: Option<xdp_prog::XdpProgram> = None;
+    let mut program: Option<Arc<xdp_prog::XdpProgram>> = None;
     let mut xdp_queues = 0;
     let mut xdp_notes = Vec::new();
     let mut trip: Option<(Arc<AtomicU64>, std::thread::JoinHandle<()>)> = None;
@@ -505,7 +519,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let umem = a.xdp_frames as usize * xdp::FRAME_SIZE as usize;
             print_budget(&a, dims.len(), workers, 0, umem, "UMEM");
             pin_iface = iface;
-            program = Some(prog);
+            program = Some(Arc::new(prog));
         }
     }
 
@@ -526,6 +540,30 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_dgram: a.max_datagram,
     };
     let mut master = Master::new(canvas, mcfg, shared.clone());
+    let mode_name = match a.mode {
+        Mode::Uring => "uring",
+        Mode::Xdp => "xdp",
+    };
+    let live = a.metrics_addr.map(|_| Arc::new(datapath::live::Live::new(workers, dims, mode_name)));
+    let mut metrics_thread = None;
+    if let (Some(addr), Some(live)) = (a.metrics_addr, &live) {
+        master.set_live(live.clone());
+        let xdp_counters = program.clone().map(|p| {
+            Box::new(move || {
+                p.counters()
+                    .map(|c| {
+                        c.iter()
+                            .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }) as datapath::live::CounterFn
+        });
+        let src = datapath::live::Sources { shared: shared.clone(), xdp_counters };
+        let (bound, h) = datapath::live::serve(addr, live.clone(), src, stop.clone())?;
+        eprintln!("server: metrics on http://{bound}/ (/metrics, /canvas.png)");
+        metrics_thread = Some(h);
+    }
     let lcfg = LoopConfig {
         rx_batch: a.rx_batch,
         busy_poll: a.busy_poll,
@@ -550,7 +588,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             send_budget: a.send_budget,
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
-        let (shared, stop, reports) = (shared.clone(), stop.clone(), reports.clone());
+        let (shared, stop, reports, live) = (shared.clone(), stop.clone(), reports.clone(), live.clone());
         let cpu = plan.workers.get(w).copied().flatten();
         threads.push(std::thread::Builder::new().name(format!("worker-{w}")).spawn(move || {
             if let Some(c) = cpu {
@@ -561,11 +599,15 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             let mut ep = Endpoint::new(ecfg, qcfg, shared.clone(), std::time::Instant::now());
             let (res, backend_stats, rearms, xdp) = match backend {
                 Backend::Uring(mut sock) => {
-                    let res = worker::run(&mut ep, sock.as_mut(), &lcfg, &stop);
+                    let res = worker::run_reporting(&mut ep, sock.as_mut(), &lcfg, &stop, |ep, b| {
+                        report_live(live.as_deref(), w, ep, b.stats(), None)
+                    });
                     (res, sock.stats(), Some(sock.rearms()), None)
                 }
                 Backend::Xdp(mut sock) => {
-                    let res = worker::run(&mut ep, sock.as_mut(), &lcfg, &stop);
+                    let res = worker::run_reporting(&mut ep, sock.as_mut(), &lcfg, &stop, |ep, b| {
+                        report_live(live.as_deref(), w, ep, b.stats(), Some(b.xdp_stats()))
+                    });
                     // Let the last CONNECTION_CLOSEs leave and their frames come home.
                     sock.quiesce(Duration::from_millis(200));
                     let x = XdpWorkerReport {
@@ -623,6 +665,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     for t in threads {
         failed |= !matches!(t.join(), Ok(Ok(())));
     }
+    if let Some(h) = metrics_thread.take() {
+        let _ = h.join();
+    }
     // Workers have stopped: read the program's counters, then detach it (errors reported).
     let xdp_report = match program.take() {
         Some(p) => {
@@ -645,8 +690,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 tripwire_packets,
                 notes: xdp_notes,
             };
-            if let Err(e) = p.detach() {
-                eprintln!("server: warning: {e}");
+            // The metrics thread (the only other holder) has been joined.
+            match Arc::try_unwrap(p) {
+                Ok(p) => {
+                    if let Err(e) = p.detach() {
+                        eprintln!("server: warning: {e}");
+                    }
+                }
+                Err(p) => drop(p),
             }
             eprintln!(
                 "server: xdp: redirected {} frames to AF_XDP, tripwire saw {} datagram(s)",
@@ -680,10 +731,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         t.accepted, t.closed, t.pixels_applied, t.pixels_rejected, t.ticks, t.datagrams_in, t.datagrams_out
     );
     let report = Report {
-        mode: match a.mode {
-            Mode::Uring => "uring",
-            Mode::Xdp => "xdp",
-        },
+        mode: mode_name,
         workers,
         xdp: xdp_report,
         master: ms,
@@ -704,6 +752,20 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 impl Args {
     fn workers_socket_bytes(&self, workers: usize) -> usize {
         workers * (self.socket_recv_buf + self.socket_send_buf)
+    }
+}
+
+/// A worker's periodic report into the live metrics (when `--metrics-addr` is on).
+fn report_live(
+    live: Option<&datapath::live::Live>,
+    w: usize,
+    ep: &Endpoint,
+    backend: BackendStats,
+    xdp: Option<XdpSockStats>,
+) {
+    if let Some(l) = live {
+        let v = datapath::live::WorkerLive { endpoint: ep.stats(), backend, xdp, conns: ep.conn_count() };
+        l.report_worker(w, v);
     }
 }
 

@@ -84,6 +84,7 @@ pub struct Master<S> {
     latest_snapshot: Arc<Snapshot>,
     entries: Vec<(u32, u8)>,
     stats: MasterStats,
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
@@ -103,11 +104,17 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             latest_snapshot: snap.clone(),
             entries: Vec::new(),
             stats: MasterStats { snapshots: 1, ..Default::default() },
+            live: None,
         };
         let p0 =
             Arc::new(Publication::encode(0, 0, m.canvas.hash(), &[], cfg.max_dgram, vec![0; n], Some(snap)));
         m.publish(p0);
         m
+    }
+
+    /// Report every tick (duration, counters) and a canvas copy once a second to `live` (`--metrics-addr`).
+    pub fn set_live(&mut self, live: Arc<crate::live::Live>) {
+        self.live = Some(live);
     }
 
     /// The canvas.
@@ -186,7 +193,11 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         );
         self.publish(Arc::new(p));
         self.stats.ticks += 1;
-        self.stats.max_tick_us = self.stats.max_tick_us.max(t0.elapsed().as_micros() as u64);
+        let us = t0.elapsed().as_micros() as u64;
+        self.stats.max_tick_us = self.stats.max_tick_us.max(us);
+        if let Some(live) = &self.live {
+            live.record_tick(self.stats, us, self.tick, || self.canvas.pixels().to_vec());
+        }
     }
 
     fn publish(&self, p: Arc<Publication>) {

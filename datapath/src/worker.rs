@@ -40,10 +40,27 @@ pub fn run<B: Datapath>(
     cfg: &LoopConfig,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    run_reporting(ep, backend, cfg, stop, |_, _| {})
+}
+
+/// [`run`], calling `report` with the endpoint and backend at most every [`crate::live::REPORT_EVERY`] (for
+/// live metrics; it runs on this worker's thread between batches).
+pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
+    ep: &mut Endpoint,
+    backend: &mut B,
+    cfg: &LoopConfig,
+    stop: &AtomicBool,
+    mut report: R,
+) -> std::io::Result<()> {
     let mut last_activity = Instant::now();
     let mut drain_until: Option<Instant> = None;
+    let mut last_report = Instant::now();
     loop {
         let now = Instant::now();
+        if now.duration_since(last_report) >= crate::live::REPORT_EVERY {
+            report(ep, backend);
+            last_report = now;
+        }
         let n = backend.recv(cfg.rx_batch, |addrs, pkt| ep.on_datagram(now, addrs, pkt))?;
         ep.poll_publications(now);
         ep.on_timers(now);
