@@ -3,7 +3,8 @@
 # only what is missing. quiche builds BoringSSL with cmake and bindgen (libclang); the XDP milestone adds
 # clang, libelf, m4 and zlib for libbpf.
 set -euo pipefail
-pkgs=(build-essential clang libclang-dev cmake pkg-config libelf-dev m4 zlib1g-dev iproute2 iputils-ping procps bc python3-pip)
+pkgs=(build-essential clang libclang-dev cmake pkg-config libelf-dev m4 zlib1g-dev iproute2 iputils-ping procps bc python3-pip
+  chromium ethtool bpftool nftables)  # chromium: the live-page test (headless); the rest: scripts/ops
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

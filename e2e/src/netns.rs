@@ -28,6 +28,19 @@ pub fn is_root() -> bool {
         .is_some_and(|euid| euid == "0")
 }
 
+/// True when a root test can run; false (after saying why) when it should be skipped. Fails instead of
+/// skipping when CI=true (a CI run must not silently skip the tests it is meant to run). `needs` says what
+/// root is needed for.
+pub fn root_or_skip(test: &str, needs: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let why = format!("{test}: needs root ({needs}); not running as root");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} and CI=true: failing instead of skipping");
+    eprintln!("SKIPPED {why}");
+    false
+}
+
 /// Named network namespaces (`ip netns list`, first column).
 pub fn netns_list() -> Vec<String> {
     let out = run_bounded(Command::new("ip").args(["netns", "list"]), Duration::from_secs(10));
