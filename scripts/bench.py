@@ -317,6 +317,8 @@ def main():
     p.add_argument("--secs", type=int, default=10, help="write phase per fixed-load run")
     p.add_argument("--queues", type=int, default=1, help="server NIC queues = workers")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp"],
+                   choices=["handshake", "load1", "load2", "load3", "ramp"], help="which phases to run")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, XDP)")
@@ -333,6 +335,7 @@ def main():
              ("ramp", 1000 if a.quick else 1500, (a.secs + 10) * 1000, (20, 50), a.secs + 10)]
     if a.quick:
         loads = [l for l in loads if l[0] != "load2"]
+    loads = [l for l in loads if l[0] in a.phases]
     phases = [l[0] for l in loads]
     b = Bench(a)
     t0 = time.time()
@@ -348,7 +351,9 @@ def main():
         b.down()
     write_reports(b, phases, a.modes)
     print(f"bench: {len(b.rows)} runs in {time.time() - t0:.0f} s; {b.out}/results.md, results.csv, *.png")
-    bad = [r for r in b.rows if r["failed"] or not r["replicas_ok"] or r["tripwire"]]
+    # The ramp is meant to reach saturation: failed connections there are a result (in the table), not an
+    # error. Everywhere else they, a replica mismatch or a tripwire packet mean the run is not valid.
+    bad = [r for r in b.rows if (r["failed"] and r["phase"] != "ramp") or not r["replicas_ok"] or r["tripwire"]]
     if bad:
         sys.exit(f"bench: {len(bad)} run(s) had failed clients, replica mismatches or tripwire packets: see results.csv")
 

@@ -6,8 +6,10 @@
 //!
 //! # Where a frame can be
 //! `FREE` (ours, unused) → `FILL` (on the fill ring or the RX ring: the kernel's) → back to `FILL` as soon
-//! as the receive callback returns (a received frame is recycled straight onto the fill ring, so the
-//! receive side never takes frames from the transmit pool). `FREE` → `SLOT` (handed out by
+//! as the receive callback returns (a received frame is recycled straight onto the fill ring, or to `FREE`
+//! when the ring is already full). While received frames wait in the RX ring during a long flush pass, the
+//! fill ring is topped up from the free pool (up to a fill ring plus an RX ring of frames receiving, `ring` frames
+//! always kept for transmit), so a tick's broadcast pass does not stop reception. `FREE` → `SLOT` (handed out by
 //! [`Datapath::tx_slot`]) → `PENDING` (committed, waiting for [`Datapath::flush`]) → `TX` (on the TX ring or in
 //! the driver) → `FREE` (reaped from the completion ring). A descriptor the kernel returns for a frame
 //! that is not in the state it should be is counted in [`XdpSockStats::frame_errors`] and not reused; the
@@ -56,13 +58,17 @@ use crate::seam::{Addrs, BackendStats, Datapath};
 pub const FRAME_SIZE: u32 = 2048;
 /// The kernel's XDP_PACKET_HEADROOM in front of each frame's data.
 const XDP_HEADROOM: usize = 256;
-/// Default ring size (fill, completion, RX and TX each): at 2048 a tick's broadcast pass over 1,000
+/// Default ring size (fill, completion and TX; RX is [`RX_RING_FACTOR`] times it): at 2048 a tick's broadcast pass over 1,000
 /// connections on this box let more than a fill ring of frames arrive unserved (kernel `fill_ring_empty`
 /// drops); the io_uring path buffers 4096 datagrams plus its socket buffer.
 pub const DEFAULT_RING: u32 = 4096;
-/// Default UMEM frames per socket: a full fill ring plus three rings' worth for transmit. 16384 × 2 KiB =
-/// 32 MiB, sixteen 2 MiB huge pages.
-pub const DEFAULT_FRAMES: u32 = 16384;
+/// The RX ring is this many times the other rings: it is the receive buffer while the worker is busy
+/// flushing (the io_uring path has a 32 MiB socket buffer for that). At saturation on the testbed a 4096-entry
+/// RX ring overflowed (`kernel_rx_ring_full`) where the socket path did not.
+pub const RX_RING_FACTOR: u32 = 4;
+/// Default UMEM frames per socket: up to a fill ring plus an RX ring receiving, the rest for transmit.
+/// 32768 × 2 KiB = 64 MiB, thirty-two 2 MiB huge pages.
+pub const DEFAULT_FRAMES: u32 = 32768;
 /// Most neighbour entries kept before the table is cleared (and relearned from the next frames).
 const MAX_NEIGHBOURS: usize = 1 << 20;
 /// How long binding retries while the kernel still holds a just-closed socket's queue (EBUSY, ~0.5 s).
@@ -146,6 +152,8 @@ pub struct XdpSockStats {
     pub frame_errors: u64,
     /// Times the transmit pool was empty when a slot was asked for.
     pub tx_pool_empty: u64,
+    /// Times the fill ring was topped up from the free pool during a flush pass.
+    pub fill_top_ups: u64,
     /// Kernel `XDP_STATISTICS`: frames dropped for lack of RX ring room or other reasons.
     pub kernel_rx_dropped: u64,
     /// Kernel `XDP_STATISTICS`: RX ring full.
@@ -585,7 +593,9 @@ impl XdpSocket {
         let mut flags = BindFlags::XDP_USE_NEED_WAKEUP;
         flags |= if zc { BindFlags::XDP_ZEROCOPY } else { BindFlags::XDP_COPY };
         let scfg = SocketConfig::builder()
-            .rx_queue_size(QueueSize::new(cfg.ring).map_err(|e| bind_err(e.to_string(), None))?)
+            .rx_queue_size(
+                QueueSize::new(cfg.ring * RX_RING_FACTOR).map_err(|e| bind_err(e.to_string(), None))?,
+            )
             .tx_queue_size(QueueSize::new(cfg.ring).map_err(|e| bind_err(e.to_string(), None))?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .xdp_flags(XdpFlags::empty())
@@ -743,20 +753,45 @@ impl XdpSocket {
             done += n;
         }
         if done < self.refill.len() {
-            // Cannot happen while FILL <= ring; keep the frames rather than lose them.
+            // The fill ring is full (topped up from the free pool while these frames were in the RX ring):
+            // they go back to the pool.
             for d in self.refill.drain(done..) {
                 let i = d.addr() / FRAME_SIZE as usize;
                 if self.frames.moved(i, FILL, FREE) {
                     self.free.push(i as u32);
                 }
             }
-            self.xstats.frame_errors += 1;
         }
         self.refill.clear();
         if self.fq.needs_wakeup() {
             // Zero-copy drivers sleep when the fill ring ran dry; poll wakes them.
             let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
         }
+    }
+
+    /// Keep the fill ring full from the free pool while received frames wait in the RX ring, so the kernel
+    /// can go on receiving during a long flush pass (up to a fill ring plus an RX ring of frames, instead of
+    /// one fill ring). `ring` frames always stay for transmit.
+    fn top_up_fill(&mut self) {
+        let ring = self.cfg.ring as usize;
+        let fill = self.frames.count[FILL as usize] as usize;
+        let spare = self.free.len().saturating_sub(ring);
+        let want = ((1 + RX_RING_FACTOR as usize) * ring).saturating_sub(fill).min(spare);
+        if want < 64 {
+            return;
+        }
+        let room = self.fq.nb_free(want as u32) as usize;
+        let take = room.min(want);
+        if take < 64 {
+            return;
+        }
+        for _ in 0..take {
+            let i = self.free.pop().expect("spare counted");
+            self.frames.moved(i as usize, FREE, FILL);
+            self.refill.push(self.descs[i as usize]);
+        }
+        self.push_fill();
+        self.xstats.fill_top_ups += 1;
     }
 
     /// Move committed frames to the TX ring; true if all of them went.
@@ -928,6 +963,7 @@ impl Datapath for XdpSocket {
         if !self.refill.is_empty() {
             self.push_fill();
         }
+        self.top_up_fill();
         Ok(delivered)
     }
 
@@ -990,6 +1026,7 @@ impl Datapath for XdpSocket {
         if self.pending.len() >= 64 {
             // Keep the ring fed during a long flush pass; the kick comes with `flush`.
             self.produce_tx();
+            self.top_up_fill();
         }
     }
 
