@@ -446,7 +446,7 @@ pub fn irqbalance_finding(running: bool) -> Finding {
 /// 2 MiB pages the configuration can use: (UMEM pages, canvas pages). A UMEM that is not a whole number
 /// of 2 MiB pages (frames not a multiple of 1024) lives on 4 KiB pages.
 pub fn hugepages_needed(mode: DoctorMode, workers: usize, frames: u32, canvas_bytes: u64) -> (u64, u64) {
-    let canvas = canvas_bytes.div_ceil(HUGE_PAGE).max(1);
+    let canvas = hugepages::pages_needed(canvas_bytes as usize).max(1);
     let umem = u64::from(frames) * u64::from(xdp::FRAME_SIZE);
     let umem_pages = match mode {
         DoctorMode::Xdp if umem.is_multiple_of(HUGE_PAGE) => workers as u64 * (umem / HUGE_PAGE),
@@ -885,24 +885,10 @@ fn try_attach(
     Ok(detail)
 }
 
-/// The kernel's reason inside `XdpSocket::bind`'s `--zero-copy on` refusal (`… on queue 0 (REASON); use …`),
-/// or the whole message.
-pub fn zero_copy_reason(msg: &str) -> &str {
-    const MARK: &str = "refused a zero-copy AF_XDP socket on queue ";
-    let Some(at) = msg.find(MARK) else { return msg };
-    let rest = &msg[at + MARK.len()..];
-    let (Some(open), Some(close)) = (rest.find('('), rest.rfind("); ")) else { return msg };
-    if open < close {
-        &rest[open + 1..close]
-    } else {
-        msg
-    }
-}
-
-/// Bind (and close) a small AF_XDP socket on queue 0.
-fn try_xsk(iface: &str, listen: SocketAddr, zero_copy: ZeroCopy) -> Result<(), String> {
+/// Bind (and close) a small copy-mode AF_XDP socket on queue 0.
+fn try_copy_xsk(iface: &str, listen: SocketAddr) -> Result<(), String> {
     let cfg = XdpConfig {
-        zero_copy,
+        zero_copy: ZeroCopy::Off,
         pages: UmemPages::Small,
         frames: 128,
         ring: 64,
@@ -984,8 +970,8 @@ fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec
             let generic =
                 native.is_err().then(|| try_attach(iface, port, a.vlan, xdp_prog::AttachMode::Generic));
             out.push(attach_finding(iface, native, generic));
-            let zc = try_xsk(iface, a.listen, ZeroCopy::On).map_err(|e| zero_copy_reason(&e).to_string());
-            let copy = zc.is_err().then(|| try_xsk(iface, a.listen, ZeroCopy::Off));
+            let zc = xdp::probe_zero_copy(iface, 0, a.listen).map_err(|e| e.reason());
+            let copy = zc.is_err().then(|| try_copy_xsk(iface, a.listen));
             out.push(zero_copy_finding(iface, &driver, zc, copy));
         }
     }
@@ -1346,10 +1332,6 @@ mod tests {
             zero_copy_finding("x", "veth", Err("z".into()), Some(Err("c".into()))).status,
             Status::Blocker
         );
-        let refusal = "--zero-copy on: the veth driver of xr refused a zero-copy AF_XDP socket on queue 0 \
-                       (Operation not supported (os error 95)); use --zero-copy auto to fall back to copy mode";
-        assert_eq!(zero_copy_reason(refusal), "Operation not supported (os error 95)");
-        assert_eq!(zero_copy_reason("AF_XDP needs root"), "AF_XDP needs root");
     }
 
     #[test]

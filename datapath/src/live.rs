@@ -46,7 +46,7 @@ pub struct WorkerLive {
 }
 
 /// The master's latest counters, tick durations and canvas copy.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MasterLive {
     /// Counters.
     pub stats: MasterStats,
@@ -103,16 +103,16 @@ impl Live {
         }
     }
 
-    /// Record one tick (its duration and the master's counters); `canvas` is called for a copy of the pixels
-    /// when the last copy is older than [`CANVAS_EVERY`].
-    pub fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, canvas: impl FnOnce() -> Vec<u8>) {
+    /// Record one tick (its duration and the master's counters); `pixels` are copied when the last copy is
+    /// older than [`CANVAS_EVERY`].
+    pub fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
         let mut m = self.master.lock().unwrap_or_else(|e| e.into_inner());
         m.stats = stats;
         let b = TICK_BUCKETS_US.iter().position(|&ub| tick_us <= ub).unwrap_or(TICK_BUCKETS_US.len());
         m.tick_buckets[b] += 1;
         m.tick_sum_us += tick_us;
         if m.canvas_at.is_none_or(|t| t.elapsed() >= CANVAS_EVERY) {
-            m.canvas.copy_from_slice(&canvas());
+            m.canvas.copy_from_slice(pixels);
             m.canvas_tick = tick;
             m.canvas_at = Some(Instant::now());
         }
@@ -177,12 +177,21 @@ pub fn canvas_png(dims: Dims, pixels: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn sum_workers(live: &Live) -> (EndpointStats, BackendStats, Vec<WorkerLive>) {
-    let ws: Vec<WorkerLive> =
-        live.workers.iter().map(|w| w.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+fn workers(live: &Live) -> Vec<WorkerLive> {
+    live.workers.iter().map(|w| w.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
+}
+
+/// The master's counters without its canvas copy: (stats, tick buckets, tick sum µs, canvas tick).
+fn master(live: &Live) -> (MasterStats, [u64; TICK_BUCKETS_US.len() + 1], u64, u64) {
+    let m = live.master.lock().unwrap_or_else(|e| e.into_inner());
+    (m.stats, m.tick_buckets, m.tick_sum_us, m.canvas_tick)
+}
+
+/// Workers' endpoint and backend counters summed.
+fn sum_workers(ws: &[WorkerLive]) -> (EndpointStats, BackendStats) {
     let mut e = EndpointStats::default();
     let mut b = BackendStats::default();
-    for w in &ws {
+    for w in ws {
         e.accepted += w.endpoint.accepted;
         e.closed += w.endpoint.closed;
         e.pixels_received += w.endpoint.pixels_received;
@@ -193,13 +202,13 @@ fn sum_workers(live: &Live) -> (EndpointStats, BackendStats, Vec<WorkerLive>) {
         b.rx_bytes += w.backend.rx_bytes;
         b.tx_bytes += w.backend.tx_bytes;
     }
-    (e, b, ws)
+    (e, b)
 }
 
 /// The Prometheus text exposition.
 pub fn prometheus(live: &Live, src: &Sources) -> String {
-    let (_, _, ws) = sum_workers(live);
-    let m = live.master.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ws = workers(live);
+    let (stats, tick_buckets, tick_sum_us, _) = master(live);
     let mut s = String::with_capacity(8192);
     let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, u64)>| {
         let _ = writeln!(s, "# HELP canvas_{name} {help}\n# TYPE canvas_{name} {kind}");
@@ -352,50 +361,46 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
             f().into_iter().map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), v)).collect();
         family("xdp_frames_total", "counter", "XDP program outcomes, summed over CPUs.", &mut v.into_iter());
     }
-    family(
-        "ticks_total",
-        "counter",
-        "Ticks published.",
-        &mut std::iter::once((String::new(), m.stats.ticks)),
-    );
+    family("ticks_total", "counter", "Ticks published.", &mut std::iter::once((String::new(), stats.ticks)));
     family(
         "master_pixels_applied_total",
         "counter",
         "Writes the master applied.",
-        &mut std::iter::once((String::new(), m.stats.pixels_applied)),
+        &mut std::iter::once((String::new(), stats.pixels_applied)),
     );
     family(
         "pixels_changed_total",
         "counter",
         "Pixels whose colour changed.",
-        &mut std::iter::once((String::new(), m.stats.pixels_changed)),
+        &mut std::iter::once((String::new(), stats.pixels_changed)),
     );
     let _ = writeln!(s, "# HELP canvas_tick_duration_seconds Time to close and encode one tick.\n# TYPE canvas_tick_duration_seconds histogram");
     let mut cum = 0;
     for (i, ub) in TICK_BUCKETS_US.iter().enumerate() {
-        cum += m.tick_buckets[i];
+        cum += tick_buckets[i];
         let _ = writeln!(s, "canvas_tick_duration_seconds_bucket{{le=\"{}\"}} {cum}", *ub as f64 / 1e6);
     }
-    cum += m.tick_buckets[TICK_BUCKETS_US.len()];
+    cum += tick_buckets[TICK_BUCKETS_US.len()];
     let _ = writeln!(s, "canvas_tick_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
-    let _ = writeln!(s, "canvas_tick_duration_seconds_sum {}", m.tick_sum_us as f64 / 1e6);
+    let _ = writeln!(s, "canvas_tick_duration_seconds_sum {}", tick_sum_us as f64 / 1e6);
     let _ = writeln!(s, "canvas_tick_duration_seconds_count {cum}");
     s
 }
 
 fn json(live: &Live) -> String {
-    let (e, b, ws) = sum_workers(live);
-    let m = live.master.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ws = workers(live);
+    let (e, b) = sum_workers(&ws);
+    let (stats, _, _, canvas_tick) = master(live);
     serde_json::json!({
         "mode": live.mode,
         "uptime_s": live.started.elapsed().as_secs_f64(),
         "connections": ws.iter().map(|w| w.conns).sum::<usize>(),
         "accepted": e.accepted,
         "pixels_received": e.pixels_received,
-        "pixels_applied": m.stats.pixels_applied,
-        "pixels_changed": m.stats.pixels_changed,
-        "ticks": m.stats.ticks,
-        "canvas_tick": m.canvas_tick,
+        "pixels_applied": stats.pixels_applied,
+        "pixels_changed": stats.pixels_changed,
+        "ticks": stats.ticks,
+        "canvas_tick": canvas_tick,
         "datagrams_in": b.rx_datagrams,
         "datagrams_out": b.tx_datagrams,
         "bytes_out": b.tx_bytes,
@@ -520,7 +525,7 @@ mod tests {
     fn tick_histogram_is_cumulative() {
         let live = Live::new(1, Dims { width: 2, height: 2 }, "uring");
         for us in [10, 60, 60, 3_000, 1_000_000] {
-            live.record_tick(MasterStats::default(), us, 1, || vec![1; 4]);
+            live.record_tick(MasterStats::default(), us, 1, &[1; 4]);
         }
         let shared = Arc::new(Shared {
             links: vec![crate::master::WorkerLink::new(4, 4)],

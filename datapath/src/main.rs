@@ -548,17 +548,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut metrics_thread = None;
     if let (Some(addr), Some(live)) = (a.metrics_addr, &live) {
         master.set_live(live.clone());
-        let xdp_counters = program.clone().map(|p| {
-            Box::new(move || {
-                p.counters()
-                    .map(|c| {
-                        c.iter()
-                            .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            }) as datapath::live::CounterFn
-        });
+        let xdp_counters =
+            program.clone().map(|p| Box::new(move || program_counters(&p)) as datapath::live::CounterFn);
         let src = datapath::live::Sources { shared: shared.clone(), xdp_counters };
         let (bound, h) = datapath::live::serve(addr, live.clone(), src, stop.clone())?;
         eprintln!("server: metrics on http://{bound}/ (/metrics, /canvas.png)");
@@ -671,14 +662,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Workers have stopped: read the program's counters, then detach it (errors reported).
     let xdp_report = match program.take() {
         Some(p) => {
-            let counters = p
-                .counters()
-                .map(|c| {
-                    c.iter()
-                        .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let counters = program_counters(&p).into_iter().collect();
             let tripwire_packets = trip.as_ref().map(|(c, _)| c.load(Ordering::Relaxed)).unwrap_or(0);
             let r = XdpReport {
                 interface: p.interface().to_string(),
@@ -753,6 +737,17 @@ impl Args {
     fn workers_socket_bytes(&self, workers: usize) -> usize {
         workers * (self.socket_recv_buf + self.socket_send_buf)
     }
+}
+
+/// The XDP program's outcome counters by short name (`redirected`, `passed_not_ip`, …); empty if unreadable.
+fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
+    p.counters()
+        .map(|c| {
+            c.iter()
+                .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A worker's periodic report into the live metrics (when `--metrics-addr` is on).

@@ -196,7 +196,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         let us = t0.elapsed().as_micros() as u64;
         self.stats.max_tick_us = self.stats.max_tick_us.max(us);
         if let Some(live) = &self.live {
-            live.record_tick(self.stats, us, self.tick, || self.canvas.pixels().to_vec());
+            live.record_tick(self.stats, us, self.tick, self.canvas.pixels());
         }
     }
 

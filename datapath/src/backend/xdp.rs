@@ -38,7 +38,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -50,7 +49,8 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use crate::frame::{self, Malformed, L2};
+use crate::frame::{self, L2};
+use crate::netdev;
 use crate::seam::{Addrs, BackendStats, Datapath};
 
 /// UMEM frame size: a power of two (xsk-rs finds a frame's start by masking) holding the 256-byte XDP
@@ -58,9 +58,9 @@ use crate::seam::{Addrs, BackendStats, Datapath};
 pub const FRAME_SIZE: u32 = 2048;
 /// The kernel's XDP_PACKET_HEADROOM in front of each frame's data.
 const XDP_HEADROOM: usize = 256;
-/// Default ring size (fill, completion and TX; RX is [`RX_RING_FACTOR`] times it): at 2048 a tick's broadcast pass over 1,000
-/// connections on this box let more than a fill ring of frames arrive unserved (kernel `fill_ring_empty`
-/// drops); the io_uring path buffers 4096 datagrams plus its socket buffer.
+/// Default ring size (fill, completion and TX; RX is [`RX_RING_FACTOR`] times it): at 2048 a tick's
+/// broadcast pass over 1,000 connections on this box let more than a fill ring of frames arrive unserved
+/// (kernel `fill_ring_empty` drops); the io_uring path buffers 4096 datagrams plus its socket buffer.
 pub const DEFAULT_RING: u32 = 4096;
 /// The RX ring is this many times the other rings: it is the receive buffer while the worker is busy
 /// flushing (the io_uring path has a 32 MiB socket buffer for that). At saturation on the testbed a 4096-entry
@@ -114,7 +114,8 @@ pub struct XdpConfig {
     pub pages: UmemPages,
     /// UMEM frames (a multiple of 1024 keeps the UMEM a whole number of 2 MiB pages).
     pub frames: u32,
-    /// Entries of each of the four rings (a power of two).
+    /// Entries of the fill, completion and TX rings (a power of two); the RX ring has
+    /// [`RX_RING_FACTOR`] times as many.
     pub ring: u32,
     /// Largest UDP payload sent (also capped by the interface MTU).
     pub max_payload: usize,
@@ -235,30 +236,9 @@ impl Frames {
     }
 }
 
-/// Multiply-shift hash for IP addresses (the neighbour table is looked up once per transmitted packet).
-#[derive(Default)]
-struct IpHasher(u64);
-
-impl Hasher for IpHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 = (self.0 ^ u64::from_ne_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
-    }
-}
-
-type Neighbours = HashMap<IpAddr, ([u8; 6], [u8; 6]), BuildHasherDefault<IpHasher>>;
+/// Peer IP → (peer MAC, the MAC the peer addressed us with); looked up once per transmitted packet, so
+/// with FxHash rather than SipHash (no untrusted key can grow it beyond [`MAX_NEIGHBOURS`]).
+type Neighbours = HashMap<IpAddr, ([u8; 6], [u8; 6]), rustc_hash::FxBuildHasher>;
 
 /// An error binding a socket, with what to do about it.
 #[derive(Debug)]
@@ -293,6 +273,27 @@ impl BindError {
     fn errno(&self) -> Option<i32> {
         self.source.as_ref().and_then(|e| e.raw_os_error())
     }
+
+    /// The kernel's error when there is one, else the message.
+    pub fn reason(&self) -> String {
+        self.source.as_ref().map(|e| e.to_string()).unwrap_or_else(|| self.msg.clone())
+    }
+
+    /// The driver or device does not do what was asked (as opposed to permissions, a busy queue, …).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT))
+    }
+}
+
+/// Whether `iface` queue `queue` grants a zero-copy AF_XDP socket: binds one on a small UMEM on ordinary
+/// pages and closes it. A refused bind must not cost a real UMEM: the kernel releases a registered UMEM's
+/// pinned pages asynchronously, so its huge pages would not yet be free for the copy-mode bind that
+/// follows. `Err` with [`BindError::is_unsupported`] means "no zero-copy here"; any other error would also
+/// stop a copy-mode socket.
+pub fn probe_zero_copy(iface: &str, queue: u32, listen: SocketAddr) -> Result<(), BindError> {
+    let probe =
+        XdpConfig { pages: UmemPages::Small, frames: 128, ring: 64, ..XdpConfig::new(iface, queue, listen) };
+    XdpSocket::try_bind(&probe, true, &mut Vec::new()).map(drop)
 }
 
 fn bind_err(msg: impl Into<String>, source: Option<io::Error>) -> BindError {
@@ -305,16 +306,6 @@ fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<io::Error> {
         .and_then(|s| s.downcast_ref::<io::Error>())
         .and_then(|e| e.raw_os_error())
         .map(io::Error::from_raw_os_error)
-}
-
-/// Number of receive queues of `iface` (see [`crate::netdev::rx_queues`]).
-pub fn rx_queue_count(iface: &str) -> io::Result<u32> {
-    crate::netdev::rx_queues(iface).map(|(n, _)| n)
-}
-
-/// The driver of `iface` (`veth`, `mlx5_core`, …).
-pub fn driver(iface: &str) -> String {
-    crate::netdev::driver(iface)
 }
 
 /// One AF_XDP socket on one queue, as a [`Datapath`].
@@ -390,7 +381,7 @@ impl XdpSocket {
                 None,
             ));
         }
-        let queues = rx_queue_count(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))?;
+        let (queues, _) = netdev::rx_queues(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))?;
         if cfg.queue >= queues {
             return Err(bind_err(
                 format!(
@@ -400,7 +391,7 @@ impl XdpSocket {
                 None,
             ));
         }
-        let mtu = crate::netdev::mtu(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))? as usize;
+        let mtu = netdev::mtu(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))? as usize;
         let ip_hdr = if cfg.listen.is_ipv6() { frame::IPV6_HLEN } else { frame::IPV4_HLEN };
         let hdr_len = frame::header_len(cfg.vlan.is_some(), cfg.listen.is_ipv6());
         let frame_room = FRAME_SIZE as usize - XDP_HEADROOM;
@@ -471,41 +462,34 @@ impl XdpSocket {
     }
 
     fn bind_parts(cfg: &XdpConfig, notes: &mut Vec<String>) -> Result<Parts, BindError> {
-        // Zero-copy is probed with a small UMEM on ordinary pages: a refused bind must not cost the real
-        // UMEM, because the kernel releases a registered UMEM's pinned pages asynchronously, so its huge
-        // pages would not yet be free for the copy-mode retry.
         let zc = match cfg.zero_copy {
             ZeroCopy::Off => false,
-            ZeroCopy::Auto | ZeroCopy::On => {
-                let probe = XdpConfig { pages: UmemPages::Small, frames: 128, ring: 64, ..cfg.clone() };
-                match Self::try_bind_once(&probe, true, &mut Vec::new()) {
-                    Ok(parts) => {
-                        drop(parts);
-                        true
-                    }
-                    Err(e) => {
-                        let why = e.source.as_ref().map(|e| e.to_string()).unwrap_or_else(|| e.msg.clone());
-                        if cfg.zero_copy == ZeroCopy::On {
-                            return Err(bind_err(
-                                format!(
-                                    "--zero-copy on: the {} driver of {} refused a zero-copy AF_XDP socket on queue {} ({why}); \
-                                     use --zero-copy auto to fall back to copy mode, or a NIC whose driver supports AF_XDP zero-copy",
-                                    driver(&cfg.iface),
-                                    cfg.iface,
-                                    cfg.queue
-                                ),
-                                None,
-                            ));
-                        }
-                        notes.push(format!(
-                            "zero-copy refused by the {} driver of {} ({why}): using copy mode",
-                            driver(&cfg.iface),
-                            cfg.iface
-                        ));
-                        false
-                    }
+            ZeroCopy::Auto | ZeroCopy::On => match probe_zero_copy(&cfg.iface, cfg.queue, cfg.listen) {
+                Ok(()) => true,
+                Err(e) if !e.is_unsupported() => return Err(e),
+                Err(e) if cfg.zero_copy == ZeroCopy::On => {
+                    return Err(bind_err(
+                        format!(
+                            "--zero-copy on: the {} driver of {} refused a zero-copy AF_XDP socket on queue {} ({}); \
+                             use --zero-copy auto to fall back to copy mode, or a NIC whose driver supports AF_XDP zero-copy",
+                            netdev::driver(&cfg.iface),
+                            cfg.iface,
+                            cfg.queue,
+                            e.reason()
+                        ),
+                        None,
+                    ))
                 }
-            }
+                Err(e) => {
+                    notes.push(format!(
+                        "zero-copy refused by the {} driver of {} ({}): using copy mode",
+                        netdev::driver(&cfg.iface),
+                        cfg.iface,
+                        e.reason()
+                    ));
+                    false
+                }
+            },
         };
         // After a successful probe the kernel may hold the queue for ~0.5 s: `try_bind` retries EBUSY.
         Self::try_bind(cfg, zc, notes)
@@ -709,34 +693,28 @@ impl XdpSocket {
         }
     }
 
-    #[inline]
-    fn index(&self, addr: usize) -> usize {
-        addr / FRAME_SIZE as usize
-    }
-
     /// Frames back from the completion ring to the free pool.
-    fn reap(&mut self) -> usize {
-        let mut total = 0;
+    fn reap(&mut self) {
         loop {
             let want = self.scratch.len();
             // SAFETY: the completion ring belongs to this UMEM; the descriptors only carry addresses.
             let n = unsafe { self.cq.consume(&mut self.scratch[..want]) };
             for k in 0..n {
-                let i = self.index(self.scratch[k].addr());
+                let i = frame_index(self.scratch[k].addr());
                 if self.frames.moved(i, TX, FREE) {
                     self.free.push(i as u32);
                 } else {
                     self.xstats.frame_errors += 1;
                 }
             }
-            total += n;
             if n < want {
-                return total;
+                return;
             }
         }
     }
 
-    /// Put `self.refill` on the fill ring (it always fits: at most `ring` frames are ever FILL).
+    /// Put `self.refill` on the fill ring; what does not fit (the ring was topped up meanwhile) goes back to
+    /// the free pool.
     fn push_fill(&mut self) {
         let mut done = 0;
         while done < self.refill.len() {
@@ -756,7 +734,7 @@ impl XdpSocket {
             // The fill ring is full (topped up from the free pool while these frames were in the RX ring):
             // they go back to the pool.
             for d in self.refill.drain(done..) {
-                let i = d.addr() / FRAME_SIZE as usize;
+                let i = frame_index(d.addr());
                 if self.frames.moved(i, FILL, FREE) {
                     self.free.push(i as u32);
                 }
@@ -780,8 +758,8 @@ impl XdpSocket {
         if want < 64 {
             return;
         }
-        let room = self.fq.nb_free(want as u32) as usize;
-        let take = room.min(want);
+        // The fill ring holds at most `ring`: asking for more would make libxdp re-read the kernel's index.
+        let take = (self.fq.nb_free(want.min(ring) as u32) as usize).min(want);
         if take < 64 {
             return;
         }
@@ -810,7 +788,7 @@ impl XdpSocket {
                 break;
             }
             for d in &self.pending[done..done + n] {
-                let i = d.addr() / FRAME_SIZE as usize;
+                let i = frame_index(d.addr());
                 self.frames.moved(i, PENDING, TX);
             }
             done += n;
@@ -857,19 +835,14 @@ impl XdpSocket {
     }
 
     fn learn(&mut self, peer: IpAddr, peer_mac: [u8; 6], our_mac: [u8; 6]) {
-        match self.neighbours.get_mut(&peer) {
-            Some(e) => {
-                if *e != (peer_mac, our_mac) {
-                    *e = (peer_mac, our_mac);
-                }
-            }
-            None => {
-                if self.neighbours.len() >= MAX_NEIGHBOURS {
-                    self.neighbours.clear();
-                }
-                self.neighbours.insert(peer, (peer_mac, our_mac));
-            }
+        if let Some(e) = self.neighbours.get_mut(&peer) {
+            *e = (peer_mac, our_mac);
+            return;
         }
+        if self.neighbours.len() >= MAX_NEIGHBOURS {
+            self.neighbours.clear();
+        }
+        self.neighbours.insert(peer, (peer_mac, our_mac));
     }
 
     #[inline]
@@ -881,9 +854,17 @@ impl XdpSocket {
     }
 }
 
+/// The frame a UMEM address falls in (frames are `FRAME_SIZE`-aligned, the kernel's addresses point into them).
+#[inline]
+fn frame_index(addr: usize) -> usize {
+    addr / FRAME_SIZE as usize
+}
+
+/// `SOL_XDP` socket option level.
+const SOL_XDP: libc::c_int = 283;
+
 /// `XDP_MAX_TX_SKB_BUDGET` (Linux 6.17+): frames one copy-mode `sendto` may transmit, 32..=TX ring size.
 fn set_tx_budget(fd: i32, budget: u32) -> io::Result<()> {
-    const SOL_XDP: libc::c_int = 283;
     const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
     // SAFETY: a u32 option value of the size given.
     let r = unsafe {
@@ -904,7 +885,6 @@ fn set_tx_budget(fd: i32, budget: u32) -> io::Result<()> {
 
 /// `XDP_OPTIONS` → zero-copy bit.
 fn xdp_zero_copy(fd: i32) -> Option<bool> {
-    const SOL_XDP: libc::c_int = 283;
     const XDP_OPTIONS: libc::c_int = 8;
     const XDP_OPTIONS_ZEROCOPY: u32 = 1;
     let mut opts: u32 = 0;
@@ -924,7 +904,7 @@ impl Datapath for XdpSocket {
         for k in 0..n {
             let d = self.scratch[k];
             let (addr, len) = (d.addr(), d.lengths().data());
-            let i = self.index(addr);
+            let i = frame_index(addr);
             if i >= self.descs.len() || self.frames.state[i] != FILL || addr + len > self.umem_len {
                 self.xstats.frame_errors += 1;
                 continue;
@@ -946,13 +926,7 @@ impl Datapath for XdpSocket {
                     self.xstats.rx_not_ours += 1;
                     self.stats.rx_dropped += 1;
                 }
-                Err(
-                    Malformed::Truncated
-                    | Malformed::NotIp
-                    | Malformed::NotUdp
-                    | Malformed::Fragment
-                    | Malformed::BadLength,
-                ) => {
+                Err(_) => {
                     self.xstats.rx_malformed += 1;
                     self.stats.rx_dropped += 1;
                 }
@@ -960,10 +934,10 @@ impl Datapath for XdpSocket {
             // Straight back to the kernel, at the canonical address of the frame.
             self.refill.push(self.descs[i]);
         }
-        if !self.refill.is_empty() {
+        if n > 0 {
             self.push_fill();
+            self.top_up_fill();
         }
-        self.top_up_fill();
         Ok(delivered)
     }
 
@@ -996,19 +970,19 @@ impl Datapath for XdpSocket {
             return;
         };
         let iu = i as usize;
-        let Some(&(peer_mac, our_mac)) = self.neighbours.get(&addrs.peer.ip()) else {
-            self.xstats.tx_no_neighbour += 1;
+        let macs = if addrs.peer.is_ipv6() != addrs.local.is_ipv6() || len > self.max_payload {
+            None
+        } else {
+            let m = self.neighbours.get(&addrs.peer.ip()).copied();
+            self.xstats.tx_no_neighbour += u64::from(m.is_none());
+            m
+        };
+        let Some((peer_mac, our_mac)) = macs else {
             self.stats.tx_dropped += 1;
             self.frames.moved(iu, SLOT, FREE);
             self.free.push(i);
             return;
         };
-        if addrs.peer.is_ipv6() != addrs.local.is_ipv6() || len > self.max_payload {
-            self.stats.tx_dropped += 1;
-            self.frames.moved(iu, SLOT, FREE);
-            self.free.push(i);
-            return;
-        }
         let l2 = L2 { src: our_mac, dst: peer_mac, vlan: self.cfg.vlan };
         let mut d = self.descs[iu];
         let flen = self.hdr_len + len;
