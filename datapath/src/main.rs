@@ -741,13 +741,7 @@ impl Args {
 
 /// The XDP program's outcome counters by short name (`redirected`, `passed_not_ip`, …); empty if unreadable.
 fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
-    p.counters()
-        .map(|c| {
-            c.iter()
-                .map(|(k, v)| (k.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase(), v))
-                .collect()
-        })
-        .unwrap_or_default()
+    p.counters().map(|c| c.iter().map(|(k, v)| (k.name(), v)).collect()).unwrap_or_default()
 }
 
 /// A worker's periodic report into the live metrics (when `--metrics-addr` is on).

@@ -56,7 +56,7 @@
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 mod sys;
@@ -194,16 +194,14 @@ impl From<u32> for Interface {
 impl Interface {
     /// (name, index), or [`Error::InterfaceNotFound`].
     fn resolve(&self) -> Result<(String, u32), Error> {
-        let found = match self {
-            Interface::Name(name) => sys::ifindex_of(name).map(|index| (name.clone(), index)),
-            Interface::Index(index) => sys::ifname_of(*index).map(|name| (name, *index)),
-        };
-        found.ok_or_else(|| Error::InterfaceNotFound {
-            interface: match self {
-                Interface::Name(name) => name.clone(),
-                Interface::Index(index) => format!("index {index}"),
-            },
-        })
+        match self {
+            Interface::Name(name) => sys::ifindex_of(name)
+                .map(|index| (name.clone(), index))
+                .ok_or_else(|| Error::InterfaceNotFound { interface: name.clone() }),
+            Interface::Index(index) => sys::ifname_of(*index)
+                .map(|name| (name, *index))
+                .ok_or_else(|| Error::InterfaceNotFound { interface: format!("index {index}") }),
+        }
     }
 }
 
@@ -261,6 +259,11 @@ impl Counter {
     ];
 
     /// The name of the C enumerator (`COUNTER_REDIRECTED`, ...).
+    /// The short name used in reports and metrics: `redirected`, `passed_not_ip`, …
+    pub fn name(self) -> String {
+        self.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase()
+    }
+
     pub fn c_name(self) -> &'static str {
         match self {
             Counter::Redirected => "COUNTER_REDIRECTED",
@@ -320,8 +323,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         for (counter, value) in self.iter() {
-            let name = counter.c_name().trim_start_matches("COUNTER_").to_ascii_lowercase();
-            write!(f, "{}{name}={value}", if first { "" } else { " " })?;
+            write!(f, "{}{}={value}", if first { "" } else { " " }, counter.name())?;
             first = false;
         }
         Ok(())
@@ -423,7 +425,8 @@ impl fmt::Display for Error {
             Error::Load { object, source } => write!(
                 f,
                 "loading the BPF object {object} failed: {source} (libbpf printed details, including any \
-                 verifier log, to stderr)"
+                 verifier log, to stderr); the kernel needs BPF and AF_XDP support (Linux >= 5.9 with \
+                 CONFIG_BPF_SYSCALL and CONFIG_XDP_SOCKETS); check `dmesg`"
             ),
             Error::Attach { interface, mode, source, hint, native_failure } => {
                 write!(f, "attaching XDP to {interface} in {mode} mode failed: {source}; {hint}")?;
@@ -432,9 +435,12 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Detach { interface, source } => {
-                write!(f, "detaching the XDP program from {interface} failed: {source}")
-            }
+            Error::Detach { interface, source } => write!(
+                f,
+                "detaching the XDP program from {interface} failed: {source}; its link fd is closed anyway, \
+                 which detaches it once no other process (a forked child) holds a copy; check with `ip -d \
+                 link show dev {interface}`"
+            ),
             Error::QueueOutOfRange { queue } => {
                 write!(f, "queue {queue} is out of range: the xsks map holds queues 0..{XSKS_MAX_ENTRIES}")
             }
@@ -561,7 +567,7 @@ impl XdpProgram {
         if queue >= XSKS_MAX_ENTRIES {
             return Err(Error::QueueOutOfRange { queue });
         }
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
+        let raw = fd.as_raw_fd() as u32;
         sys::map_update_u32(self.xsks.as_fd(), queue, raw).map_err(|source| match source.raw_os_error() {
             Some(libc::EPERM) => Error::PermissionDenied {
                 operation: format!("inserting an AF_XDP socket for queue {queue}"),

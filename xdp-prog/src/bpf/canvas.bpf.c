@@ -151,7 +151,7 @@ int canvas_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
 	int inband_vid = -1;
-	__u16 proto;
+	__be16 proto;
 	void *l3;
 
 	if ((void *)(eth + 1) > data_end)
@@ -171,15 +171,15 @@ int canvas_xdp(struct xdp_md *ctx)
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
-		__u32 hdr_len;
+		__u32 hdr_len, tot_len;
 
 		if ((void *)(ip + 1) > data_end)
 			return pass(COUNTER_MALFORMED_IP);
 		if (ip->version != 4 || ip->ihl < 5)
 			return pass(COUNTER_MALFORMED_IP);
 		hdr_len = ip->ihl * 4;
-		if (bpf_ntohs(ip->tot_len) < hdr_len ||
-		    (void *)ip + bpf_ntohs(ip->tot_len) > data_end)
+		tot_len = bpf_ntohs(ip->tot_len);
+		if (tot_len < hdr_len || (void *)ip + tot_len > data_end)
 			return pass(COUNTER_MALFORMED_IP);
 		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 			return pass(COUNTER_IP_FRAGMENT);

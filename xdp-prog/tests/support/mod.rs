@@ -148,6 +148,11 @@ impl Topology {
         }
         mac
     }
+
+    /// A frame crafter from the sender's `S_IF` to the receiver's `R_IF`.
+    pub fn frames(&self) -> Frames {
+        Frames { dst_mac: self.mac(&self.r, R_IF), src_mac: self.mac(&self.s, S_IF) }
+    }
 }
 
 impl Drop for Topology {
@@ -183,8 +188,13 @@ pub fn udp_socket(ns: &str, addr: SocketAddr) -> UdpSocket {
     })
 }
 
-/// Receives datagrams until `n` arrived or `limit` passed; returns how many arrived.
+/// Receives datagrams until `n` arrived or `limit` passed; returns how many arrived. `sock` needs a
+/// read timeout (as [`udp_socket`] sets), which bounds each wait and may stretch `limit` by as much.
 pub fn recv_count(sock: &UdpSocket, n: usize, limit: Duration) -> usize {
+    assert!(
+        matches!(sock.read_timeout(), Ok(Some(_))),
+        "recv_count needs a socket with a read timeout, or it could block forever"
+    );
     let deadline = Instant::now() + limit;
     let mut buf = [0u8; 2048];
     let mut got = 0;
@@ -221,7 +231,7 @@ pub fn ping(ns: &str, dst: Ipv4Addr) -> bool {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
         // SAFETY: `tv` is a valid timeval for SO_RCVTIMEO, its size is passed.
-        unsafe {
+        let ret = unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -230,6 +240,8 @@ pub fn ping(ns: &str, dst: Ipv4Addr) -> bool {
                 mem::size_of::<libc::timeval>() as u32,
             )
         };
+        // Without the timeout a lost reply would block recv below forever.
+        assert_eq!(ret, 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
         let id = (std::process::id() & 0xffff) as u16;
         let mut echo = vec![8u8, 0, 0, 0];
         echo.extend_from_slice(&id.to_be_bytes());
@@ -258,8 +270,9 @@ pub fn ping(ns: &str, dst: Ipv4Addr) -> bool {
             if n < 20 {
                 continue;
             }
+            // An IPv4 header (IHL words), then ICMP: an echo reply (type 0) carrying our id.
             let ihl = usize::from(buf[0] & 0xf) * 4;
-            let icmp = &buf[ihl..n as usize];
+            let Some(icmp) = buf[..n as usize].get(ihl..) else { continue };
             if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
                 return true;
             }
