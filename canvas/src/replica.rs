@@ -146,8 +146,8 @@ impl Replica {
                     // and its hash must be the server's.
                     Some(t) if t >= last_change => {
                         if self.sync_ok_at(hash) {
+                            // `advance` drops what is buffered for ticks up to `tick`.
                             self.tick = Some(tick);
-                            self.pending.retain(|&k, _| k > tick);
                             self.advance()?;
                         }
                     }
@@ -331,11 +331,9 @@ impl Replica {
                 t
             }
         };
-        if self.pending.len() > self.max_pending {
-            // Keep the newest ticks: they are the ones that will chain after the SYNC reply.
-            while self.pending.len() > self.max_pending {
-                self.pending.pop_first();
-            }
+        // Keep the newest ticks: they are the ones that will chain after the SYNC reply.
+        while self.pending.len() > self.max_pending {
+            self.pending.pop_first();
         }
         self.sync_outstanding = true;
         self.stats.syncs += 1;
@@ -404,6 +402,15 @@ mod tests {
         }
     }
 
+    /// A server at tick 0 and a replica that has installed its snapshot.
+    fn joined() -> (Instant, Server, Replica) {
+        let t0 = Instant::now();
+        let s = Server::new();
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        (t0, s, r)
+    }
+
     fn feed_stream(r: &mut Replica, bytes: &[u8], now: Instant) {
         let mut fr = FrameReader::new();
         fr.push(bytes);
@@ -436,10 +443,7 @@ mod tests {
 
     #[test]
     fn lost_part_triggers_sync_and_converges() {
-        let t0 = Instant::now();
-        let mut s = Server::new();
-        let mut r = Replica::new(DIMS);
-        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let (t0, mut s, mut r) = joined();
         assert_eq!(r.tick(), Some(0));
         let d1 = s.tick(&(0..100).map(|i| (i, 3)).collect::<Vec<_>>());
         for g in d1.iter().skip(1) {
@@ -460,10 +464,7 @@ mod tests {
 
     #[test]
     fn hash_mismatch_forces_snapshot() {
-        let t0 = Instant::now();
-        let mut s = Server::new();
-        let mut r = Replica::new(DIMS);
-        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let (t0, mut s, mut r) = joined();
         let mut d = Datagrams::new();
         // A diff whose hash does not match what applying it gives.
         encode_diff_parts(1, 0, 12345, &[(3, 3)], 1200, &mut d);
@@ -478,10 +479,7 @@ mod tests {
 
     #[test]
     fn lost_tail_is_found_by_head() {
-        let t0 = Instant::now();
-        let mut s = Server::new();
-        let mut r = Replica::new(DIMS);
-        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let (t0, mut s, mut r) = joined();
         s.tick(&[(1, 1)]); // every part lost, and nothing changes afterwards
         s.tick(&[]);
         r.on_datagram(&proto::encode_head(2, 1, s.canvas.hash()), t0).unwrap();
@@ -496,12 +494,12 @@ mod tests {
 
     #[test]
     fn quiet_ticks_advance_a_current_replica() {
-        let t0 = Instant::now();
-        let mut s = Server::new();
-        let mut r = Replica::new(DIMS);
-        feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
+        let (t0, mut s, mut r) = joined();
+        let mut r2 = Replica::new(DIMS);
+        feed_stream(&mut r2, &s.sync_reply(NO_TICK), t0);
         let d = s.tick(&[(4, 4)]);
         r.on_datagram(d.get(0).unwrap(), t0).unwrap();
+        r2.on_datagram(d.get(0).unwrap(), t0).unwrap();
         // A write acked at tick 3 that changed nothing (same color): tick 3 has no diff.
         s.tick(&[(4, 4)]);
         s.tick(&[]);
@@ -510,14 +508,13 @@ mod tests {
         assert_eq!(r.tick(), Some(3));
         assert_eq!(r.poll_sync(t0 + Duration::from_secs(5)), None, "no SYNC storm for empty acked ticks");
         // A SYNC reply brings the replica to the reply's tick even when that tick changed nothing.
-        let mut r2 = Replica::new(DIMS);
-        feed_stream(&mut r2, &s.sync_reply(NO_TICK), t0);
         r2.note_tick(3, t0);
-        let mut reply = Vec::new();
-        proto::encode_synced(3, &mut reply);
-        r2.on_datagram(&proto::encode_head(3, 1, 12345), t0).unwrap_or(());
+        feed_stream(&mut r2, &s.sync_reply(1), t0);
+        assert_eq!(r2.tick(), Some(3));
+        assert_eq!(r2.pixels(), s.canvas.pixels());
+        assert_eq!(r2.poll_sync(t0 + Duration::from_secs(5)), None);
+        r2.on_datagram(&proto::encode_head(3, 1, 12345), t0).unwrap();
         assert_eq!(r2.stats().hash_mismatches, 1, "a HEAD hash that disagrees with a current replica");
-        let _ = reply;
     }
 
     #[test]

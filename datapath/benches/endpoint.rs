@@ -5,15 +5,15 @@
 //!
 //! - `ingest`: N clients each queue one WRITE, and `Sim::round` runs (master tick every round) until every
 //!   write is ACKed. Wall time per write, including the clients' quiche work and the network model.
-//! - `server_cpu_per_pixel`: the same workload, driven by a round loop of our own that mirrors
-//!   `Sim::round` but times only the server side: socket exchange, `Endpoint::on_datagram` through
+//! - `server_cpu_per_pixel`: the same workload, driven by a round loop of our own that times only the
+//!   server half of the round (`Sim::serve`): socket exchange, `Endpoint::on_datagram` through
 //!   `MemSocket::recv`, the master's drain and tick, `poll_publications`, `on_timers` and the flush loop.
 //!   The master ticks in a round where it drained writes (never on idle rounds), so each iteration is one
 //!   tick whose diff is broadcast to every client; the per-pixel cost includes that fan-out.
 //! - `server_cpu_per_broadcast_datagram`: ~100 ready clients; per iteration the master applies 1000
 //!   changed pixels (pushed straight into the worker's write queue, drained and ticked outside the timed
 //!   region), then the timed region is the worker's `poll_publications` + `on_timers` + flush until
-//!   `!has_work`, i.e. queueing 5 DIFF_PARTs per client and sealing them into packets. The clients then
+//!   `!has_work` (`sim::pump`), i.e. queueing 5 DIFF_PARTs per client and sealing them into packets. The clients then
 //!   consume everything (untimed) so flow and congestion control never stall the next iteration.
 //!
 //! At the end one line per group gives ns per element from the bench's own totals (warm-up included), so
@@ -34,8 +34,7 @@ use datapath::endpoint::EndpointConfig;
 use datapath::master::MasterConfig;
 use datapath::publish::PixelWrite;
 use datapath::quic::{self, DEFAULT_QUIC};
-use datapath::seam::Datapath;
-use datapath::sim::{Sim, SimConfig};
+use datapath::sim::{self, Sim, SimConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -174,30 +173,12 @@ impl Driver {
         }
     }
 
-    /// The server half of `Sim::round`; returns the time spent in it. The master ticks when `tick` says so
+    /// The server half of `Sim::round` ([`Sim::serve`]); returns the time spent in it. The master ticks when `tick` says so
     /// given the number of writes it just drained.
-    fn server(&mut self, tick: impl Fn(usize) -> bool) -> Duration {
-        let sim = &mut self.sim;
-        sim.net.step();
+    fn server(&mut self, tick: impl FnOnce(usize) -> bool) -> Duration {
+        self.sim.net.step();
         let t0 = Instant::now();
-        let now = t0;
-        for (ep, sock) in &mut sim.workers {
-            sock.exchange(&mut sim.net);
-            while sock.recv(usize::MAX, |a, p| ep.on_datagram(now, a, p)).expect("mem recv") > 0 {}
-        }
-        let drained = sim.master.drain();
-        if tick(drained) {
-            sim.master.end_tick();
-        }
-        for (ep, sock) in &mut sim.workers {
-            ep.poll_publications(now);
-            ep.on_timers(now);
-            while {
-                ep.flush(now, sock);
-                ep.has_work()
-            } {}
-            sock.exchange(&mut sim.net);
-        }
+        self.sim.serve(t0, tick);
         t0.elapsed()
     }
 
@@ -354,13 +335,7 @@ fn server_cpu_per_broadcast_datagram(c: &mut Criterion, s: &mut Summary) {
                 let before = ep.stats();
 
                 let t0 = Instant::now();
-                let now = t0;
-                ep.poll_publications(now);
-                ep.on_timers(now);
-                while {
-                    ep.flush(now, sock);
-                    ep.has_work()
-                } {}
+                sim::pump(ep, sock, t0);
                 total += t0.elapsed();
 
                 let after = ep.stats();

@@ -275,6 +275,8 @@ pub struct Endpoint {
     ids: HashMap<[u8; LOCAL_CID_LEN], usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     dirty: Vec<usize>,
+    /// The other half of `dirty`'s double buffer (empty between passes; see `flush`).
+    dirty_spare: Vec<usize>,
     next_gen: u32,
     buf: Vec<u8>,
     closing: bool,
@@ -299,6 +301,7 @@ impl Endpoint {
             ids: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
             next_gen: 0,
             buf: vec![0; 64 * 1024],
             closing: false,
@@ -491,7 +494,7 @@ impl Endpoint {
     }
 
     /// Apply one publication (public so deterministic tests can drive it).
-    pub fn on_publication(&mut self, now: Instant, p: Arc<Publication>) {
+    pub fn on_publication(&mut self, _now: Instant, p: Arc<Publication>) {
         let ctx = &mut self.ctx;
         ctx.stats.publications += 1;
         if ctx.snapshot.is_some() && p.tick != ctx.tick + 1 {
@@ -574,7 +577,6 @@ impl Endpoint {
                 Self::mark_dirty(&mut self.dirty, key, c);
             }
         }
-        let _ = now;
     }
 
     /// Fire expired quiche timers and pacing releases.
@@ -621,8 +623,9 @@ impl Endpoint {
             slot[..pkt.len()].copy_from_slice(&pkt);
             tx.tx_commit(pkt.len(), addrs);
         }
-        let mut pending = std::mem::take(&mut self.dirty);
-        let mut again = Vec::new();
+        // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
+        // vectors swap roles every pass, so the steady state allocates nothing.
+        let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
         let mut blocked = false;
         for &key in &pending {
             let Some(c) = self.conns.get_mut(key) else {
@@ -631,7 +634,7 @@ impl Endpoint {
             c.dirty = false;
             if blocked {
                 c.dirty = true;
-                again.push(key);
+                self.dirty.push(key);
                 continue;
             }
             let (more, full) = self.ctx.flush_conn(c, now, tx);
@@ -655,20 +658,17 @@ impl Endpoint {
             }
             if more || full {
                 c.dirty = true;
-                again.push(key);
+                self.dirty.push(key);
             }
         }
         pending.clear();
-        self.dirty = again;
+        self.dirty_spare = pending;
         // Superseded heap entries are skipped when they fire; purge them once they outnumber live ones.
         if self.timers.len() > TIMER_PURGE_SLACK + 2 * self.conns.len() {
             let conns = &self.conns;
             self.timers.retain(|Reverse((t, k, g))| {
                 conns.get(*k).is_some_and(|c| c.gen == *g && c.timer == Some(*t))
             });
-        }
-        if self.dirty.capacity() < pending.capacity() {
-            self.dirty.reserve(pending.capacity());
         }
     }
 
@@ -729,16 +729,15 @@ impl Ctx {
                 }
                 // The legacy protocol has no streams: read and discard whatever a client sends on one, so
                 // it does not sit in quiche's buffers up to the flow-control window.
-                let readable: Vec<u64> = c.q.readable().collect();
-                for s in readable {
+                for s in c.q.readable() {
                     while c.q.stream_recv(s, buf).is_ok() {}
                 }
             }
             Proto::Canvas1 => {
                 // canvas/1 clients send nothing as datagrams; drain and ignore.
                 while c.q.dgram_recv(buf).is_ok() {}
-                let readable: Vec<u64> = c.q.readable().collect();
-                for s in readable {
+                // `readable()` returns an owned list of ids: no borrow of `c.q` is held while reading.
+                for s in c.q.readable() {
                     if c.ctl.is_none() && s % 4 == 0 {
                         c.ctl = Some(s);
                     }

@@ -80,7 +80,6 @@ pub struct Master<S> {
     applied: Vec<u64>,
     tick: u64,
     last_change: u64,
-    last_snapshot_hash_tick: (u64, u64),
     latest_snapshot: Arc<Snapshot>,
     entries: Vec<(u32, u8)>,
     stats: MasterStats,
@@ -94,7 +93,6 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             Arc::new(Snapshot::encode(0, canvas.hash(), canvas.dims(), canvas.pixels(), cfg.max_dgram));
         let n = shared.links.len();
         let m = Self {
-            last_snapshot_hash_tick: (canvas.hash(), 0),
             canvas,
             cfg,
             shared,
@@ -163,10 +161,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         }
         let wanted = self.shared.snapshot_wanted.swap(false, Ordering::AcqRel);
         let snapshot = if self.tick.is_multiple_of(self.cfg.full_interval) || wanted {
-            if self.last_snapshot_hash_tick.0 != hash
-                || self.latest_snapshot.tick < self.last_change
-                || wanted
-            {
+            if self.latest_snapshot.hash != hash || self.latest_snapshot.tick < self.last_change || wanted {
                 let s = Snapshot::encode(
                     self.tick,
                     hash,
@@ -175,7 +170,6 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
                     self.cfg.max_dgram,
                 );
                 self.latest_snapshot = Arc::new(s);
-                self.last_snapshot_hash_tick = (hash, self.tick);
                 self.stats.snapshots += 1;
             }
             Some(self.latest_snapshot.clone())

@@ -107,7 +107,7 @@ impl Publication {
 
     /// On a quiet tick, whether to remind canvas/1 clients of the newest changing tick: 1, 2, 4, ... 64
     /// ticks after the last change (a lost tail diff is found within a few ticks, and a quiet canvas costs
-    /// seven 18-byte datagrams per client, not one per tick).
+    /// seven 26-byte datagrams per client, not one per tick).
     pub fn sends_head(&self) -> bool {
         let quiet = self.tick - self.base;
         self.is_empty() && self.base > 0 && quiet.is_power_of_two() && quiet <= 64

@@ -72,24 +72,38 @@ pub fn server_config(q: &QuicConfig, cert: &Path, key: &Path) -> Result<quiche::
 }
 
 /// Certificate and key paths: the given ones, generating a self-signed pair for "localhost" and the
-/// listen IP at those paths when they do not exist; with no paths, a fresh pair in a temp directory.
+/// listen IP at those paths when neither exists; with no paths, a fresh pair in a new temp directory (one
+/// per call, so concurrent callers in one process never see each other's half-written files).
 pub fn ensure_cert(
     cert: Option<&Path>,
     key: Option<&Path>,
     ip: Option<std::net::IpAddr>,
 ) -> Result<(PathBuf, PathBuf), ConfigError> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let (cert, key) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
         (None, None) => {
-            let dir = std::env::temp_dir().join(format!("canvas-server-{}", std::process::id()));
+            let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("canvas-server-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
             (dir.join("cert.pem"), dir.join("key.pem"))
         }
         _ => return Err(ConfigError("--cert and --key go together: give both or neither".into())),
     };
-    if cert.exists() && key.exists() {
-        return Ok((cert, key));
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok((cert, key)),
+        (false, false) => {}
+        // Generating a pair here would overwrite the file that does exist.
+        (have_cert, _) => {
+            let (have, missing) = if have_cert { (&cert, &key) } else { (&key, &cert) };
+            return Err(ConfigError(format!(
+                "{} exists but {} does not: give the matching file, or two paths that both do not exist \
+                 to have a self-signed pair generated there",
+                have.display(),
+                missing.display()
+            )));
+        }
     }
     let mut names = vec!["localhost".to_string()];
     if let Some(ip) = ip.filter(|ip| !ip.is_unspecified()) {

@@ -148,6 +148,17 @@ pub struct Sim {
     buf: Vec<u8>,
 }
 
+/// One worker's send side: take the master's publications, fire timers, and flush until the endpoint has
+/// nothing left to send (the in-memory socket never refuses a slot).
+pub fn pump(ep: &mut Endpoint, sock: &mut MemSocket, now: Instant) {
+    ep.poll_publications(now);
+    ep.on_timers(now);
+    while {
+        ep.flush(now, sock);
+        ep.has_work()
+    } {}
+}
+
 /// The address of worker `w`.
 pub fn server_addr(w: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1), 4433 + w as u16))
@@ -226,6 +237,23 @@ impl Sim {
         }
     }
 
+    /// The server half of a round (after the network step): every worker takes in what arrived, the master
+    /// drains the writes and closes a tick when `tick(writes drained)` says so, and every worker sends.
+    pub fn serve(&mut self, now: Instant, tick: impl FnOnce(usize) -> bool) {
+        for (ep, sock) in &mut self.workers {
+            sock.exchange(&mut self.net);
+            while sock.recv(usize::MAX, |a, p| ep.on_datagram(now, a, p)).expect("mem recv") > 0 {}
+        }
+        let drained = self.master.drain();
+        if tick(drained) {
+            self.master.end_tick();
+        }
+        for (ep, sock) in &mut self.workers {
+            pump(ep, sock, now);
+            sock.exchange(&mut self.net);
+        }
+    }
+
     /// Rounds run so far.
     pub fn rounds(&self) -> u64 {
         self.round
@@ -235,23 +263,8 @@ impl Sim {
     pub fn round(&mut self) {
         let now = Instant::now();
         self.net.step();
-        for (ep, sock) in &mut self.workers {
-            sock.exchange(&mut self.net);
-            while sock.recv(usize::MAX, |a, p| ep.on_datagram(now, a, p)).expect("mem recv") > 0 {}
-        }
-        self.master.drain();
-        if self.round.is_multiple_of(self.rounds_per_tick) {
-            self.master.end_tick();
-        }
-        for (ep, sock) in &mut self.workers {
-            ep.poll_publications(now);
-            ep.on_timers(now);
-            while {
-                ep.flush(now, sock);
-                ep.has_work()
-            } {}
-            sock.exchange(&mut self.net);
-        }
+        let tick = self.round.is_multiple_of(self.rounds_per_tick);
+        self.serve(now, |_| tick);
         for c in &mut self.clients {
             while let Some(mut p) = self.net.take(c.addr) {
                 let _ = c.q.recv(&mut p.data, quiche::RecvInfo { from: p.from, to: c.addr });

@@ -1075,7 +1075,16 @@ fn setup_ring(cfg: &UringConfig) -> io::Result<IoUring> {
         }
     }
     let e = last.unwrap_or_else(|| io::Error::other("no ring depth to try"));
-    Err(context(e, format!("io_uring_setup with {} entries for UDP {}", cfg.sq_depth, cfg.listen)))
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            " (io_uring is disabled or filtered: check `sysctl kernel.io_uring_disabled` (0 allows it) and \
+             the container's seccomp profile, or use --mode xdp)"
+        }
+        Some(libc::ENOSYS) => " (this kernel has no io_uring: use --mode xdp)",
+        Some(libc::ENOMEM) => " (raise the locked-memory limit, `ulimit -l`, or lower --io-uring-sq-depth)",
+        _ => "",
+    };
+    Err(context(e, format!("io_uring_setup with {} entries for UDP {}{hint}", cfg.sq_depth, cfg.listen)))
 }
 
 /// Push one SQE, submitting first if the queue is full.
