@@ -313,7 +313,10 @@ def main():
     fig.suptitle((args.title or "Canvas load test") + "\n" + subtitle, fontsize=11)
     # Keep the two-line title clear of the first row of panels.
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    fig.savefig(args.output, dpi=110)
+    try:
+        fig.savefig(args.output, dpi=110)
+    except OSError as e:
+        sys.exit(f"cannot write {args.output}: {e} (give -o a path in an existing, writable directory)")
     print(f"wrote {args.output} ({len(t)} seconds, {len(paths)} CSV files, {len(summaries)} summaries)")
 
 

@@ -1,7 +1,7 @@
 //! Command line: the predecessor's flags (unchanged) plus ours, each tuning knob with a named default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -193,6 +193,15 @@ impl Args {
             return Err(format!("--id {:?} must be a non-empty file name", self.id));
         }
         parse_target(&self.target)?;
+        // Checked now rather than when the summary is written, at the end of a possibly long run.
+        if let Some(dir) = self.summary_json.as_deref().and_then(Path::parent) {
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                return Err(format!(
+                    "--summary-json: directory {} does not exist (create it, or give another path)",
+                    dir.display()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -250,7 +259,9 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad("bad port"))?,
+        Some(p) => {
+            p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad("the port must be 1-65535"))?
+        }
     };
     Ok(Target { host: host.to_string(), port })
 }
@@ -261,10 +272,12 @@ impl Target {
         if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
             return Ok(SocketAddr::new(ip, self.port));
         }
-        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?;
-        addrs.next().ok_or_else(|| format!("{} resolves to no address", self.host))
+        let mut addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await.map_err(|e| {
+            format!("--target: cannot resolve {}: {e} (check the name, or give an IP address)", self.host)
+        })?;
+        addrs
+            .next()
+            .ok_or_else(|| format!("--target: {} resolves to no address (give an IP address)", self.host))
     }
 }
 
@@ -313,5 +326,10 @@ mod tests {
         ]);
         assert_eq!(a.protocol, Protocol::Legacy);
         assert!(a.validate().is_err());
+        let summary_to =
+            |path: &str| Args::parse_from(["client", "--target", "x", "--summary-json", path]).validate();
+        assert_eq!(summary_to("s.json"), Ok(()));
+        let e = summary_to("/nonexistent-loadgen-dir/s.json").unwrap_err();
+        assert!(e.contains("--summary-json") && e.contains("does not exist"), "{e}");
     }
 }

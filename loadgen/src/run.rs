@@ -49,7 +49,11 @@ pub fn main(args: Args) -> ExitCode {
     if let Some(path) = &args.summary_json {
         let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
         if let Err(e) = std::fs::write(path, json + "\n") {
-            eprintln!("client: --summary-json {}: {e}", path.display());
+            eprintln!(
+                "client: cannot write --summary-json {}: {e} (the table above has the figures; give a path in \
+                 a writable directory)",
+                path.display()
+            );
             return ExitCode::FAILURE;
         }
     }
@@ -60,9 +64,28 @@ pub fn main(args: Args) -> ExitCode {
             summary.server_addr,
             summary.first_error.as_deref().unwrap_or("no connection was attempted")
         );
+        eprintln!("client: {}", connect_hint(&summary));
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// What to check when no client could connect, after the most common failure.
+fn connect_hint(s: &Summary) -> String {
+    let most = s.failed_by_kind.iter().max_by_key(|(_, n)| **n).filter(|(_, n)| **n > 0).map(|(k, _)| *k);
+    match most {
+        Some("handshake_timeout") => format!(
+            "no answer from {}: check that the server is running and listening on that UDP address (--target), \
+             and that no firewall drops UDP to it; a loaded server may need a longer --handshake-timeout",
+            s.server_addr
+        ),
+        Some("handshake") => format!(
+            "the server answered but refused the handshake: check that it speaks --protocol {} (ALPN {:?})",
+            s.protocol.name(),
+            String::from_utf8_lossy(s.protocol.alpn())
+        ),
+        _ => "check --target and that the server is running".to_string(),
+    }
 }
 
 /// One whole run.
@@ -146,9 +169,8 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let end = args.duration().map(|d| run_start + d);
     let mut interrupted = false;
     loop {
-        let wake = end.map_or(Instant::now() + Duration::from_millis(200), |e| {
-            e.min(Instant::now() + Duration::from_millis(200))
-        });
+        let poll = Instant::now() + Duration::from_millis(200);
+        let wake = end.map_or(poll, |e| e.min(poll));
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             _ = &mut ctrl_c => {

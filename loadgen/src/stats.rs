@@ -93,8 +93,6 @@ impl FailKind {
 /// Process-wide counters, updated by every client with relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Clients that started connecting.
-    pub attempted: AtomicU64,
     /// Handshakes that completed.
     pub handshakes: AtomicU64,
     /// Connections open now.
@@ -102,13 +100,13 @@ pub struct Counters {
     /// Clients whose connection failed (any [`FailKind`]).
     pub failed: AtomicU64,
     /// Failures by kind ([`FailKind::ALL`] order).
-    pub fail_kinds: [AtomicU64; 7],
+    pub fail_kinds: [AtomicU64; FailKind::ALL.len()],
     /// Writes sent.
     pub pixels_sent: AtomicU64,
     /// canvas/1 writes ACKed; legacy writes observed in a later broadcast.
     pub applied: AtomicU64,
     /// canvas/1 REJECTs by reason ([`RejectReason::ALL`] order).
-    pub rejected: [AtomicU64; 5],
+    pub rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Datagrams received.
     pub rx_datagrams: AtomicU64,
     /// Datagram payload bytes received.
@@ -216,7 +214,8 @@ impl Latency {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+/// The cumulative counters the rates are derived from, as of the previous row.
+#[derive(Clone, Copy, Debug, Default)]
 struct Seen {
     pixels: u64,
     datagrams: u64,
@@ -232,7 +231,7 @@ pub struct Reporter {
     progress: Progress,
     start: Instant,
     last_at: Instant,
-    last: (u64, u64, u64),
+    last: Seen,
 }
 
 impl Reporter {
@@ -243,13 +242,15 @@ impl Reporter {
         let csv = match dir {
             None => None,
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| format!("--metrics-dir {}: {e}", dir.display()))?;
                 let path = dir.join(format!("{id}.csv"));
-                let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let mut w = BufWriter::new(f);
-                writeln!(w, "{CSV_HEADER}")
-                    .and_then(|_| w.flush())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let unwritable = |e: std::io::Error| {
+                    format!("--metrics-dir: cannot write {}: {e} (give a writable directory)", path.display())
+                };
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!("--metrics-dir: cannot create {}: {e} (give a writable directory)", dir.display())
+                })?;
+                let mut w = BufWriter::new(File::create(&path).map_err(unwritable)?);
+                writeln!(w, "{CSV_HEADER}").and_then(|_| w.flush()).map_err(unwritable)?;
                 Some(w)
             }
         };
@@ -261,7 +262,7 @@ impl Reporter {
             progress: Progress::lines(),
             start: now,
             last_at: now,
-            last: (0, 0, 0),
+            last: Seen::default(),
         })
     }
 
@@ -281,14 +282,13 @@ impl Reporter {
             datagrams: c.rx_datagrams.load(Relaxed),
             bytes: c.rx_bytes.load(Relaxed),
         };
-        let (lp, ld, lb) = self.last;
-        self.last = (cur.pixels, cur.datagrams, cur.bytes);
+        let last = std::mem::replace(&mut self.last, cur);
         // Rates are per second over the interval since the previous row (1 s unless the runtime was
         // too busy to run the reporter on time, which the progress line then says).
         let per_s = |d: u64| (d as f64 / secs).round() as u64;
-        let tx_pps = per_s(cur.pixels - lp);
-        let rx_dgram = per_s(cur.datagrams - ld);
-        let rx_mbps = (cur.bytes - lb) as f64 * 8.0 / 1e6 / secs;
+        let tx_pps = per_s(cur.pixels - last.pixels);
+        let rx_dgram = per_s(cur.datagrams - last.datagrams);
+        let rx_mbps = (cur.bytes - last.bytes) as f64 * 8.0 / 1e6 / secs;
         let active = c.active.load(Relaxed);
         let failed = c.failed.load(Relaxed);
         let acked = c.applied.load(Relaxed);

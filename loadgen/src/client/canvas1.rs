@@ -3,7 +3,8 @@
 //!
 //! One `select!` loop per client multiplexes the phase, the stream, datagrams, the buffered stream output,
 //! the write timer and the sync timer; every branch future is cancel-safe (quinn documents `read_chunk`,
-//! `read_datagram` and `write` as such), so nothing is lost when another branch wins.
+//! `read_datagram` and `write` as such; `next_phase` and `recv_datagrams` await nothing after them), so
+//! nothing is lost when another branch wins.
 //!
 //! A light client (beyond `--replicas`) keeps no replica: it follows the highest tick announced by
 //! SNAPSHOT, DIFF, SYNCED, DIFF_PART or HEAD, never SYNCs, and counts a write visible once that tick reaches
@@ -20,12 +21,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
 use canvas::replica::ReplicaStats;
-use canvas::{Dims, Pixel, Replica};
+use canvas::{Dims, Replica};
 use rand::rngs::SmallRng;
-use rand::Rng;
 use tokio::sync::watch;
 
-use super::{micros, now_or_never, Ctx, Failure, Phase, ReplicaSlot, Slot};
+use super::{micros, next_phase, random_pixel, recv_datagrams, Ctx, Failure, Phase, ReplicaSlot, Slot};
 
 /// Largest chunk taken from the control stream at once.
 const READ_CHUNK: usize = 64 << 10;
@@ -33,8 +33,6 @@ const READ_CHUNK: usize = 64 << 10;
 const SYNC_POLL: Duration = Duration::from_millis(50);
 /// Stop generating writes while this much control-stream output is queued (flow control is pushing back).
 const MAX_OUT_QUEUED: usize = 64 << 10;
-/// Datagrams taken per wakeup before the loop looks at its other inputs.
-const DATAGRAM_BATCH: usize = 64;
 /// After a frame this large (a snapshot) the frame reader's buffer is released once empty.
 const BIG_FRAME: usize = 64 << 10;
 
@@ -112,7 +110,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Handle every complete frame; returns true when the WELCOME was among them.
+    /// Handle every complete frame; returns whether the WELCOME was among them, and whether one was
+    /// larger than [`BIG_FRAME`].
     fn on_stream(
         &mut self,
         fr: &mut FrameReader,
@@ -148,8 +147,7 @@ impl<'a> Session<'a> {
                         .resolve(id)
                         .ok_or_else(|| Failure::protocol(format!("ACK for unknown write {id}")))?;
                     self.ctx.counters.applied.fetch_add(1, Relaxed);
-                    let visible = r.as_ref().map_or(self.light_tick, |r| r.tick());
-                    if visible.is_some_and(|t| t >= tick) {
+                    if self.visible_tick(r.as_deref()).is_some_and(|t| t >= tick) {
                         self.lat.push(micros(sent, now));
                     } else {
                         if let Some(r) = r.as_mut() {
@@ -184,6 +182,11 @@ impl<'a> Session<'a> {
         Ok((welcomed, big))
     }
 
+    /// The tick the client has seen: its replica's, or (light) the highest one announced.
+    fn visible_tick(&self, r: Option<&Replica>) -> Option<u64> {
+        r.map_or(self.light_tick, Replica::tick)
+    }
+
     /// A light client's view of a datagram: the tick it announces.
     fn on_light_datagram(&mut self, d: &[u8]) -> Result<(), Failure> {
         let tick = match proto::decode_datagram(d).map_err(bad("datagram"))? {
@@ -196,7 +199,7 @@ impl<'a> Session<'a> {
 
     /// After any event: settle visible writes, ask for repairs, publish counters.
     fn settle(&mut self, mut r: Option<&mut Replica>, now: Instant, out: &mut Vec<u8>) {
-        if let Some(v) = r.as_ref().map_or(self.light_tick, |r| r.tick()) {
+        if let Some(v) = self.visible_tick(r.as_deref()) {
             let lat = &mut self.lat;
             self.acked.retain(|&(tick, sent)| {
                 let seen = tick <= v;
@@ -233,7 +236,7 @@ impl<'a> Session<'a> {
 }
 
 enum Ev {
-    Phase,
+    Phase(Phase),
     Chunk(Bytes),
     Datagrams,
     Wrote,
@@ -276,9 +279,9 @@ pub async fn drive(
     loop {
         let ev = tokio::select! {
             biased;
-            r = phase.changed() => match r {
-                Ok(()) => Ev::Phase,
-                Err(_) => return Ok(()),
+            p = next_phase(phase) => match p {
+                Some(p) => Ev::Phase(p),
+                None => return Ok(()),
             },
             r = recv.read_chunk(READ_CHUNK, true) => match r {
                 Ok(Some(chunk)) => Ev::Chunk(chunk.bytes),
@@ -295,21 +298,11 @@ pub async fn drive(
             () = &mut write_sleep, if writing && out.len() - out_pos < MAX_OUT_QUEUED => Ev::WriteTimer,
             () = &mut sync_sleep, if sync_armed => Ev::SyncTimer,
             // Last: under overload datagrams are always ready, and must not starve the rest.
-            r = conn.read_datagram() => match r {
-                Ok(d) => {
-                    dgrams.push(d);
-                    Ev::Datagrams
-                }
-                Err(e) => return Err(Failure::conn(&e)),
-            },
+            r = recv_datagrams(conn, &mut dgrams, c) => r.map(|()| Ev::Datagrams)?,
         };
         let now = Instant::now();
         match ev {
-            Ev::Phase => match *phase.borrow_and_update() {
-                Phase::Close => return Ok(()),
-                Phase::Drain => writing = false,
-                Phase::Run => {}
-            },
+            Ev::Phase(p) => writing &= p == Phase::Run,
             Ev::Wrote => {
                 if out_pos == out.len() {
                     out.clear();
@@ -333,18 +326,10 @@ pub async fn drive(
                     }
                     if welcomed && *phase.borrow() == Phase::Run {
                         writing = true;
-                        write_sleep.as_mut().reset((now + ctx.pixel_wait(rng)).into());
+                        write_sleep.as_mut().reset(ctx.next_write_at(rng, now));
                     }
                 }
                 Ev::Datagrams => {
-                    while dgrams.len() < DATAGRAM_BATCH {
-                        match now_or_never(conn.read_datagram()) {
-                            Some(Ok(d)) => dgrams.push(d),
-                            _ => break,
-                        }
-                    }
-                    c.rx_datagrams.fetch_add(dgrams.len() as u64, Relaxed);
-                    c.rx_bytes.fetch_add(dgrams.iter().map(|d| d.len() as u64).sum(), Relaxed);
                     if let Some(r) = replica(&mut rep) {
                         for d in &dgrams {
                             r.on_datagram(d, now).map_err(bad("datagram"))?;
@@ -358,19 +343,15 @@ pub async fn drive(
                 }
                 Ev::WriteTimer => {
                     if let Some(dims) = s.dims {
-                        let pixel = Pixel {
-                            x: rng.random_range(0..dims.width),
-                            y: rng.random_range(0..dims.height),
-                            color: rng.random(),
-                        };
+                        let pixel = random_pixel(rng, dims);
                         let id = s.writes.send(now);
                         proto::encode_client(&ClientMsg::Write { id, pixel }, &mut out);
                         c.pixels_sent.fetch_add(1, Relaxed);
                     }
-                    write_sleep.as_mut().reset((now + ctx.pixel_wait(rng)).into());
+                    write_sleep.as_mut().reset(ctx.next_write_at(rng, now));
                 }
                 Ev::SyncTimer => sync_armed = false,
-                Ev::Phase | Ev::Wrote => {}
+                Ev::Phase(_) | Ev::Wrote => {}
             }
             if s.dims.is_some() {
                 s.settle(replica(&mut rep), now, &mut out);

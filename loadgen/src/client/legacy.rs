@@ -17,17 +17,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canvas::legacy::{self, LegacyReplica, LegacyStats};
-use canvas::Pixel;
 use rand::rngs::SmallRng;
-use rand::Rng;
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
-use super::{micros, now_or_never, Ctx, Failure, Phase, ReplicaSlot, Slot};
-use crate::stats::FailKind;
-
-/// Datagrams taken per wakeup before the loop looks at its other inputs.
-const DATAGRAM_BATCH: usize = 64;
+use super::{micros, next_phase, random_pixel, recv_datagrams, Ctx, Failure, Phase, ReplicaSlot, Slot};
 /// A write not seen in any diff by then is no longer tracked (10 full-snapshot periods of 6 s would be
 /// too long to keep state for; 100 ticks is plenty for a diff).
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +29,7 @@ pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 enum Ev {
-    Phase,
+    Phase(Phase),
     Datagrams,
     WriteTimer,
 }
@@ -127,43 +121,29 @@ pub async fn drive(
     let mut writing = *phase.borrow() == Phase::Run;
     let start = Instant::now();
     let mut next_prune = start + PRUNE_EVERY;
-    let write_sleep = tokio::time::sleep_until((start + ctx.pixel_wait(rng)).into());
+    let write_sleep = tokio::time::sleep_until(ctx.next_write_at(rng, start));
     tokio::pin!(write_sleep);
     loop {
         let ev = tokio::select! {
             biased;
-            r = phase.changed() => match r {
-                Ok(()) => Ev::Phase,
-                Err(_) => return Ok(()),
+            p = next_phase(phase) => match p {
+                Some(p) => Ev::Phase(p),
+                None => return Ok(()),
             },
             () = &mut write_sleep, if writing => Ev::WriteTimer,
             // Last: under overload datagrams are always ready, and must not starve the writes.
-            r = conn.read_datagram() => match r {
-                Ok(d) => {
-                    dgrams.push(d);
-                    Ev::Datagrams
-                }
-                Err(e) => return Err(Failure::conn(&e)),
-            },
+            r = recv_datagrams(conn, &mut dgrams, c) => r.map(|()| Ev::Datagrams)?,
         };
         let now = Instant::now();
         match ev {
-            Ev::Phase => match *phase.borrow_and_update() {
-                Phase::Close => return Ok(()),
-                Phase::Drain => writing = false,
-                Phase::Run => {}
-            },
+            Ev::Phase(p) => writing &= p == Phase::Run,
             Ev::WriteTimer => {
-                let pixel = Pixel {
-                    x: rng.random_range(0..dims.width),
-                    y: rng.random_range(0..dims.height),
-                    color: rng.random(),
-                };
+                let pixel = random_pixel(rng, dims);
                 let index = dims.index(pixel.x, pixel.y).expect("in bounds");
                 conn.send_datagram(Bytes::copy_from_slice(&legacy::encode_write(pixel))).map_err(
                     |e| match e {
                         quinn::SendDatagramError::ConnectionLost(e) => Failure::conn(&e),
-                        other => Failure::new(FailKind::Protocol, format!("sending a write: {other}")),
+                        other => Failure::protocol(format!("sending a write: {other}")),
                     },
                 )?;
                 c.pixels_sent.fetch_add(1, Relaxed);
@@ -176,40 +156,25 @@ pub async fn drive(
                 } else {
                     outstanding.entry(index).or_insert((now, pixel.color));
                 }
-                write_sleep.as_mut().reset((now + ctx.pixel_wait(rng)).into());
+                write_sleep.as_mut().reset(ctx.next_write_at(rng, now));
             }
             Ev::Datagrams => {
-                while dgrams.len() < DATAGRAM_BATCH {
-                    match now_or_never(conn.read_datagram()) {
-                        Some(Ok(d)) => dgrams.push(d),
-                        _ => break,
-                    }
-                }
-                c.rx_datagrams.fetch_add(dgrams.len() as u64, Relaxed);
-                c.rx_bytes.fetch_add(dgrams.iter().map(|d| d.len() as u64).sum(), Relaxed);
-                let mut rep = slot.replica();
-                if !full {
-                    let mut observed = 0u64;
-                    for d in &dgrams {
-                        light.scan(d, dims.len(), &mut outstanding, |sent| {
-                            lat.push(micros(sent, now));
-                            observed += 1;
-                        });
-                    }
-                    c.applied.fetch_add(observed, Relaxed);
-                    c.snapshots.fetch_add(light.snapshots - seen.snapshots, Relaxed);
-                    c.legacy_errors.fetch_add(light.errors - seen.errors, Relaxed);
-                    seen = LegacyStats { snapshots: light.snapshots, diffs: 0, errors: light.errors };
-                } else if let ReplicaSlot::Legacy(r) = &mut *rep {
-                    let mut observed = 0u64;
+                let mut observed = 0u64;
+                let mut saw = |sent: Instant| {
+                    lat.push(micros(sent, now));
+                    observed += 1;
+                };
+                // Only full clients take the replica lock.
+                let mut rep = full.then(|| slot.replica());
+                let st = if let Some(ReplicaSlot::Legacy(r)) = rep.as_deref_mut() {
                     for d in &dgrams {
                         let snapshots_before = r.stats().snapshots;
                         r.on_datagram(d, |i, _| {
-                            if !outstanding.is_empty() {
-                                if let Some((sent, _)) = outstanding.remove(&i) {
-                                    lat.push(micros(sent, now));
-                                    observed += 1;
-                                }
+                            if outstanding.is_empty() {
+                                return;
+                            }
+                            if let Some((sent, _)) = outstanding.remove(&i) {
+                                saw(sent);
                             }
                         });
                         if r.stats().snapshots > snapshots_before && !outstanding.is_empty() {
@@ -218,20 +183,24 @@ pub async fn drive(
                             outstanding.retain(|&i, &mut (sent, color)| {
                                 let shown = px[i as usize] == color;
                                 if shown {
-                                    lat.push(micros(sent, now));
-                                    observed += 1;
+                                    saw(sent);
                                 }
                                 !shown
                             });
                         }
                     }
-                    c.applied.fetch_add(observed, Relaxed);
-                    let st = r.stats();
-                    c.snapshots.fetch_add(st.snapshots - seen.snapshots, Relaxed);
-                    c.legacy_errors.fetch_add(st.errors - seen.errors, Relaxed);
-                    seen = st;
-                }
+                    r.stats()
+                } else {
+                    for d in &dgrams {
+                        light.scan(d, dims.len(), &mut outstanding, &mut saw);
+                    }
+                    LegacyStats { snapshots: light.snapshots, diffs: 0, errors: light.errors }
+                };
                 drop(rep);
+                c.applied.fetch_add(observed, Relaxed);
+                c.snapshots.fetch_add(st.snapshots - seen.snapshots, Relaxed);
+                c.legacy_errors.fetch_add(st.errors - seen.errors, Relaxed);
+                seen = st;
                 dgrams.clear();
             }
         }

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use canvas::legacy::LegacyReplica;
-use canvas::{Dims, Replica};
+use canvas::{Dims, Pixel, Replica};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -91,8 +92,8 @@ pub struct Slot {
     pub unresolved: AtomicU32,
     /// canvas/1 writes ACKed at a tick the replica has not reached yet.
     pub invisible: AtomicU32,
-    /// The replica.
-    pub replica: Mutex<ReplicaSlot>,
+    /// The replica (see [`Slot::replica`]).
+    replica: Mutex<ReplicaSlot>,
 }
 
 impl Slot {
@@ -223,6 +224,16 @@ impl Ctx {
     pub fn pixel_wait(&self, rng: &mut SmallRng) -> Duration {
         Duration::from_millis(rng.random_range(self.min_wait_ms..=self.max_wait_ms))
     }
+
+    /// When the write after one at `now` is due (for the write timer).
+    fn next_write_at(&self, rng: &mut SmallRng, now: Instant) -> tokio::time::Instant {
+        (now + self.pixel_wait(rng)).into()
+    }
+}
+
+/// A uniformly random write on a canvas of `dims`.
+fn random_pixel(rng: &mut SmallRng, dims: Dims) -> Pixel {
+    Pixel { x: rng.random_range(0..dims.width), y: rng.random_range(0..dims.height), color: rng.random() }
 }
 
 /// FNV-1a, to fold the process id into seeds (stable across Rust versions, unlike `DefaultHasher`).
@@ -252,6 +263,36 @@ pub(crate) fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
+/// The next phase a driving client acts on: `None` when it must stop (`Close`, or the orchestrator is
+/// gone). Cancel-safe: nothing is awaited after `changed`.
+async fn next_phase(phase: &mut watch::Receiver<Phase>) -> Option<Phase> {
+    phase.changed().await.ok()?;
+    let p = *phase.borrow_and_update();
+    (p != Phase::Close).then_some(p)
+}
+
+/// Datagrams taken per wakeup before a client's loop looks at its other inputs.
+const DATAGRAM_BATCH: usize = 64;
+
+/// Wait for a datagram, then move it and those already queued behind it (up to [`DATAGRAM_BATCH`] in all)
+/// into `batch`, counting them as received. Cancel-safe: nothing is awaited after the first datagram.
+async fn recv_datagrams(
+    conn: &quinn::Connection,
+    batch: &mut Vec<Bytes>,
+    c: &Counters,
+) -> Result<(), Failure> {
+    batch.push(conn.read_datagram().await.map_err(|e| Failure::conn(&e))?);
+    while batch.len() < DATAGRAM_BATCH {
+        match now_or_never(conn.read_datagram()) {
+            Some(Ok(d)) => batch.push(d),
+            _ => break,
+        }
+    }
+    c.rx_datagrams.fetch_add(batch.len() as u64, Relaxed);
+    c.rx_bytes.fetch_add(batch.iter().map(|d| d.len() as u64).sum(), Relaxed);
+    Ok(())
+}
+
 /// Wait until the phase leaves `Run` (or the orchestrator is gone).
 async fn run_ended(phase: &mut watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p != Phase::Run).await;
@@ -277,7 +318,6 @@ pub async fn run(
         () = run_ended(&mut phase) => return,
     }
     slot.set_status(Status::Connecting);
-    ctx.counters.attempted.fetch_add(1, Relaxed);
     let conn = match connect(&ctx, &endpoint, &mut phase).await {
         Ok(c) => c,
         Err(f) => return ctx.fail(idx, &slot, f),
