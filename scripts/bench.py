@@ -23,8 +23,9 @@ half of it, labelled as such. On real hardware the clients are other machines an
 box is the server's.
 
 Output (in out/bench-DATE/): results.md (the side-by-side table and the ratios), results.csv (every run),
-ramp.csv, and PNG plots. Usage: scripts/bench.py [--quick] [--repeats N] [--modes ...] [--secs S]
-(needs root; builds nothing: run `cargo build --release --workspace` first, as scripts/bench.sh does).
+ramp.csv, and PNG plots. Usage: scripts/bench.py [--quick] [--repeats N] [--secs S] [--queues N] [--modes ...]
+[--phases ...] (needs root; builds nothing: run `cargo build --release --workspace` first, as scripts/bench.sh
+does). One quick offered load per mode: `--phases load1 --repeats 1`.
 """
 
 import argparse
@@ -264,7 +265,12 @@ def machine():
 
 
 def plots(b, med, phases, modes):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench: no PNG plots: matplotlib is missing (python3 -m pip install matplotlib; scripts/setup.sh "
+              "installs it)", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fixed = [p for p in phases if p.startswith("load")]
@@ -310,12 +316,22 @@ def plots(b, med, phases, modes):
         fig.savefig(b.out / "ramp.png", dpi=110)
 
 
+def positive(s):
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {s!r}")
+    return n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one repeat, shorter runs (a smoke run)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--secs", type=int, default=10, help="write phase per fixed-load run")
-    p.add_argument("--queues", type=int, default=1, help="server NIC queues = workers")
+    p.add_argument("--repeats", type=positive, default=3)
+    p.add_argument("--secs", type=positive, default=10, help="write phase per fixed-load run")
+    p.add_argument("--queues", type=positive, default=1, help="server NIC queues = workers (at most 256)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp"],
                    choices=["handshake", "load1", "load2", "load3", "ramp"], help="which phases to run")
@@ -336,6 +352,8 @@ def main():
     if a.quick:
         loads = [l for l in loads if l[0] != "load2"]
     loads = [l for l in loads if l[0] in a.phases]
+    if not loads:
+        p.error("no phase left to run (--quick drops load2)")
     phases = [l[0] for l in loads]
     b = Bench(a)
     t0 = time.time()
@@ -347,6 +365,8 @@ def main():
                 reps = a.repeats if phase.startswith("load") else 1
                 for rep in range(reps):
                     b.run(mode, phase, clients, jitter, wait, secs, rep)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        sys.exit(f"bench: {e}\n(the testbed is removed; the files so far are in {b.out})")
     finally:
         b.down()
     write_reports(b, phases, a.modes)

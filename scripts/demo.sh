@@ -21,8 +21,9 @@ esac
 prefix=cvdemo$$
 out=out/demo-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out/client1" "$out/client2"
+# shellcheck disable=SC2317 # run by the trap
 cleanup() {
-  [[ -n ${pid:-} ]] && kill -INT "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  if [[ -n ${pid:-} ]] && kill -INT "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
   scripts/testbed.sh down --prefix "$prefix" || true
 }
 trap cleanup EXIT
@@ -30,10 +31,14 @@ scripts/testbed.sh up --prefix "$prefix" --queues "$QUEUES"
 ip netns exec "$prefix-server" target/release/server "${server_args[@]}" --listen 10.0.1.10:4433 \
   --stats-json "$out/server.json" 2>"$out/server.log" &
 pid=$!
-for _ in $(seq 300); do grep -q "listening on" "$out/server.log" && break; kill -0 $pid || { cat "$out/server.log"; exit 1; }; sleep 0.1; done
+for _ in $(seq 300); do grep -q "listening on" "$out/server.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
 cat "$out/server.log"
-load() { # host protocol
-  ip netns exec "$prefix-$1" target/release/client --target https://10.0.1.10:4433 --clients "$CLIENTS" --id "$1" \
+grep -q "listening on" "$out/server.log" || {
+  echo "demo: the server did not start listening within 30 s (its log is above, also in $out/server.log)" >&2
+  exit 1
+}
+load() { # host protocol; the client stops by itself after DURATION s and its checks, timeout is the backstop
+  ip netns exec "$prefix-$1" timeout -k 10 $((DURATION + 180)) target/release/client --target https://10.0.1.10:4433 --clients "$CLIENTS" --id "$1" \
     --protocol "$2" --max-conn-jitter 3000 --min-pixel-wait 100 --max-pixel-wait 500 --duration "$DURATION" \
     --metrics-dir "$out/$1" --summary-json "$out/$1/summary.json" >"$out/$1/client.log" 2>&1
 }

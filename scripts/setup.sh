@@ -4,7 +4,8 @@
 # clang, libelf, m4 and zlib for libbpf.
 set -euo pipefail
 pkgs=(build-essential clang libclang-dev cmake pkg-config libelf-dev m4 zlib1g-dev iproute2 iputils-ping procps bc python3-pip
-  chromium ethtool bpftool nftables)  # chromium: the live-page test (headless); the rest: scripts/ops
+  chromium ethtool bpftool nftables shellcheck)  # chromium: the live-page test (headless); shellcheck: the
+  # ops-scripts test (required when CI=true); ethtool, bpftool, nftables: scripts/ops
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,12 +11,18 @@ mkdir -p "$out/metrics"
 target/release/server -w 2 --mode uring --listen 127.0.0.1:4433 --stats-json "$out/server.json" 2>"$out/server.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "listening on" "$out/server.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "listening on" "$out/server.log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+grep -q "listening on" "$out/server.log" || {
+  cat "$out/server.log" >&2
+  echo "soak: the server did not start listening on 127.0.0.1:4433 within 10 s (log above; is the port in use?)" >&2
+  exit 1
+}
 # The loadgen runs on 2 threads: on one thread it saturates a core at 5,000 replicas, its late ACKs
 # inflate quiche's RTT estimate and the pacer then holds most packets (p50 6.8 s vs 110 ms measured).
 # Connections ramp over 10 s; each client writes every 2-8 s (~1,000 pixels/s in all), so the fan-out of
 # every tick to 5,000 replicas (~50,000 datagrams/s) fits next to the server on two cores.
-/usr/bin/time -v target/release/client --target https://127.0.0.1:4433 --clients "$CLIENTS" --id soak --threads "$THREADS" \
+# The client stops by itself after DURATION s and its checks; timeout is the backstop.
+timeout -k 10 $((DURATION + 300)) /usr/bin/time -v target/release/client --target https://127.0.0.1:4433 --clients "$CLIENTS" --id soak --threads "$THREADS" \
   --max-conn-jitter 10000 --min-pixel-wait 2000 --max-pixel-wait 8000 --duration "$DURATION" \
   --metrics-dir "$out/metrics" --summary-json "$out/summary.json" 2>"$out/client.time"
 # Server CPU (user+sys, seconds) from /proc before it exits.

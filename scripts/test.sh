@@ -8,7 +8,7 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked 2>&1 | tee target/test.log
 # The plotter, on the CSVs the loopback test just wrote.
-csvdir=$(ls -d target/release/deps/e2e-canvas1-*/metrics 2>/dev/null | tail -1 || true)
+csvdir=$(find target/release/deps -maxdepth 2 -path '*/e2e-canvas1-*/metrics' -type d 2>/dev/null | sort | tail -1)
 if [ -n "$csvdir" ]; then
   python3 loadgen/visualize_load.py "$csvdir" -o target/e2e-report.png
   test -s target/e2e-report.png

@@ -73,8 +73,9 @@ while (($#)); do
   shift
 done
 [[ -n $CMD ]] || { usage >&2; exit 2; }
-[[ $QUEUES =~ ^[0-9]+$ ]] && ((QUEUES >= 1 && QUEUES <= 256)) || {
-  echo "testbed: --queues must be 1..256, got '$QUEUES'" >&2; exit 2; }
+if ! [[ $QUEUES =~ ^[0-9]+$ ]] || ((QUEUES < 1 || QUEUES > 256)); then
+  echo "testbed: --queues must be 1..256, got '$QUEUES'" >&2; exit 2
+fi
 [[ $PREFIX =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$ ]] || {
   echo "testbed: --prefix must match [A-Za-z0-9][A-Za-z0-9_-]{0,39}, got '$PREFIX'" >&2; exit 2; }
 [[ $VLAN =~ ^(auto|8021q|bpf)$ ]] || { echo "testbed: --vlan must be auto, 8021q or bpf" >&2; exit 2; }
@@ -173,6 +174,11 @@ resolve_mode() {
 # Checks that the testbed is complete for MODE; fills REASONS. Returns 0 when complete.
 REASONS=()
 bad() { REASONS+=("$*"); }
+# present NS DEV [WHAT]: sets l (check's) to DEV's line in NS; false, with a reason, when DEV is missing.
+present() {
+  l=$(link_of "$1" "$2")
+  [[ -n $l ]] || { bad "$1: ${3:-$2} missing"; return 1; }
+}
 check() {
   local mode=$1 ns h n p l q a
   REASONS=()
@@ -180,20 +186,14 @@ check() {
   for ns in "${ALL_NS[@]}"; do ns_exists "$ns" || bad "namespace $ns missing"; done
   ((${#REASONS[@]} == 0)) || return 1
   for ns in "${ALL_NS[@]}"; do is_up "$(link_of "$ns" lo)" || bad "$ns: lo is not up"; done
-  l=$(link_of "$SW" br0)
-  if [[ -z $l ]]; then
-    bad "$SW: br0 missing"
-  else
+  if present "$SW" br0; then
     has "$l" " bridge " || bad "$SW: br0 is not a bridge"
     is_up "$l" || bad "$SW: br0 is not up"
     [[ $mode != 8021q ]] || has "$l" "vlan_filtering 1" || bad "$SW: br0 has no vlan_filtering"
   fi
   for h in "${HOSTS[@]}"; do
     n=$(ns_of "$h") p=${PORT[$h]} q=${NQ[$h]} a=${ADDR[$h]}
-    l=$(link_of "$SW" "$p")
-    if [[ -z $l ]]; then
-      bad "$SW: port $p missing"
-    else
+    if present "$SW" "$p" "port $p"; then
       has "$l" " veth " || bad "$SW: $p is not a veth"
       has "$l" "master br0" || bad "$SW: $p is not a port of br0"
       is_up "$l" || bad "$SW: $p is not up"
@@ -209,10 +209,7 @@ check() {
           bad "$SW: $p has no VLAN $VID filter (tc ingress port_ingress)"
       fi
     fi
-    l=$(link_of "$n" eth1)
-    if [[ -z $l ]]; then
-      bad "$n: eth1 missing"
-    else
+    if present "$n" eth1; then
       has "$l" " veth " || bad "$n: eth1 is not a veth"
       is_up "$l" || bad "$n: eth1 is not up"
       has "$l" " mtu 1500 " || bad "$n: eth1 MTU is not 1500"
@@ -225,10 +222,7 @@ check() {
           bad "$n: eth1 has no VLAN $VID untagging (tc ingress host_ingress)"
       fi
     fi
-    l=$(link_of "$n" eth1.$VID)
-    if [[ -z $l ]]; then
-      bad "$n: eth1.$VID missing"
-    else
+    if present "$n" "eth1.$VID"; then
       has "$l" "eth1.$VID@eth1:" || bad "$n: eth1.$VID is not on eth1"
       is_up "$l" || bad "$n: eth1.$VID is not up"
       has "$l" " mtu 1400 " || bad "$n: eth1.$VID MTU is not 1400"
@@ -395,7 +389,7 @@ ping_once() { # ns dst payload-bytes
     command -v ping >/dev/null 2>&1 || echo "# no ping here: the script sends these with an embedded python3 ICMP echo"
   fi
   if ((DRY)) || command -v ping >/dev/null 2>&1; then
-    run ip netns exec "$1" ping -n -q -c 1 -W 1 -M do -s "$3" -I eth1.$VID "$2"
+    run ip netns exec "$1" ping -n -q -c 1 -W 1 -M "do" -s "$3" -I eth1.$VID "$2"
   else
     run ip netns exec "$1" python3 -c "$PY_PING" "$2" eth1.$VID "$3"
   fi

@@ -5,10 +5,11 @@
 pub mod load;
 pub mod netns;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A workspace binary (`server`, `client`) next to the running test's profile directory.
@@ -66,17 +67,24 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let why = match rx.recv_timeout(left) {
                 Ok(l) if l.contains("listening on") => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("server did not start listening within {timeout:?}");
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => format!("did not start listening within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    "exited before listening (see its stderr above)".into()
                 }
-            }
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server {why}");
         }
         Server { child, log: rx }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Send SIGINT to the server's pid and wait (bounded) for it to exit; returns its exit status code.
@@ -111,7 +119,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// Run the `client` binary to completion (bounded by `timeout`), returning its exit code.
-pub fn run_client(args: &[&str], timeout: Duration) -> i32 {
+pub fn run_client<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> i32 {
     let mut child =
         Command::new(bin("client")).args(args).stdout(Stdio::inherit()).spawn().expect("spawn client");
     wait_bounded(&mut child, timeout, "client")
@@ -146,6 +154,68 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
+}
+
+/// The `client` arguments of every bounded load run here: `clients` connections to `target` for `secs`
+/// seconds, arriving over 2 s, each writing a pixel every 100-400 ms, the summary written to `summary`.
+pub fn client_args(
+    target: &str,
+    id: &str,
+    protocol: &str,
+    clients: u64,
+    secs: u32,
+    summary: &Path,
+) -> Vec<String> {
+    let summary = summary.to_str().expect("UTF-8 path");
+    let (clients, secs) = (clients.to_string(), secs.to_string());
+    [
+        "--target",
+        target,
+        "--clients",
+        &clients,
+        "--id",
+        id,
+        "--protocol",
+        protocol,
+        "--duration",
+        &secs,
+        "--max-conn-jitter",
+        "2000",
+        "--min-pixel-wait",
+        "100",
+        "--max-pixel-wait",
+        "400",
+        "--summary-json",
+        summary,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The words of `s`: a command line without quoting, e.g. `words("--mode xdp --iface eth1")`.
+pub fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}
+
+/// Lock `serial` (a test binary's lock for tests that must not overlap), also when a test that held it
+/// panicked.
+pub fn serial(serial: &'static Mutex<()>) -> MutexGuard<'static, ()> {
+    serial.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_u64(path: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    s.trim().parse().unwrap_or_else(|e| panic!("{path}: {s:?}: {e}"))
+}
+
+/// The machine's 2 MiB huge page pool (`vm.nr_hugepages`).
+pub fn nr_hugepages() -> u64 {
+    read_u64("/proc/sys/vm/nr_hugepages")
+}
+
+/// The free pages of that pool.
+pub fn free_hugepages() -> u64 {
+    read_u64("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
 }
 
 /// A UDP port that was free a moment ago on 127.0.0.1.

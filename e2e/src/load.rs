@@ -3,11 +3,14 @@
 //! all connected, none failed, every canvas/1 write applied or rejected, every replica equal to a fresh
 //! snapshot, and the server's own counters equal to the clients'.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::json;
 use crate::netns::{run_client_in, start_server_in, Testbed};
+use crate::{client_args, json};
+
+/// The server's address on the testbed.
+const TARGET: &str = "https://10.0.1.10:4433";
 
 /// What one client namespace runs.
 #[derive(Clone, Copy, Debug)]
@@ -37,10 +40,70 @@ impl LoadRun {
         self.server["totals"][k].as_u64().unwrap_or_else(|| panic!("totals.{k} missing: {}", self.server))
     }
 
+    /// Datagrams the server moved (in + out).
+    pub fn datagrams(&self) -> u64 {
+        self.total("datagrams_in") + self.total("datagrams_out")
+    }
+
     /// Server CPU per datagram moved (in + out), in microseconds.
     pub fn cpu_us_per_datagram(&self) -> f64 {
-        self.server_cpu_s * 1e6 / (self.total("datagrams_in") + self.total("datagrams_out")) as f64
+        self.server_cpu_s * 1e6 / self.datagrams() as f64
     }
+}
+
+/// Writes the clients sent, and what the server must have applied and rejected of them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    /// `pixels_sent`.
+    pub sent: u64,
+    /// canvas/1 `pixels_applied` + every legacy write.
+    pub applied: u64,
+    /// canvas/1 `pixels_rejected`.
+    pub rejected: u64,
+}
+
+/// Check one client's `--summary-json` (`what` names it): all `clients` connected, none failed, every
+/// replica matches a fresh snapshot, the load was real, and in canvas/1 every write was applied or
+/// rejected. Returns its writes.
+pub fn check_summary(s: &serde_json::Value, what: &str, protocol: &str, clients: u64) -> Tally {
+    eprintln!("{what} summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("summary.{k} missing: {s}"));
+    assert_eq!(n("clients"), clients, "{what}");
+    assert_eq!(n("connected"), clients, "{what}: all connected");
+    assert_eq!(n("failed"), 0, "{what}: none failed");
+    assert_eq!(n("replicas_checked"), clients, "{what}");
+    assert_eq!(n("replicas_matching"), clients, "{what}: every replica matches a fresh snapshot");
+    assert!(n("pixels_sent") > clients * 4, "{what}: the load was real");
+    if protocol == "canvas1" {
+        assert_eq!(
+            n("pixels_applied") + n("pixels_rejected"),
+            n("pixels_sent"),
+            "{what}: applied + rejected == sent"
+        );
+        Tally { sent: n("pixels_sent"), applied: n("pixels_applied"), rejected: n("pixels_rejected") }
+    } else {
+        // The legacy protocol has no acknowledgements: every write is valid and applied.
+        Tally { sent: n("pixels_sent"), applied: n("pixels_sent"), rejected: 0 }
+    }
+}
+
+/// Check the server's `--stats-json` totals against what `processes` client processes with `clients`
+/// connections in all wrote (`t`): every connection accepted and closed, every write received, applied or
+/// rejected as the clients saw it.
+pub fn check_totals(server: &serde_json::Value, clients: u64, processes: u64, t: Tally) {
+    let total =
+        |k: &str| server["totals"][k].as_u64().unwrap_or_else(|| panic!("totals.{k} missing: {server}"));
+    // Every client connection + one verification connection per client process.
+    assert!(
+        total("accepted") >= clients + processes,
+        "accepted {} < {}",
+        total("accepted"),
+        clients + processes
+    );
+    assert_eq!(total("closed"), total("accepted"), "every connection closed by the end");
+    assert_eq!(total("pixels_received"), t.sent, "the server saw every write the clients sent");
+    assert_eq!(total("pixels_applied"), t.applied, "canvas1 applied + every legacy write");
+    assert_eq!(total("pixels_rejected"), t.rejected);
 }
 
 /// utime + stime of `pid` in seconds.
@@ -52,29 +115,6 @@ pub fn process_cpu_s(pid: u32) -> f64 {
     // /proc reports clock ticks of USER_HZ, which the kernel ABI fixes at 100 (sysconf(_SC_CLK_TCK)).
     let hz = 100.0;
     (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / hz
-}
-
-fn client_args<'a>(spec: &ClientSpec, clients: &'a str, summary: &'a str, secs: &'a str) -> Vec<&'a str> {
-    vec![
-        "--target",
-        "https://10.0.1.10:4433",
-        "--clients",
-        clients,
-        "--id",
-        spec.host,
-        "--protocol",
-        spec.protocol,
-        "--duration",
-        secs,
-        "--max-conn-jitter",
-        "2000",
-        "--min-pixel-wait",
-        "100",
-        "--max-pixel-wait",
-        "400",
-        "--summary-json",
-        summary,
-    ]
 }
 
 /// Run the server with `server_args` (plus `--stats-json`) and the clients for `secs` seconds, check the
@@ -90,15 +130,14 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("server exe");
     assert_eq!(exe, crate::bin("server"), "the pid of `ip netns exec` is the server's");
 
-    let paths: Vec<String> = specs
+    let paths: Vec<PathBuf> = specs
         .iter()
         .map(|s| {
             let p = dir.join(format!("{}.json", s.host));
             let _ = std::fs::remove_file(&p);
-            p.to_str().unwrap().to_owned()
+            p
         })
         .collect();
-    let secs_s = secs.to_string();
     let t = Instant::now();
     let codes: Vec<i32> = std::thread::scope(|sc| {
         let hs: Vec<_> = specs
@@ -106,15 +145,8 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
             .zip(&paths)
             .map(|(spec, path)| {
                 let ns = tb.ns(spec.host);
-                let n = spec.clients.to_string();
-                let secs_s = secs_s.clone();
-                sc.spawn(move || {
-                    run_client_in(
-                        &ns,
-                        &client_args(spec, &n, path, &secs_s),
-                        Duration::from_secs(u64::from(secs) + 120),
-                    )
-                })
+                let args = client_args(TARGET, spec.host, spec.protocol, spec.clients, secs, path);
+                sc.spawn(move || run_client_in(&ns, &args, Duration::from_secs(u64::from(secs) + 120)))
             })
             .collect();
         hs.into_iter().map(|h| h.join().expect("client thread")).collect()
@@ -124,32 +156,14 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
         assert_eq!(*code, 0, "{} ({}) exit code", spec.host, spec.protocol);
     }
 
-    let (mut sent, mut applied, mut rejected) = (0, 0, 0);
+    let mut writes = Tally::default();
     let mut summaries = Vec::new();
     for (spec, path) in specs.iter().zip(&paths) {
-        let s = json(Path::new(path));
-        let what = format!("{} ({})", spec.host, spec.protocol);
-        eprintln!("{what} summary: {s}");
-        let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("summary.{k} missing: {s}"));
-        assert_eq!(n("clients"), spec.clients, "{what}");
-        assert_eq!(n("connected"), spec.clients, "{what}: all connected");
-        assert_eq!(n("failed"), 0, "{what}: none failed");
-        assert_eq!(n("replicas_checked"), spec.clients, "{what}");
-        assert_eq!(n("replicas_matching"), spec.clients, "{what}: every replica matches a fresh snapshot");
-        assert!(n("pixels_sent") > spec.clients * 4, "{what}: the load was real");
-        sent += n("pixels_sent");
-        if spec.protocol == "canvas1" {
-            assert_eq!(
-                n("pixels_applied") + n("pixels_rejected"),
-                n("pixels_sent"),
-                "{what}: applied + rejected == sent"
-            );
-            applied += n("pixels_applied");
-            rejected += n("pixels_rejected");
-        } else {
-            // The legacy protocol has no acknowledgements: every write is valid and applied.
-            applied += n("pixels_sent");
-        }
+        let s = json(path);
+        let t = check_summary(&s, &format!("{} ({})", spec.host, spec.protocol), spec.protocol, spec.clients);
+        writes.sent += t.sent;
+        writes.applied += t.applied;
+        writes.rejected += t.rejected;
         summaries.push(s);
     }
 
@@ -158,18 +172,7 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
     assert_eq!(code, 0, "server exit code after SIGINT");
     let st = json(&stats);
     eprintln!("server totals: {}", st["totals"]);
-    let r = LoadRun { server: st, summaries, server_cpu_s };
     let clients: u64 = specs.iter().map(|s| s.clients).sum();
-    // Every client connection + one verification connection per client process.
-    assert!(
-        r.total("accepted") >= clients + specs.len() as u64,
-        "accepted {} < {}",
-        r.total("accepted"),
-        clients + specs.len() as u64
-    );
-    assert_eq!(r.total("closed"), r.total("accepted"), "every connection closed by the end");
-    assert_eq!(r.total("pixels_received"), sent, "the server saw every write the clients sent");
-    assert_eq!(r.total("pixels_applied"), applied, "canvas1 applied + every legacy write");
-    assert_eq!(r.total("pixels_rejected"), rejected);
-    r
+    check_totals(&st, clients, specs.len() as u64, writes);
+    LoadRun { server: st, summaries, server_cpu_s }
 }

@@ -4,12 +4,15 @@
 //! (which execs: the child's pid is the binary's pid, so SIGINT by pid reaches the server itself).
 //! Every wait here is bounded.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::{bin, wait_bounded, Server};
+use crate::{bin, serial, wait_bounded, Server};
 
 /// `scripts/testbed.sh` of this workspace.
 pub fn script() -> PathBuf {
@@ -39,6 +42,12 @@ pub fn root_or_skip(test: &str, needs: &str) -> bool {
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} and CI=true: failing instead of skipping");
     eprintln!("SKIPPED {why}");
     false
+}
+
+/// The start of a root test: `None` when it is skipped ([`root_or_skip`]), else the lock on `lock`, held
+/// for the test (root tests share the testbed script, the box's cores and machine-wide settings).
+pub fn root_test(test: &str, needs: &str, lock: &'static Mutex<()>) -> Option<MutexGuard<'static, ()>> {
+    root_or_skip(test, needs).then(|| serial(lock))
 }
 
 /// Named network namespaces (`ip netns list`, first column).
@@ -77,19 +86,29 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
     let code = wait_bounded(&mut child, timeout, &what);
     Output { code, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+/// Read `r` to the end on a thread of its own.
+fn drain<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Run `ARGS` inside namespace `ns` (`ip netns exec`, bounded) and return its stdout.
+///
+/// # Panics
+/// When it fails.
+pub fn exec_in(ns: &str, args: &[&str]) -> String {
+    let o = run_bounded(Command::new("ip").args(["netns", "exec", ns]).args(args), Duration::from_secs(20));
+    assert_eq!(o.code, 0, "{args:?} in {ns}: {}", o.stderr);
+    o.stdout
 }
 
 /// Run `scripts/testbed.sh ARGS` (bounded).
@@ -154,16 +173,9 @@ pub fn start_server_in(ns: &str, args: &[&str], timeout: Duration) -> Server {
     Server::spawn(cmd, &format!("{ns} server"), timeout)
 }
 
-impl Server {
-    /// The server's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
 /// Run `client ARGS` inside `ns` to completion (bounded), its output prefixed with the namespace.
 /// Returns the exit code.
-pub fn run_client_in(ns: &str, args: &[&str], timeout: Duration) -> i32 {
+pub fn run_client_in<S: AsRef<OsStr>>(ns: &str, args: &[S], timeout: Duration) -> i32 {
     let mut child = command_in(ns, "client")
         .args(args)
         .stdin(Stdio::null())
@@ -172,19 +184,21 @@ pub fn run_client_in(ns: &str, args: &[&str], timeout: Duration) -> i32 {
         .spawn()
         .expect("spawn ip netns exec client");
     let tag = format!("[{ns} client]");
-    let pipe = |r: Box<dyn Read + Send>, tag: String| {
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
-                eprintln!("{tag} {line}");
-            }
-        })
-    };
-    let a = pipe(Box::new(child.stdout.take().expect("stdout")), tag.clone());
-    let b = pipe(Box::new(child.stderr.take().expect("stderr")), tag);
+    let a = echo(child.stdout.take().expect("stdout"), tag.clone());
+    let b = echo(child.stderr.take().expect("stderr"), tag);
     let code = wait_bounded(&mut child, timeout, &format!("client in {ns}"));
     let _ = a.join();
     let _ = b.join();
     code
+}
+
+/// Echo the lines of `r` to stderr, prefixed with `tag`, on a thread of its own.
+fn echo<R: Read + Send + 'static>(r: R, tag: String) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            eprintln!("{tag} {line}");
+        }
+    })
 }
 
 /// Counters of one interface, from `/proc/net/dev`.
@@ -202,16 +216,11 @@ pub struct DevCounters {
 
 /// Interface counters of `dev` inside `ns` (`/proc/net/dev` read there).
 pub fn dev_counters(ns: &str, dev: &str) -> DevCounters {
-    let out = run_bounded(
-        Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/dev"]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(out.code, 0, "read /proc/net/dev in {ns}: {}", out.stderr);
+    let out = exec_in(ns, &["cat", "/proc/net/dev"]);
     let line = out
-        .stdout
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("{dev}:")))
-        .unwrap_or_else(|| panic!("{dev} not in /proc/net/dev of {ns}:\n{}", out.stdout));
+        .unwrap_or_else(|| panic!("{dev} not in /proc/net/dev of {ns}:\n{out}"));
     let f: Vec<u64> =
         line.split_once(':').expect("colon").1.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     assert!(f.len() >= 16, "short /proc/net/dev line: {line}");

@@ -8,8 +8,9 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use e2e::netns::run_bounded;
 use e2e::{bin, free_port, wait_bounded, Server};
 
 fn chromium() -> Option<String> {
@@ -47,15 +48,11 @@ fn dump_dom(chrome: &str, port: u16) -> String {
         "--virtual-time-budget=3000",
         "--dump-dom",
         &format!("http://127.0.0.1:{port}/"),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    let child = c.spawn().expect("spawn chromium");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let out = child.wait_with_output().expect("chromium output");
-    assert!(Instant::now() < deadline, "chromium took over 60 s");
-    assert!(out.status.success(), "chromium exit {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ]);
+    // Killed (and the test failed) when it takes over 60 s.
+    let out = run_bounded(&mut c, Duration::from_secs(60));
+    assert_eq!(out.code, 0, "chromium exit code; stderr:\n{}", out.stderr);
+    out.stdout
 }
 
 /// The text of the element with `id` in a dumped DOM.

@@ -4,44 +4,37 @@
 //! Needs root (network namespaces, XDP): without it the tests say why and pass, unless CI=true, where they
 //! fail.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use e2e::load::{self, ClientSpec, LoadRun};
-use e2e::netns::{dev_counters, netns_with_prefix, testbed_sh, Testbed};
-use e2e::{json, scratch};
+use e2e::netns::{
+    command_in, dev_counters, exec_in, netns_with_prefix, run_bounded, start_server_in, testbed_sh, Testbed,
+};
+use e2e::{free_hugepages, json, nr_hugepages, scratch, words};
 
 /// Both tests use the box's two cores and the testbed script: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn root_or_skip(test: &str) -> bool {
-    e2e::netns::root_or_skip(test, "network namespaces, veth, tc, XDP")
+/// `None` when the test is skipped, else its lock on [`SERIAL`].
+fn root_test(test: &str) -> Option<MutexGuard<'static, ()>> {
+    e2e::netns::root_test(test, "network namespaces, veth, tc, XDP", &SERIAL)
 }
 
 const CLIENTS: u64 = 250;
 const SECS: u32 = 12;
-
-fn nr_hugepages() -> u64 {
-    std::fs::read_to_string("/proc/sys/vm/nr_hugepages").unwrap().trim().parse().unwrap()
-}
-
-fn free_hugepages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// Restores `nr_hugepages` on drop (also when the test panics).
 struct HugePages(u64);
 
 impl HugePages {
     fn reserve(extra: u64) -> HugePages {
-        let before = nr_hugepages();
-        std::fs::write("/proc/sys/vm/nr_hugepages", (before + extra).to_string()).expect("reserve hugepages");
-        assert_eq!(nr_hugepages(), before + extra, "could not reserve {extra} hugepages");
-        HugePages(before)
+        // The guard exists before the pool grows: a partial reservation is given back too.
+        let guard = HugePages(nr_hugepages());
+        let want = guard.0 + extra;
+        std::fs::write("/proc/sys/vm/nr_hugepages", want.to_string()).expect("reserve hugepages");
+        assert_eq!(nr_hugepages(), want, "could not reserve {extra} hugepages");
+        guard
     }
 }
 
@@ -53,12 +46,8 @@ impl Drop for HugePages {
 
 /// No XDP program on any interface of the server namespace.
 fn assert_no_xdp(tb: &Testbed) {
-    let o = e2e::netns::run_bounded(
-        std::process::Command::new("ip").args(["-n", &tb.ns("server"), "-d", "link", "show"]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(!o.stdout.contains("prog/xdp"), "an XDP program is still attached:\n{}", o.stdout);
+    let links = exec_in(&tb.ns("server"), &["ip", "-d", "link", "show"]);
+    assert!(!links.contains("prog/xdp"), "an XDP program is still attached:\n{links}");
 }
 
 /// The AF_XDP checks every xdp run must pass.
@@ -127,10 +116,7 @@ fn both(first: &'static str, second: &'static str) -> [ClientSpec; 2] {
 /// and leaves nothing attached; datagrams on a queue without a worker trip the tripwire.
 #[test]
 fn testbed_xdp_generic_native_vlan_and_uring() {
-    if !root_or_skip("testbed_xdp_generic_native_vlan_and_uring") {
-        return;
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_g) = root_test("testbed_xdp_generic_native_vlan_and_uring") else { return };
     let t0 = Instant::now();
     let prefix = format!("cvt{}", std::process::id());
     let dir = scratch("testbed");
@@ -141,20 +127,9 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
         let server_ns = tb.ns("server");
 
         // --zero-copy on: veth has none; a clear error, and the program attached first is gone again.
-        let mut c = e2e::netns::command_in(&server_ns, "server");
-        c.args([
-            "--mode",
-            "xdp",
-            "--iface",
-            "eth1",
-            "--vlan",
-            "4000",
-            "--zero-copy",
-            "on",
-            "--listen",
-            "10.0.1.10:4433",
-        ]);
-        let o = e2e::netns::run_bounded(&mut c, Duration::from_secs(30));
+        let mut c = command_in(&server_ns, "server");
+        c.args(words("--mode xdp --iface eth1 --vlan 4000 --zero-copy on --listen 10.0.1.10:4433"));
+        let o = run_bounded(&mut c, Duration::from_secs(30));
         eprintln!("--zero-copy on: exit {} stderr:\n{}", o.code, o.stderr);
         assert_ne!(o.code, 0);
         assert!(
@@ -170,27 +145,13 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
         let r = load::run(
             &tb,
             &dir,
-            &[
-                "--mode",
-                "xdp",
-                "--iface",
-                "eth1.4000",
-                "--xdp-attach",
-                "generic",
-                "--listen",
-                "10.0.1.10:4433",
-            ],
+            &words("--mode xdp --iface eth1.4000 --xdp-attach generic --listen 10.0.1.10:4433"),
             &both("canvas1", "legacy"),
             SECS,
         );
         assert_xdp(&r, "generic", 1);
         assert_no_xdp(&tb);
-        cpu.push((
-            "xdp generic, eth1.4000",
-            r.cpu_us_per_datagram(),
-            r.server_cpu_s,
-            r.total("datagrams_in") + r.total("datagrams_out"),
-        ));
+        cpu.push(("xdp generic, eth1.4000", r.cpu_us_per_datagram(), r.server_cpu_s, r.datagrams()));
 
         // 2. Native XDP on the parent, VLAN 4000 in the program, two queues, UMEM and canvas on hugetlb.
         {
@@ -198,22 +159,10 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
             let r = load::run(
                 &tb,
                 &dir,
-                &[
-                    "--mode",
-                    "xdp",
-                    "--iface",
-                    "eth1",
-                    "--vlan",
-                    "4000",
-                    "--xdp-attach",
-                    "native",
-                    "-w",
-                    "2",
-                    "--hugepages",
-                    "on",
-                    "--listen",
-                    "10.0.1.10:4433",
-                ],
+                &words(
+                    "--mode xdp --iface eth1 --vlan 4000 --xdp-attach native -w 2 --hugepages on \
+                     --listen 10.0.1.10:4433",
+                ),
                 &both("legacy", "canvas1"),
                 SECS,
             );
@@ -229,12 +178,7 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
             }
             assert_no_xdp(&tb);
             assert_eq!(free_hugepages(), nr_hugepages(), "the server gave every huge page back");
-            cpu.push((
-                "xdp native, eth1 + VLAN",
-                r.cpu_us_per_datagram(),
-                r.server_cpu_s,
-                r.total("datagrams_in") + r.total("datagrams_out"),
-            ));
+            cpu.push(("xdp native, eth1 + VLAN", r.cpu_us_per_datagram(), r.server_cpu_s, r.datagrams()));
         }
         assert_eq!(nr_hugepages(), pages_before, "reservation returned");
 
@@ -255,47 +199,26 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
         // byte the server read arrived on eth1 inside a frame.
         let after = dev_counters(&server_ns, "eth1");
         assert!(after.rx_bytes - eth1.rx_bytes >= r.total("bytes_in"), "eth1 carried the traffic");
-        cpu.push((
-            "uring, eth1.4000 sockets",
-            r.cpu_us_per_datagram(),
-            r.server_cpu_s,
-            r.total("datagrams_in") + r.total("datagrams_out"),
-        ));
+        cpu.push(("uring, eth1.4000 sockets", r.cpu_us_per_datagram(), r.server_cpu_s, r.datagrams()));
 
         // Tripwire: one worker on a two-queue parent leaves queue 1 without a socket; what the veth
         // spreads there falls back to the kernel and reaches the plain UDP socket, which counts it.
         let stats = dir.join("tripwire.json");
-        let server = e2e::netns::start_server_in(
+        let server = start_server_in(
             &server_ns,
             &[
-                "--mode",
-                "xdp",
-                "--iface",
-                "eth1",
-                "--vlan",
-                "4000",
-                "-w",
-                "1",
-                "--listen",
-                "10.0.1.10:4433",
-                "--stats-json",
-                stats.to_str().unwrap(),
-            ],
+                &words("--mode xdp --iface eth1 --vlan 4000 -w 1 --listen 10.0.1.10:4433")[..],
+                &["--stats-json", stats.to_str().unwrap()],
+            ]
+            .concat(),
             Duration::from_secs(30),
         );
         // 64 datagrams from 64 source ports (a new socket per redirection): the switch's veth picks its
         // transmit queue, and so the server's receive queue, by flow hash.
-        let mut c = std::process::Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
+        exec_in(
             &tb.ns("client1"),
-            "bash",
-            "-c",
-            "for i in $(seq 64); do echo tripwire > /dev/udp/10.0.1.10/4433; done",
-        ]);
-        let o = e2e::netns::run_bounded(&mut c, Duration::from_secs(20));
-        assert_eq!(o.code, 0, "{}", o.stderr);
+            &["bash", "-c", "for i in $(seq 64); do echo tripwire > /dev/udp/10.0.1.10/4433; done"],
+        );
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(server.stop(Duration::from_secs(20)), 0);
         let st = json(&stats);
@@ -327,21 +250,14 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
 
 #[test]
 fn testbed_script_is_idempotent_and_dry_run_prints() {
-    if !root_or_skip("testbed_script_is_idempotent_and_dry_run_prints") {
-        return;
-    }
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_g) = root_test("testbed_script_is_idempotent_and_dry_run_prints") else { return };
     let t0 = Instant::now();
     let prefix = format!("cvs{}", std::process::id());
     let dry = format!("cvd{}", std::process::id());
     let long = Duration::from_secs(90);
     let mac = |ns: &str| {
-        let o = e2e::netns::run_bounded(
-            std::process::Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", "eth1"]),
-            Duration::from_secs(10),
-        );
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        o.stdout.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("mac").to_owned()
+        let link = exec_in(ns, &["ip", "-o", "link", "show", "dev", "eth1"]);
+        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("mac").to_owned()
     };
     {
         let tb = Testbed::up(&prefix, 2, long);

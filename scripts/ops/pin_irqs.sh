@@ -139,44 +139,38 @@ elif ! ch=$(ethtool -l "$IFACE" 2>&1); then
   msg "$IFACE has no channels (ethtool -l: ${ch##*: }): queue count left as is" \
     "($(find "/sys/class/net/$IFACE/queues" -maxdepth 1 -name 'rx-*' 2>/dev/null | wc -l) rx queue(s))"
 else
-  chv() { ethtool_value "$ch" "$@"; } # max|cur KEY
-  max_c=$(chv max Combined) cur_c=$(chv cur Combined)
-  max_r=$(chv max RX) cur_r=$(chv cur RX) max_t=$(chv max TX) cur_t=$(chv cur TX)
   num() { [[ $1 =~ ^[0-9]+$ ]] && (($1 > 0)); }
-  if num "$max_c"; then
-    if ((QUEUES > max_c)); then
-      err "$IFACE has at most $max_c combined channels; --queues $QUEUES is too many"
-      exit 1
-    elif [[ $cur_c == "$QUEUES" ]]; then
-      msg "$IFACE combined channels: $cur_c -> $QUEUES: ok"
-    else
-      msg "$IFACE combined channels: $cur_c -> $QUEUES"
-      [[ -z $xdp_prog ]] || warn "$IFACE has an XDP program attached ($xdp_prog): many drivers refuse to change" \
-        "channels under AF_XDP sockets; stop the server first"
-      if run ethtool -L "$IFACE" combined "$QUEUES"; then CHANGES=$((CHANGES + 1)); else CHANNEL_FAIL=1; fi
-    fi
-  elif num "$max_r" || num "$max_t"; then
+  declare -A CH_MAX=() CH_CUR=()
+  for k in Combined RX TX; do CH_MAX[$k]=$(ethtool_value "$ch" max "$k") CH_CUR[$k]=$(ethtool_value "$ch" cur "$k"); done
+  if num "${CH_MAX[Combined]}"; then
+    kinds=(Combined)
+  elif num "${CH_MAX[RX]}" || num "${CH_MAX[TX]}"; then
     # Separate rx/tx channels (veth, some drivers): set both.
-    msg "$IFACE has no combined channels, separate rx/tx ones (rx $cur_r of $max_r, tx $cur_t of $max_t)"
-    args=()
-    for d in rx tx; do
-      if [[ $d == rx ]]; then m=$max_r c=$cur_r; else m=$max_t c=$cur_t; fi
-      num "$m" || continue
-      if ((QUEUES > m)); then
-        err "$IFACE has at most $m $d channels; --queues $QUEUES is too many"
-        exit 1
-      elif [[ $c == "$QUEUES" ]]; then
-        msg "$IFACE $d channels: $c -> $QUEUES: ok"
-      else
-        msg "$IFACE $d channels: $c -> $QUEUES"
-        args+=("$d" "$QUEUES")
-      fi
-    done
-    if ((${#args[@]})); then
-      if run ethtool -L "$IFACE" "${args[@]}"; then CHANGES=$((CHANGES + 1)); else CHANNEL_FAIL=1; fi
-    fi
+    msg "$IFACE has no combined channels, separate rx/tx ones (rx ${CH_CUR[RX]} of ${CH_MAX[RX]}," \
+      "tx ${CH_CUR[TX]} of ${CH_MAX[TX]})"
+    kinds=(RX TX)
   else
     msg "$IFACE has no channels to set (ethtool -l shows none): queue count left as is"
+    kinds=()
+  fi
+  args=()
+  for k in "${kinds[@]}"; do
+    d=${k,,} m=${CH_MAX[$k]} c=${CH_CUR[$k]}
+    num "$m" || continue
+    if ((QUEUES > m)); then
+      err "$IFACE has at most $m $d channels; --queues $QUEUES is too many"
+      exit 1
+    elif [[ $c == "$QUEUES" ]]; then
+      msg "$IFACE $d channels: $c -> $QUEUES: ok"
+    else
+      msg "$IFACE $d channels: $c -> $QUEUES"
+      args+=("$d" "$QUEUES")
+    fi
+  done
+  if ((${#args[@]})); then
+    [[ -z $xdp_prog ]] || warn "$IFACE has an XDP program attached ($xdp_prog): many drivers refuse to change" \
+      "channels under AF_XDP sockets; stop the server first"
+    if run ethtool -L "$IFACE" "${args[@]}"; then CHANGES=$((CHANGES + 1)); else CHANNEL_FAIL=1; fi
   fi
 fi
 if ((CHANNEL_FAIL)); then

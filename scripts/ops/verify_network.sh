@@ -265,27 +265,25 @@ else
 fi
 
 # ---------------------------------------------------------------- what the server wants
-for kv in net.core.rmem_max=67108864 net.core.wmem_max=67108864; do
-  k=${kv%=*} want=${kv#*=}
-  v=$(sysctl_val "$k" || true)
+# at_least KEY WANT UNREADABLE LOW: PASS when sysctl KEY >= WANT; else the line UNREADABLE ("pass|warn
+# TEXT") when it cannot be read here, or a WARN that it is lower, followed by LOW.
+at_least() {
+  local v
+  v=$(sysctl_val "$1" || true)
   if [[ -z $v ]]; then
-    warn "sysctl: $k not readable here"
-  elif ((v >= want)); then
-    pass "sysctl: $k = $v (>= $want)"
+    "${3%% *}" "sysctl: $1 ${3#* }"
+  elif ((v >= $2)); then
+    pass "sysctl: $1 = $v (>= $2)"
   else
-    warn "sysctl: $k = $v < $want: socket buffers above it need root (the server then forces them);" \
-      "tune_server.sh sets it (global: in the root namespace)"
+    warn "sysctl: $1 = $v < $2$4"
   fi
+}
+low=": socket buffers above it need root (the server then forces them); tune_server.sh sets it (global:"
+for k in net.core.rmem_max net.core.wmem_max; do
+  at_least "$k" 67108864 "warn not readable here" "$low in the root namespace)"
 done
-k=net.core.netdev_max_backlog want=300000
-v=$(sysctl_val "$k" || true)
-if [[ -z $v ]]; then
-  pass "sysctl: $k is global (not visible in this network namespace): check it in the root namespace"
-elif ((v >= want)); then
-  pass "sysctl: $k = $v (>= $want)"
-else
-  warn "sysctl: $k = $v < $want (tune_server.sh)"
-fi
+at_least net.core.netdev_max_backlog 300000 \
+  "pass is global (not visible in this network namespace): check it in the root namespace" " (tune_server.sh)"
 if [[ -e /proc/sys/net/netfilter/nf_conntrack_max ]]; then
   rules=""
   if command -v nft >/dev/null 2>&1; then rules+=$(nft list ruleset 2>/dev/null || true); fi
