@@ -27,6 +27,17 @@
 //! [`XdpProgram::vlan_metadata`] tells which one runs. With `vlan: None` the tag is not looked at
 //! (attach to the VLAN sub-interface instead, or use an untagged network).
 //!
+//! # Kernels
+//!
+//! The program must load on every kernel the server supports, from Debian 12's 6.1 on; verifiers differ
+//! (the 6.1, 6.12 and 6.18.15 ones do not track byte swaps, for one). The idioms that keep it loadable are
+//! listed at the top of `src/bpf/canvas.bpf.c`; `scripts/vm.sh matrix` boots Debian's 6.1, 6.12 and newest
+//! backports kernels under QEMU and serves through the program on each, so a change that breaks an older
+//! verifier fails the suite. When the verifier refuses anyway, [`Error::Load`] carries the kernel release
+//! and the last lines of the verifier's log ([`Error::verifier_log`]), captured from libbpf instead of
+//! printed. What an older kernel lacks is a fallback with a note, never a failure: no device-bound programs
+//! (< 6.3) or no RX VLAN metadata kfunc (< 6.8) → the plain object, tags matched in-band only.
+//!
 //! # Attaching
 //!
 //! The program is attached through a BPF link (`BPF_LINK_CREATE`, Linux 5.9+) rather than the
@@ -82,6 +93,92 @@ pub const XSKS_MAX_ENTRIES: u32 = 64;
 
 /// Where kernel BTF lives; without it the kfunc variant cannot be loaded.
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Device-bound programs (`BPF_F_XDP_DEV_BOUND_ONLY`) appeared in Linux 6.3; older kernels refuse
+/// the unknown flag with a bare EINVAL, so the loader does not try.
+const DEV_BOUND_MIN: (u32, u32) = (6, 3);
+
+/// `bpf_xdp_metadata_rx_vlan_tag` appeared in Linux 6.8.
+const VLAN_KFUNC_MIN: (u32, u32) = (6, 8);
+
+/// Lines of the verifier log kept in [`Error::Load`].
+const VERIFIER_LOG_LINES: usize = 12;
+
+/// (major, minor) of a kernel release string such as `6.1.0-28-amd64`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Captures libbpf's messages while an object is opened and loaded.
+mod verifier {
+    use std::sync::{Mutex, MutexGuard};
+
+    use libbpf_rs::PrintLevel;
+
+    /// Serialises captures: libbpf's print callback is process-wide.
+    static LOCK: Mutex<()> = Mutex::new(());
+    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Bound on the captured lines (a verifier log can be a megabyte).
+    const MAX_LINES: usize = 4096;
+
+    fn record(_level: PrintLevel, msg: String) {
+        let mut lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+        for line in msg.lines() {
+            if lines.len() == MAX_LINES {
+                lines.remove(0);
+            }
+            lines.push(line.to_owned());
+        }
+    }
+
+    /// While alive, libbpf's messages go to this capture; dropping it restores the previous printer.
+    pub(crate) struct Capture {
+        previous: Option<(PrintLevel, libbpf_rs::PrintCallback)>,
+        _guard: MutexGuard<'static, ()>,
+    }
+
+    impl Capture {
+        pub(crate) fn start() -> Capture {
+            let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            LINES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let previous = libbpf_rs::set_print(Some((PrintLevel::Info, record)));
+            Capture { previous, _guard: guard }
+        }
+
+        /// The last `n` lines between libbpf's `-- BEGIN PROG LOAD LOG --` and `-- END PROG LOAD LOG --`
+        /// markers (the verifier's own log), without libbpf's prefixes; empty when there was none.
+        pub(crate) fn verifier_tail(&self, n: usize) -> Vec<String> {
+            let lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+            verifier_tail(&lines, n)
+        }
+    }
+
+    pub(crate) fn verifier_tail(lines: &[String], n: usize) -> Vec<String> {
+        let Some(begin) = lines.iter().rposition(|l| l.contains("-- BEGIN PROG LOAD LOG --")) else {
+            return Vec::new();
+        };
+        let end = lines[begin..]
+            .iter()
+            .position(|l| l.contains("-- END PROG LOAD LOG --"))
+            .map_or(lines.len(), |i| begin + i);
+        let body: Vec<String> = lines[begin + 1..end]
+            .iter()
+            .map(|l| l.trim_end().to_owned())
+            .filter(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+            .collect();
+        body[body.len().saturating_sub(n)..].to_vec()
+    }
+
+    impl Drop for Capture {
+        fn drop(&mut self) {
+            libbpf_rs::set_print(self.previous);
+        }
+    }
+}
 
 /// How to attach the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -357,12 +454,17 @@ pub enum Error {
         /// Its mode.
         mode: Mode,
     },
-    /// libbpf could not open or load the BPF object (the verifier log is on stderr).
+    /// libbpf could not open or load the BPF object.
     Load {
         /// Which object (`canvas` or `canvas_vlanmeta`).
         object: &'static str,
         /// libbpf's error.
         source: libbpf_rs::Error,
+        /// The kernel release (`uname -r`) that refused it.
+        kernel: String,
+        /// The last lines of the verifier's log when the verifier refused the program (empty when
+        /// the refusal came before verification: an unknown flag, missing BTF, no BPF at all).
+        verifier_log: Vec<String>,
     },
     /// The kernel refused to attach the program.
     Attach {
@@ -422,11 +524,19 @@ impl fmt::Display for Error {
                  holds it, stop the process that owns the link (another server instance?)",
                 mode.ip_link_word()
             ),
-            Error::Load { object, source } => write!(
+            Error::Load { object, source, kernel, verifier_log } if !verifier_log.is_empty() => write!(
                 f,
-                "loading the BPF object {object} failed: {source} (libbpf printed details, including any \
-                 verifier log, to stderr); the kernel needs BPF and AF_XDP support (Linux >= 5.9 with \
-                 CONFIG_BPF_SYSCALL and CONFIG_XDP_SOCKETS); check `dmesg`"
+                "the BPF verifier of Linux {kernel} refused the XDP program ({object}: {source}). This is \
+                 a bug in the program for this kernel, not missing kernel support: report it with \
+                 `uname -r` and these last lines of the verifier log:\n    {}\n(meanwhile `--mode uring` \
+                 serves without XDP)",
+                verifier_log.join("\n    ")
+            ),
+            Error::Load { object, source, kernel, .. } => write!(
+                f,
+                "loading the BPF object {object} on Linux {kernel} failed before verification: {source}; \
+                 the kernel needs BPF and AF_XDP support (Linux >= 5.9 with CONFIG_BPF_SYSCALL, \
+                 CONFIG_XDP_SOCKETS and BTF); check `dmesg`"
             ),
             Error::Attach { interface, mode, source, hint, native_failure } => {
                 write!(f, "attaching XDP to {interface} in {mode} mode failed: {source}; {hint}")?;
@@ -445,6 +555,16 @@ impl fmt::Display for Error {
                 write!(f, "queue {queue} is out of range: the xsks map holds queues 0..{XSKS_MAX_ENTRIES}")
             }
             Error::Io { operation, source } => write!(f, "{operation}: {source}"),
+        }
+    }
+}
+
+impl Error {
+    /// The last lines of the verifier's log when the verifier refused the program.
+    pub fn verifier_log(&self) -> Option<&[String]> {
+        match self {
+            Error::Load { verifier_log, .. } if !verifier_log.is_empty() => Some(verifier_log),
+            _ => None,
         }
     }
 }
@@ -740,13 +860,29 @@ fn load(config: &Config, ifindex: u32, mode: Mode, notes: &mut Vec<String>) -> R
                  in-band tags match"
             ));
         } else {
-            match load_vlanmeta(config, ifindex) {
-                Ok(loaded) => return Ok(loaded),
-                Err(e @ Error::PermissionDenied { .. }) => return Err(e),
-                Err(e) => notes.push(format!(
-                    "the device-bound VLAN-metadata object did not load ({e}); using the plain object: only \
-                     in-band tags match"
+            let kernel = sys::kernel_release();
+            match kernel_version(&kernel) {
+                Some(v) if v < DEV_BOUND_MIN => notes.push(format!(
+                    "Linux {kernel} has no device-bound XDP programs (6.3+) nor the RX VLAN metadata kfunc \
+                     (6.8+): VLAN tags are matched in-band only, so keep VLAN stripping off on the NIC \
+                     (`ethtool -K IF rxvlan off`)"
                 )),
+                _ => match load_vlanmeta(config, ifindex) {
+                    Ok(loaded) => {
+                        if kernel_version(&kernel).is_some_and(|v| v < VLAN_KFUNC_MIN) {
+                            notes.push(format!(
+                                "Linux {kernel} has no RX VLAN metadata kfunc (6.8+): VLAN tags are matched \
+                                 in-band only, so keep VLAN stripping off on the NIC (`ethtool -K IF rxvlan off`)"
+                            ));
+                        }
+                        return Ok(loaded);
+                    }
+                    Err(e @ Error::PermissionDenied { .. }) => return Err(e),
+                    Err(e) => notes.push(format!(
+                        "the device-bound VLAN-metadata object did not load on Linux {kernel} ({e}); using the \
+                         plain object: VLAN tags are matched in-band only (`ethtool -K IF rxvlan off`)"
+                    )),
+                },
             }
         }
     }
@@ -762,15 +898,23 @@ macro_rules! load_skeleton {
 
         let config: &Config = $config;
         let dev_bound: Option<u32> = $dev_bound;
-        let load_error = |source: libbpf_rs::Error| match source.kind() {
+        let load_error = |source: libbpf_rs::Error, log: &verifier::Capture| match source.kind() {
             libbpf_rs::ErrorKind::PermissionDenied => Error::PermissionDenied {
                 operation: format!("loading the BPF object {}", $object),
                 source: io::Error::from_raw_os_error(libc::EPERM),
             },
-            _ => Error::Load { object: $object, source },
+            _ => Error::Load {
+                object: $object,
+                source,
+                kernel: sys::kernel_release(),
+                verifier_log: log.verifier_tail(VERIFIER_LOG_LINES),
+            },
         };
+        // libbpf's messages (the verifier log among them) are captured for the error instead of
+        // going to stderr: a refused VLAN-metadata object is an expected fallback, not noise.
+        let log = verifier::Capture::start();
         let mut storage = MaybeUninit::uninit();
-        let mut open = skel_mod::$builder::default().open(&mut storage).map_err(load_error)?;
+        let mut open = skel_mod::$builder::default().open(&mut storage).map_err(|e| load_error(e, &log))?;
         let rodata = open.maps.rodata_data.as_deref_mut().expect("the object has a .rodata map");
         rodata.cfg.port = config.port.to_be();
         rodata.cfg.vlan_id = config.vlan.unwrap_or(0);
@@ -780,7 +924,8 @@ macro_rules! load_skeleton {
             // SEC("xdp") sets no other load flag.
             open.progs.canvas_xdp.set_flags(libbpf_rs::libbpf_sys::BPF_F_XDP_DEV_BOUND_ONLY);
         }
-        let skel = open.load().map_err(load_error)?;
+        let skel = open.load().map_err(|e| load_error(e, &log))?;
+        drop(log);
         let dup = |fd: BorrowedFd<'_>, what: &str| {
             fd.try_clone_to_owned()
                 .map_err(|source| Error::Io { operation: format!("duplicating the {what} fd"), source })
@@ -822,6 +967,43 @@ mod tests {
             .expect_err("no such interface");
         assert!(matches!(err, Error::InterfaceNotFound { .. }), "{err}");
         assert!(err.to_string().contains("nosuchif0"), "{err}");
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-28-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("6.18.44-fc-v1300"), Some((6, 18)));
+        assert_eq!(kernel_version("7.3.4+bpo-amd64\n"), Some((7, 3)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(kernel_version("6.1.0").unwrap() < DEV_BOUND_MIN);
+        assert!(kernel_version("6.12.95").unwrap() >= VLAN_KFUNC_MIN);
+    }
+
+    #[test]
+    fn verifier_log_tail_is_the_log_body() {
+        let lines: Vec<String> = [
+            "libbpf: prog 'canvas_xdp': BPF program load failed: Invalid argument",
+            "libbpf: prog 'canvas_xdp': -- BEGIN PROG LOAD LOG --",
+            "0: R1=ctx() R10=fp0",
+            "; tot_len = bpf_ntohs(ip->tot_len);",
+            "27: (0f) r3 += r2",
+            "math between pkt pointer and register with unbounded min value is not allowed",
+            "processed 31 insns (limit 1000000) max_states_per_insn 0",
+            "-- END PROG LOAD LOG --",
+            "libbpf: prog 'canvas_xdp': failed to load: -22",
+        ]
+        .map(String::from)
+        .to_vec();
+        let tail = verifier::verifier_tail(&lines, 2);
+        assert_eq!(
+            tail,
+            [
+                "27: (0f) r3 += r2",
+                "math between pkt pointer and register with unbounded min value is not allowed"
+            ]
+        );
+        assert_eq!(verifier::verifier_tail(&lines, 100).len(), 4);
+        assert!(verifier::verifier_tail(&lines[..1], 5).is_empty());
     }
 
     #[test]

@@ -18,6 +18,26 @@
 // with BPF_F_XDP_DEV_BOUND_ONLY), else from the in-band tag. Untagged frames never match a VLAN.
 //
 // src/lib.rs takes `enum counter` and `struct canvas_config` from the generated skeleton.
+//
+// Verifier idioms. This program must load on every kernel the server supports, from Debian 12's
+// 6.1 on (the VM rig, scripts/vm.sh matrix, loads it on 6.1, 6.12 and the newest backports kernel),
+// and verifiers differ in what they can prove. The rules it follows:
+//   1. Every value read from the packet is bounded by an explicit comparison before it takes part
+//      in pointer arithmetic. Old verifiers (6.1, 6.12, 6.18.15) do not track BPF_END (byte swap):
+//      after `bpf_ntohs(x)` the register is unknown to them, and `ptr + x` is refused with "math
+//      between pkt pointer and register with unbounded min value is not allowed". clang knows the
+//      result is 16 bits wide and would delete a `> 0xffff` check, so the value is first passed
+//      through barrier_var() (an empty asm that hides it from the optimiser).
+//   2. Every packet access is preceded by a `ptr + size > data_end` check on the same pointer, in
+//      the same basic block as the access (no check hoisted into a helper the compiler may split).
+//   3. Header lengths come from small bit-fields (IHL * 4 is at most 60) or constants, never from a
+//      16-bit field without rule 1.
+//   4. Optional kernel features are reached only through weak ksyms guarded by bpf_ksym_exists()
+//      and in a separate object (canvas_vlanmeta) that the loader may fail to load and replace with
+//      the plain one; the plain object uses nothing newer than bpf_redirect_map with a fallback
+//      action in its flags (Linux 5.x).
+//   5. No loops, no BPF-to-BPF calls, no global data but the read-only `cfg`: nothing whose
+//      verifier support varies across the supported range.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -179,6 +199,13 @@ int canvas_xdp(struct xdp_md *ctx)
 			return pass(COUNTER_MALFORMED_IP);
 		hdr_len = ip->ihl * 4;
 		tot_len = bpf_ntohs(ip->tot_len);
+		// Verifier idiom 1 (see "Verifier idioms" above): bound a value read from the packet
+		// before it is added to a packet pointer. Verifiers before ~6.18.16/7.x do not track
+		// byte swaps, so `tot_len` is unbounded to them after bpf_ntohs; the barrier keeps clang
+		// from deleting this check, which it knows to be always false.
+		barrier_var(tot_len);
+		if (tot_len > 0xffff)
+			return pass(COUNTER_MALFORMED_IP);
 		if (tot_len < hdr_len || (void *)ip + tot_len > data_end)
 			return pass(COUNTER_MALFORMED_IP);
 		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
