@@ -723,8 +723,10 @@ pub fn zero_copy_finding(
         (Err(z), Some(Ok(()))) => Finding::warn(
             "zero-copy",
             format!("zero-copy refused by the {driver} driver of {iface} ({z}); copy mode works (every frame is copied)"),
-            "--zero-copy auto (the default) uses copy mode; for zero-copy, a NIC whose driver supports AF_XDP zero-copy \
-             (mlx5, ice, i40e, ixgbe, igc, ...)",
+            format!(
+                "--zero-copy auto (the default) uses copy mode; {}",
+                crate::netdev::zero_copy_hint(driver, &crate::netdev::kernel_release())
+            ),
         ),
         (Err(z), Some(Err(c))) => Finding::blocker(
             "zero-copy",
@@ -867,9 +869,8 @@ fn try_attach(
     port: u16,
     vlan: Option<u16>,
     mode: xdp_prog::AttachMode,
-) -> Result<String, String> {
-    let prog = xdp_prog::XdpProgram::attach(iface, xdp_prog::Config { port, vlan, mode })
-        .map_err(|e| e.to_string())?;
+) -> Result<String, xdp_prog::Error> {
+    let prog = xdp_prog::XdpProgram::attach(iface, xdp_prog::Config { port, vlan, mode })?;
     let mut detail = format!("attached as prog {} in {} mode and detached", prog.prog_id(), prog.mode());
     if let Some(v) = vlan {
         let _ = write!(
@@ -881,8 +882,18 @@ fn try_attach(
     for n in prog.notes() {
         let _ = write!(detail, "; {n}");
     }
-    prog.detach().map_err(|e| e.to_string())?;
+    prog.detach()?;
     Ok(detail)
+}
+
+/// The kernel's verifier refused the XDP program: a bug of the program on this kernel, not a missing feature.
+pub fn verifier_finding(e: &xdp_prog::Error) -> Finding {
+    Finding::blocker(
+        "xdp program",
+        e.to_string(),
+        "update the server (the program must load on every supported kernel: `scripts/vm.sh matrix` tests 6.1, 6.12 \
+         and the newest backports kernel), or serve with `--mode uring` meanwhile",
+    )
 }
 
 /// Bind (and close) a small copy-mode AF_XDP socket on queue 0.
@@ -967,9 +978,18 @@ fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec
         }
         Ok(None) => {
             let native = try_attach(iface, port, a.vlan, xdp_prog::AttachMode::Native);
-            let generic =
-                native.is_err().then(|| try_attach(iface, port, a.vlan, xdp_prog::AttachMode::Generic));
-            out.push(attach_finding(iface, native, generic));
+            match native {
+                // The same object would be refused in generic mode too: name the refusal once.
+                Err(e) if e.verifier_log().is_some() => out.push(verifier_finding(&e)),
+                native => {
+                    let native = native.map_err(|e| e.to_string());
+                    let generic = native.is_err().then(|| {
+                        try_attach(iface, port, a.vlan, xdp_prog::AttachMode::Generic)
+                            .map_err(|e| e.to_string())
+                    });
+                    out.push(attach_finding(iface, native, generic));
+                }
+            }
             let zc = xdp::probe_zero_copy(iface, 0, a.listen).map_err(|e| e.reason());
             let copy = zc.is_err().then(|| try_copy_xsk(iface, a.listen));
             out.push(zero_copy_finding(iface, &driver, zc, copy));

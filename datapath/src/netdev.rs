@@ -192,3 +192,52 @@ mod tests {
         assert!(ifindex("way-too-long-interface-name").is_err());
     }
 }
+
+/// What to do about a driver that refused an AF_XDP zero-copy socket, per driver (`kernel`: `uname -r`).
+/// One sentence, for the server's note and `server doctor`.
+pub fn zero_copy_hint(driver: &str, kernel: &str) -> String {
+    match driver {
+        "veth" => "veth has no AF_XDP zero-copy in any kernel: copy mode is its only mode".into(),
+        "virtio_net" => format!(
+            "virtio_net grants zero-copy only on kernels whose driver advertises it (seen on 6.18.15 and 7.3, \
+             not on 6.1 or 6.12; this guest runs {kernel}) and only when the device offers \
+             VIRTIO_F_ACCESS_PLATFORM (QEMU: `-device virtio-net-pci,iommu_platform=on,disable-legacy=on`, \
+             without it the bind fails with EINVAL)"
+        ),
+        d if d.starts_with("802.1Q") || matches!(d, "macvlan" | "ipvlan" | "bridge" | "bond" | "team" | "tun") => format!(
+            "{driver} devices have no native XDP queues: attach to the physical NIC (with --vlan for a VLAN) \
+             for zero-copy"
+        ),
+        "mlx5_core" | "ice" | "i40e" | "ixgbe" | "igc" | "igb" | "stmmac" | "bnxt_en" | "mlx4_en" | "idpf" => {
+            format!(
+                "{driver} supports AF_XDP zero-copy in recent kernels (this one is {kernel}): check `dmesg`, that \
+                 the queue count covers the workers (`ethtool -l`), and that no other AF_XDP user holds the queue"
+            )
+        }
+        _ => format!(
+            "the {driver} driver has no AF_XDP zero-copy on {kernel}; drivers that have it include mlx5_core, \
+             ice, i40e, ixgbe, igc and virtio_net (recent kernels)"
+        ),
+    }
+}
+
+/// `uname -r`, or "unknown".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::zero_copy_hint;
+
+    #[test]
+    fn zero_copy_hints_name_the_driver_and_the_way_out() {
+        let v = zero_copy_hint("virtio_net", "6.12.95+deb13-amd64");
+        assert!(v.contains("iommu_platform=on") && v.contains("6.12.95"), "{v}");
+        assert!(!v.contains("mlx5"), "virtio_net's hint is not the Intel/Mellanox list: {v}");
+        assert!(zero_copy_hint("veth", "6.18").contains("copy mode is its only mode"));
+        assert!(zero_copy_hint("e1000", "6.1").contains("mlx5_core"));
+    }
+}
