@@ -2,13 +2,15 @@
 # One-box replica of the reference network (docs: ../../shared/DESIGN.md "the testbed"; the guide's §2):
 # network namespaces standing for the three machines and the Hetzner vSwitch.
 #
-#   ${P}-server   eth1 (veth, N rx/tx queues) + eth1.4000 (MTU 1400) 10.0.1.10/24
-#   ${P}-client1  eth1 (veth)                 + eth1.4000 (MTU 1400) 10.0.1.21/24
-#   ${P}-client2  eth1 (veth)                 + eth1.4000 (MTU 1400) 10.0.1.22/24
+#   ${P}-server   eth1 (veth, N rx/tx queues) + eth1.4000 (MTU 1400) 10.0.1.10/24 fd00:4000::10/64
+#   ${P}-client1  eth1 (veth)                 + eth1.4000 (MTU 1400) 10.0.1.21/24 fd00:4000::21/64
+#   ${P}-client2  eth1 (veth)                 + eth1.4000 (MTU 1400) 10.0.1.22/24 fd00:4000::22/64
 #   ${P}-switch   br0 with the peers s-srv (N queues), s-c1, s-c2: only VLAN 4000, tagged, passes
 #
 # Nothing is created in the root network namespace (every veth is created inside the namespaces), nothing
-# is routed out, and addresses exist only inside the namespaces. IPv6 is disabled in the namespaces so the
+# is routed out, and addresses exist only inside the namespaces. The VLAN is dual-stack: beside the guide's
+# IPv4 addresses, a ULA prefix (fd00:4000::/64, never routed), added with `nodad` and with router solicitation
+# and autoconfiguration off. IPv6 is disabled everywhere else in the namespaces (eth1, lo, the bridge) so the
 # wire carries only what the benchmark sends (no router solicitations / MLD / DAD in an XDP program's way).
 #
 # VLAN 4000 is built one of two ways (--vlan, default auto = 8021q when the kernel has it, else bpf):
@@ -89,6 +91,7 @@ SW="$PREFIX-switch"
 HOSTS=(server client1 client2)
 declare -A PORT=([server]=s-srv [client1]=s-c1 [client2]=s-c2)
 declare -A ADDR=([server]=10.0.1.10 [client1]=10.0.1.21 [client2]=10.0.1.22)
+declare -A ADDR6=([server]=fd00:4000::10 [client1]=fd00:4000::21 [client2]=fd00:4000::22)
 declare -A NQ=([server]=$QUEUES [client1]=1 [client2]=1)
 ALL_NS=("$PREFIX-server" "$PREFIX-client1" "$PREFIX-client2" "$SW")
 ns_of() { echo "$PREFIX-$1"; }
@@ -234,6 +237,11 @@ check() {
       local got
       got=$(ip -n "$n" -4 -o addr show dev "eth1.$VID" 2>/dev/null | awk '{print $4}' | tr '\n' ' ' || true)
       [[ $got == "$a/24 " ]] || bad "$n: eth1.$VID has '${got% }', expected $a/24 only"
+      if [[ -d /proc/sys/net/ipv6 ]]; then
+        got=$(ip -n "$n" -6 -o addr show dev "eth1.$VID" scope global 2>/dev/null | awk '{print $4}' |
+          tr '\n' ' ' || true)
+        [[ $got == "${ADDR6[$h]}/64 " ]] || bad "$n: eth1.$VID has IPv6 '${got% }', expected ${ADDR6[$h]}/64 only"
+      fi
     fi
   done
   ((${#REASONS[@]} == 0))
@@ -356,6 +364,13 @@ build() {
     fi
     run ip -n "$n" link set eth1.$VID mtu 1400 up
     run ip -n "$n" addr add "$a/24" dev eth1.$VID
+    if [[ -d /proc/sys/net/ipv6 ]]; then
+      # Dual stack on the VLAN only: no router solicitations, no autoconfiguration, no DAD.
+      run ip netns exec "$n" sysctl -q -w "net.ipv6.conf.eth1/$VID.accept_ra=0" \
+        "net.ipv6.conf.eth1/$VID.router_solicitations=0" "net.ipv6.conf.eth1/$VID.autoconf=0" \
+        "net.ipv6.conf.eth1/$VID.disable_ipv6=0"
+      run ip -n "$n" addr add "${ADDR6[$h]}/64" dev eth1.$VID nodad
+    fi
   done
 }
 
@@ -415,6 +430,26 @@ verify() {
   done
   ((DRY)) || msg "verified: client1 -> ${ADDR[server]}, client2 -> ${ADDR[server]}," \
     "client1 -> ${ADDR[client2]} (56 and 1372-byte DF pings over eth1.$VID)"
+  [[ -d /proc/sys/net/ipv6 ]] || return 0
+  command -v ping >/dev/null 2>&1 || fail "cannot verify IPv6: ping (iputils-ping) is not installed"
+  for pair in "client1 ${ADDR6[server]}" "client2 ${ADDR6[server]}"; do
+    read -r from to <<<"$pair"
+    # 1352 + 8 ICMPv6 + 40 IPv6 = 1400: the VLAN's MTU.
+    for size in 56 1352; do
+      if ((DRY)); then
+        run ip netns exec "$(ns_of "$from")" ping -6 -n -q -c 1 -W 1 -M "do" -s "$size" -I eth1.$VID "$to"
+        continue
+      fi
+      ok=0
+      for ((i = 0; i < 10; i++)); do # bounded, as above (the first tries also resolve ND)
+        if ip netns exec "$(ns_of "$from")" ping -6 -n -q -c 1 -W 1 -M "do" -s "$size" -I eth1.$VID "$to" \
+          >/dev/null 2>&1; then ok=1; break; fi
+        sleep 0.2
+      done
+      ((ok)) || fail "VERIFY FAILED: no ICMPv6 echo reply from $to to $from over eth1.$VID (payload $size)"
+    done
+  done
+  ((DRY)) || msg "verified: client1 -> ${ADDR6[server]}, client2 -> ${ADDR6[server]} (56 and 1352-byte pings)"
 }
 
 do_up() {
@@ -476,7 +511,7 @@ do_status() {
     fi
     echo "== $ns"
     { ip -n "$ns" -br link show || true; } | sed "s/^/   /"
-    { ip -n "$ns" -br -4 addr show || true; } | sed "s/^/   /"
+    { ip -n "$ns" -br addr show scope global || true; } | sed "s/^/   /"
     if [[ $ns == "$SW" ]]; then
       if [[ $mode == 8021q ]]; then
         { bridge -n "$ns" vlan show || true; } | sed 's/^/   /'

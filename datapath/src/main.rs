@@ -253,10 +253,25 @@ enum Backend {
     Xdp(Box<XdpSocket>),
 }
 
+/// Where the threads were pinned and why (`--pin`): worker q's CPU is `per_worker[q].cpu`.
+#[derive(serde::Serialize)]
+struct PinReport {
+    policy: String,
+    /// The interface whose queue IRQs were looked for.
+    interface: String,
+    master: Option<usize>,
+    /// Per queue: the IRQ found for it (None: not found, or a virtual device).
+    queue_irqs: Vec<Option<u32>>,
+    notes: Vec<String>,
+}
+
 #[derive(serde::Serialize)]
 struct Report {
     mode: &'static str,
+    /// `uname -r` of the kernel the server ran on.
+    kernel: String,
     workers: usize,
+    pin: PinReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     xdp: Option<XdpReport>,
     master: MasterStats,
@@ -312,7 +327,14 @@ fn tripwire(
     listen: SocketAddr,
     stop: Arc<AtomicBool>,
 ) -> Result<(Arc<AtomicU64>, std::thread::JoinHandle<()>), String> {
-    let sock = std::net::UdpSocket::bind(listen).map_err(|e| {
+    let bind = || -> std::io::Result<std::net::UdpSocket> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let sock = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+        datapath::backend::uring::dual_stack(&sock, listen)?;
+        sock.bind(&listen.into())?;
+        Ok(sock.into())
+    };
+    let sock = bind().map_err(|e| {
         format!("cannot bind the tripwire UDP socket on {listen}: {e} (is another server using the port? `ss -ulpn sport = :{}`)", listen.port())
     })?;
     sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
@@ -716,7 +738,15 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let report = Report {
         mode: mode_name,
+        kernel: datapath::netdev::kernel_release(),
         workers,
+        pin: PinReport {
+            policy: format!("{pin_policy:?}").to_lowercase(),
+            interface: pin_iface.clone(),
+            master: plan.master,
+            queue_irqs: plan.queue_irqs.clone(),
+            notes: plan.notes.clone(),
+        },
         xdp: xdp_report,
         master: ms,
         canvas_hash: format!("{:016x}", master.canvas().hash()),

@@ -11,6 +11,8 @@ use crate::{client_args, json};
 
 /// The server's address on the testbed.
 const TARGET: &str = "https://10.0.1.10:4433";
+/// The server's IPv6 address on the testbed (the VLAN is dual-stack).
+const TARGET6: &str = "https://[fd00:4000::10]:4433";
 
 /// What one client namespace runs.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +23,8 @@ pub struct ClientSpec {
     pub protocol: &'static str,
     /// Connections.
     pub clients: u64,
+    /// Connect over IPv6 (fd00:4000::10) instead of IPv4 (10.0.1.10).
+    pub ipv6: bool,
 }
 
 /// The outcome of [`run`].
@@ -145,7 +149,8 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
             .zip(&paths)
             .map(|(spec, path)| {
                 let ns = tb.ns(spec.host);
-                let args = client_args(TARGET, spec.host, spec.protocol, spec.clients, secs, path);
+                let target = if spec.ipv6 { TARGET6 } else { TARGET };
+                let args = client_args(target, spec.host, spec.protocol, spec.clients, secs, path);
                 sc.spawn(move || run_client_in(&ns, &args, Duration::from_secs(u64::from(secs) + 120)))
             })
             .collect();

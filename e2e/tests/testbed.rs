@@ -105,8 +105,8 @@ fn per_worker_sum(r: &LoadRun, k: &str) -> u64 {
 
 fn both(first: &'static str, second: &'static str) -> [ClientSpec; 2] {
     [
-        ClientSpec { host: "client1", protocol: first, clients: CLIENTS },
-        ClientSpec { host: "client2", protocol: second, clients: CLIENTS },
+        ClientSpec { host: "client1", protocol: first, clients: CLIENTS, ipv6: false },
+        ClientSpec { host: "client2", protocol: second, clients: CLIENTS, ipv6: false },
     ]
 }
 
@@ -181,6 +181,23 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
             cpu.push(("xdp native, eth1 + VLAN", r.cpu_us_per_datagram(), r.server_cpu_s, r.datagrams()));
         }
         assert_eq!(nr_hugepages(), pages_before, "reservation returned");
+
+        // 2b. Dual stack on one port: `--listen [::]:4433`, client1 over IPv6, client2 over IPv4, at once.
+        let dual = [
+            ClientSpec { host: "client1", protocol: "canvas1", clients: CLIENTS / 2, ipv6: true },
+            ClientSpec { host: "client2", protocol: "canvas1", clients: CLIENTS / 2, ipv6: false },
+        ];
+        let r = load::run(
+            &tb,
+            &dir,
+            &words("--mode xdp --iface eth1 --vlan 4000 --xdp-attach native -w 2 --listen [::]:4433"),
+            &dual,
+            SECS / 2,
+        );
+        assert_xdp(&r, "native", 2);
+        assert_no_xdp(&tb);
+        let r = load::run(&tb, &dir, &words("--mode uring -w 2 --listen [::]:4433"), &dual, SECS / 2);
+        assert_eq!(r.server["mode"], "uring");
 
         // 3. io_uring on the same testbed.
         let eth1 = dev_counters(&server_ns, "eth1");
@@ -270,9 +287,14 @@ fn testbed_script_is_idempotent_and_dry_run_prints() {
         let st = testbed_sh(&["status", "--prefix", &prefix], long);
         assert_eq!(st.code, 0, "status: {}{}", st.stdout, st.stderr);
         assert!(st.stdout.contains("complete"), "{}", st.stdout);
-        for want in
-            ["10.0.1.10/24", "10.0.1.21/24", "10.0.1.22/24", "eth1.4000", "numtxqueues 2 numrxqueues 2"]
-        {
+        for want in [
+            "10.0.1.10/24",
+            "10.0.1.21/24",
+            "10.0.1.22/24",
+            "fd00:4000::10/64",
+            "eth1.4000",
+            "numtxqueues 2 numrxqueues 2",
+        ] {
             assert!(st.stdout.contains(want), "status shows {want}: {}", st.stdout);
         }
 

@@ -992,11 +992,21 @@ fn peer_for(local: SocketAddr, peer: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A socket about to bind `[::]` serves IPv4 peers too (as v4-mapped addresses), whatever
+/// `net.ipv6.bindv6only` says: the server serves both families on one port in every mode.
+pub fn dual_stack(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false).map_err(|e| context(e, format!("IPV6_V6ONLY off on UDP {addr}")))?;
+    }
+    Ok(())
+}
+
 /// Create, tune and bind the worker's UDP socket.
 fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
     let addr = cfg.listen;
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(|e| context(e, format!("creating UDP socket for {addr}")))?;
+    dual_stack(&socket, addr)?;
     let fd = socket.as_raw_fd();
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
         .map_err(|e| context(e, format!("SO_REUSEPORT on UDP {addr}")))?;

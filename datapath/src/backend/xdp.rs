@@ -103,8 +103,8 @@ pub struct XdpConfig {
     pub iface: String,
     /// Its receive queue.
     pub queue: u32,
-    /// The address served: its port is matched on receive; an unspecified IP accepts any destination of
-    /// its family, a specific one only itself. It also picks the address family (one per socket).
+    /// The address served: its port is matched on receive. `[::]` serves IPv4 and IPv6 peers (dual stack, like
+    /// a kernel socket bound to `[::]`), `0.0.0.0` every IPv4 destination, a specific address only itself.
     pub listen: SocketAddr,
     /// Tag transmitted frames with this VLAN (the socket is on the VLAN's parent interface).
     pub vlan: Option<u16>,
@@ -392,8 +392,11 @@ impl XdpSocket {
             ));
         }
         let mtu = netdev::mtu(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))? as usize;
-        let ip_hdr = if cfg.listen.is_ipv6() { frame::IPV6_HLEN } else { frame::IPV4_HLEN };
-        let hdr_len = frame::header_len(cfg.vlan.is_some(), cfg.listen.is_ipv6());
+        // Room for the largest header served: an IPv6 one when IPv6 peers are served (dual stack: IPv4
+        // frames then move their payload down by 20 bytes in `tx_commit`).
+        let v6 = serves_ipv6(cfg.listen);
+        let ip_hdr = if v6 { frame::IPV6_HLEN } else { frame::IPV4_HLEN };
+        let hdr_len = frame::header_len(cfg.vlan.is_some(), v6);
         let frame_room = FRAME_SIZE as usize - XDP_HEADROOM;
         let max_payload =
             cfg.max_payload.min(mtu.saturating_sub(ip_hdr + frame::UDP_HLEN)).min(frame_room - hdr_len);
@@ -481,11 +484,12 @@ impl XdpSocket {
                     ))
                 }
                 Err(e) => {
+                    let driver = netdev::driver(&cfg.iface);
                     notes.push(format!(
-                        "zero-copy refused by the {} driver of {} ({}): using copy mode",
-                        netdev::driver(&cfg.iface),
+                        "zero-copy refused by the {driver} driver of {} ({}): using copy mode; {}",
                         cfg.iface,
-                        e.reason()
+                        e.reason(),
+                        netdev::zero_copy_hint(&driver, &netdev::kernel_release())
                     ));
                     false
                 }
@@ -595,9 +599,13 @@ impl XdpSocket {
                 if !granted {
                     // Copy mode transmits at most 32 frames per `sendto` unless told otherwise (Linux 6.17+).
                     match set_tx_budget(rx.fd().as_raw_fd(), cfg.ring) {
-                        Ok(()) => umem_notes.push(format!("copy-mode transmit budget {} frames per kick", cfg.ring)),
+                        Ok(()) => {
+                            umem_notes.push(format!("copy-mode transmit budget {} frames per kick", cfg.ring))
+                        }
                         Err(e) => umem_notes.push(format!(
-                            "copy-mode transmit budget stays at 32 frames per kick (XDP_MAX_TX_SKB_BUDGET: {e})"
+                            "copy-mode transmit budget stays at 32 frames per kick: Linux {} has no \
+                             XDP_MAX_TX_SKB_BUDGET (6.17+) ({e}); transmit kicks repeat instead",
+                            netdev::kernel_release()
                         )),
                     }
                 }
@@ -847,11 +855,25 @@ impl XdpSocket {
 
     #[inline]
     fn accepts(&self, dst: SocketAddr) -> bool {
-        let l = self.cfg.listen;
-        dst.port() == l.port()
-            && dst.is_ipv6() == l.is_ipv6()
-            && (l.ip().is_unspecified() || dst.ip() == l.ip())
+        accepts(self.cfg.listen, dst)
     }
+}
+
+/// Whether a socket serving `listen` takes a datagram to `dst`: the port, and the address (an unspecified
+/// IPv6 address serves both families, an unspecified IPv4 address all of IPv4, a specific one itself).
+#[inline]
+fn accepts(listen: SocketAddr, dst: SocketAddr) -> bool {
+    dst.port() == listen.port()
+        && match listen.ip() {
+            IpAddr::V6(l) if l.is_unspecified() => true,
+            IpAddr::V4(l) if l.is_unspecified() => dst.is_ipv4(),
+            l => dst.ip() == l,
+        }
+}
+
+/// Whether `listen` serves IPv6 peers (and so needs room for IPv6 headers).
+fn serves_ipv6(listen: SocketAddr) -> bool {
+    listen.is_ipv6()
 }
 
 /// The frame a UMEM address falls in (frames are `FRAME_SIZE`-aligned, the kernel's addresses point into them).
@@ -970,7 +992,11 @@ impl Datapath for XdpSocket {
             return;
         };
         let iu = i as usize;
-        let macs = if addrs.peer.is_ipv6() != addrs.local.is_ipv6() || len > self.max_payload {
+        let hdr = frame::header_len(self.cfg.vlan.is_some(), addrs.peer.is_ipv6());
+        let macs = if addrs.peer.is_ipv6() != addrs.local.is_ipv6()
+            || len > self.max_payload
+            || hdr > self.hdr_len
+        {
             None
         } else {
             let m = self.neighbours.get(&addrs.peer.ip()).copied();
@@ -985,9 +1011,15 @@ impl Datapath for XdpSocket {
         };
         let l2 = L2 { src: our_mac, dst: peer_mac, vlan: self.cfg.vlan };
         let mut d = self.descs[iu];
-        let flen = self.hdr_len + len;
         // SAFETY: frame `i` is ours (state SLOT → PENDING here); the range is inside the frame.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.base.add(d.addr()), flen) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.base.add(d.addr()), self.hdr_len + len) };
+        if hdr < self.hdr_len {
+            // An IPv4 peer of a dual-stack socket: the payload sits after room for an IPv6 header. The
+            // descriptor must start at the frame (xsk-rs's TX descriptors do), so the payload moves down.
+            buf.copy_within(self.hdr_len..self.hdr_len + len, hdr);
+        }
+        let flen = hdr + len;
+        let buf = &mut buf[..flen];
         self.ip_id = self.ip_id.wrapping_add(1);
         let n = frame::build(buf, &l2, addrs.local, addrs.peer, len, self.ip_id);
         debug_assert_eq!(n, flen);
@@ -1051,5 +1083,27 @@ impl Datapath for XdpSocket {
 
     fn stats(&self) -> BackendStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts;
+
+    #[test]
+    fn dual_stack_acceptance() {
+        let any6 = "[::]:4433".parse().unwrap();
+        let any4 = "0.0.0.0:4433".parse().unwrap();
+        let one4 = "10.0.1.10:4433".parse().unwrap();
+        let one6 = "[fd00:4000::10]:4433".parse().unwrap();
+        let v4 = "10.0.1.10:4433".parse().unwrap();
+        let v4other = "10.0.1.11:4433".parse().unwrap();
+        let v6 = "[fd00:4000::10]:4433".parse().unwrap();
+        let v4port = "10.0.1.10:4434".parse().unwrap();
+        assert!(accepts(any6, v4) && accepts(any6, v6), "[::] serves both families");
+        assert!(accepts(any4, v4) && !accepts(any4, v6), "0.0.0.0 serves IPv4 only");
+        assert!(accepts(one4, v4) && !accepts(one4, v4other) && !accepts(one4, v6));
+        assert!(accepts(one6, v6) && !accepts(one6, v4));
+        assert!(!accepts(any6, v4port), "the port always matters");
     }
 }
