@@ -4,8 +4,10 @@
 # clang, libelf, m4 and zlib for libbpf.
 set -euo pipefail
 pkgs=(build-essential clang libclang-dev cmake pkg-config libelf-dev m4 zlib1g-dev iproute2 iputils-ping procps bc python3-pip
-  chromium ethtool bpftool nftables shellcheck)  # chromium: the live-page test (headless); shellcheck: the
-  # ops-scripts test (required when CI=true); ethtool, bpftool, nftables: scripts/ops
+  chromium ethtool bpftool nftables shellcheck qemu-system-x86 kmod busybox-static file)  # chromium: the
+  # live-page test (headless); shellcheck: the ops-scripts test (required when CI=true); ethtool, bpftool,
+  # nftables: scripts/ops; qemu-system-x86, kmod (depmod), busybox-static (the guest's initramfs), file (the
+  # kernel version of an image): scripts/vm.sh with virtme-ng (below)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,5 +24,13 @@ fi
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
   echo "setup: installing matplotlib (PyPI)"
   python3 -m pip install --quiet matplotlib || python3 -m pip install --quiet --break-system-packages matplotlib
+fi
+# virtme-ng pinned: the rig relies on its command line (--run IMAGE finding the modules beside it, the
+# --qemu-opts=… form) and its guest init; 1.42 is the version the rig was built and measured with.
+VNG_VERSION=1.42
+if ! command -v vng >/dev/null 2>&1 || [[ $(vng --version 2>/dev/null) != *"$VNG_VERSION"* ]]; then
+  echo "setup: installing virtme-ng $VNG_VERSION (PyPI; scripts/vm.sh boots its guests with vng)"
+  python3 -m pip install --quiet "virtme-ng==$VNG_VERSION" ||
+    python3 -m pip install --quiet --break-system-packages "virtme-ng==$VNG_VERSION"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The VM rig's "host" row: the same cells as scripts/vm/guest.sh, on this machine's own kernel, over the
+# one-box testbed (scripts/testbed.sh: veth, no IRQs, no zero-copy; eth1.4000 is a real 802.1Q device where
+# the kernel has 8021q, else a macvlan with tc-BPF tagging). Writes RUNDIR in the layout scripts/vm/report.py
+# judges (uname, setup.done, cell-CELL/{server.err,server.rc,stats.json,summary.json,client.rc,ethtool-*}).
+#
+# Usage: host_cells.sh RUNDIR "CELL..." CLIENTS SECS
+#   Called by scripts/vm.sh (run host, matrix). Run as root. Tears the testbed down on every exit path.
+set -uo pipefail
+
+usage() { sed -n '/^# Usage:/,/^#   Called/p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+(($# == 4)) || { usage >&2; exit 2; }
+RUNDIR=$1 CELLS=$2 CLIENTS=$3 SECS=$4
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BIN=$RUNDIR/bin
+P=cvmhost
+SRV=$P-server CLI=$P-client1
+
+log() { echo "host: $*" | tee -a "$RUNDIR/guest.log" >&2; }
+down() { "$REPO/scripts/testbed.sh" down --prefix "$P" >/dev/null 2>&1 || true; }
+trap down EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+uname -r >"$RUNDIR/uname"
+if ! "$REPO/scripts/testbed.sh" up --prefix "$P" --queues 2 >"$RUNDIR/testbed.log" 2>&1; then
+  tail -5 "$RUNDIR/testbed.log" >"$RUNDIR/setup.failed"
+  log "testbed up failed: $(tr '\n' ' ' <"$RUNDIR/setup.failed")"
+  exit 1
+fi
+: >"$RUNDIR/setup.done"
+log "$(uname -r), testbed $P up"
+
+for cell in $CELLS; do
+  dir=$RUNDIR/cell-$cell
+  mkdir -p "$dir"
+  t0=$(date +%s.%N)
+  common=(--stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem")
+  target=https://10.0.1.10:4433
+  case "$cell" in
+    xdp-native) args=(--mode xdp --iface eth1 --vlan 4000 --listen 10.0.1.10:4433 --zero-copy auto --pin irq --xdp-frames 8192) ;;
+    xdp-generic) args=(--mode xdp --iface eth1.4000 --xdp-attach generic -w 1 --listen 10.0.1.10:4433 --xdp-frames 8192) ;;
+    uring) args=(--mode uring -w 2 --listen 0.0.0.0:4433) ;;
+    v6)
+      args=(--mode xdp --iface eth1 --vlan 4000 --listen '[::]:4433' --zero-copy auto --pin irq --xdp-frames 8192)
+      target="https://[fd00:4000::10]:4433"
+      ;;
+    *) log "unknown cell $cell"; continue ;;
+  esac
+  ip netns exec "$SRV" ethtool -S eth1 >"$dir/ethtool-before.txt" 2>&1
+  ip netns exec "$SRV" timeout -k 5 "$((SECS + 120))" "$BIN/server" "${args[@]}" "${common[@]}" \
+    >"$dir/server.out" 2>"$dir/server.err" </dev/null &
+  pid=$!
+  listening=0
+  for ((i = 0; i < 200; i++)); do # bounded: 60 s
+    if grep -q "listening on" "$dir/server.err" 2>/dev/null; then listening=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.3
+  done
+  if ((listening)); then
+    rc=0
+    ip netns exec "$CLI" timeout -k 10 "$((SECS + 150))" "$BIN/client" --target "$target" --clients "$CLIENTS" \
+      --id "host-$cell" --protocol canvas1 --duration "$SECS" --replicas "$CLIENTS" --max-conn-jitter 2000 \
+      --min-pixel-wait 100 --max-pixel-wait 400 --summary-json "$dir/summary.json" >"$dir/client.out" 2>&1 \
+      </dev/null || rc=$?
+    echo "$rc" >"$dir/client.rc"
+  else
+    { echo "server did not listen within 60 s; stderr tail:"; tail -5 "$dir/server.err"; } >"$RUNDIR/$cell.failed"
+  fi
+  ip netns exec "$SRV" ethtool -S eth1 >"$dir/ethtool-after.txt" 2>&1
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid"
+  echo "$?" >"$dir/server.rc"
+  awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }' >"$dir/host_seconds"
+  log "$cell: server exit $(cat "$dir/server.rc"), client exit $(cat "$dir/client.rc" 2>/dev/null || echo -)"
+  sleep 1 # an AF_XDP rebind to the same queue right after a close can fail with EBUSY for ~0.5 s
+done
