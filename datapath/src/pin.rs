@@ -243,8 +243,13 @@ struct IrqAffinity {
 
 impl IrqAffinity {
     /// The effective affinity when known and non-empty, else smp_affinity_list; with its source's name.
+    /// An effective affinity outside smp_affinity_list is a move still pending (an MSI's new affinity takes
+    /// effect at its next interrupt, e.g. right after `pin_irqs.sh`): smp_affinity_list is where it goes.
     fn cpus(&self) -> (&[usize], &'static str) {
         match (&self.effective, &self.smp) {
+            (Some(e), Some(s)) if !e.is_empty() && !s.is_empty() && !e.iter().all(|c| s.contains(c)) => {
+                (s, "smp_affinity_list (move pending)")
+            }
             (Some(e), _) if !e.is_empty() => (e, "effective affinity"),
             (_, Some(s)) => (s, "smp_affinity_list"),
             _ => (&[], "affinity"),
@@ -951,6 +956,18 @@ NMI:          0          0          0          0   Non-maskable interrupts
         let p = plan_from(&sys, "eth0", 1, PinPolicy::Irq);
         assert_eq!(p.workers, vec![Some(0)], "{:?}", p.notes);
         assert!(p.notes.iter().any(|n| n.contains("has no allowed CPU")));
+    }
+
+    #[test]
+    fn pending_affinity_move_follows_smp_affinity() {
+        // pin_irqs.sh just moved queue 1's IRQ to CPU 2; no interrupt since, so effective still says 0.
+        let mut sys = four_cpu(VIRTIO, "virtio2", "0000:00:03.0");
+        sys.irq_affinity = aff(&[(38, "0"), (40, "0")]);
+        sys.irq_affinity.get_mut(&38).unwrap().smp = parse_cpu_list("0");
+        sys.irq_affinity.get_mut(&40).unwrap().smp = parse_cpu_list("2");
+        let p = plan_from(&sys, "eth0", 2, PinPolicy::Irq);
+        assert_eq!(p.workers, vec![Some(0), Some(2)], "{:?}", p.notes);
+        assert!(p.notes.iter().any(|n| n.contains("move pending")), "{:?}", p.notes);
     }
 
     #[test]
