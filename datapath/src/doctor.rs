@@ -1334,6 +1334,34 @@ mod tests {
     }
 
     #[test]
+    fn verifier_refusal_is_named_with_its_log() {
+        let e = xdp_prog::Error::Load {
+            object: "canvas",
+            source: libbpf_rs::Error::from_raw_os_error(libc::EINVAL),
+            kernel: "6.1.0-57-amd64".into(),
+            verifier_log: vec![
+                "27: (0f) r3 += r2".into(),
+                "math between pkt pointer and register with unbounded min value is not allowed".into(),
+            ],
+        };
+        let f = verifier_finding(&e);
+        assert_eq!(f.status, Status::Blocker);
+        assert!(f.detail.contains("verifier of Linux 6.1.0-57-amd64 refused"), "{}", f.detail);
+        assert!(f.detail.contains("unbounded min value"), "the verifier's last lines: {}", f.detail);
+        assert!(!f.detail.contains("needs BPF and AF_XDP support"), "not blamed on the kernel: {}", f.detail);
+        assert!(f.fix.as_deref().unwrap().contains("--mode uring"));
+        // Refused before verification (no log): that one is about the kernel's support.
+        let e = xdp_prog::Error::Load {
+            object: "canvas",
+            source: libbpf_rs::Error::from_raw_os_error(libc::EINVAL),
+            kernel: "5.4.0".into(),
+            verifier_log: vec![],
+        };
+        assert!(e.verifier_log().is_none());
+        assert!(e.to_string().contains("before verification"), "{e}");
+    }
+
+    #[test]
     fn xdp_outcomes() {
         let f = foreign_program_finding("eth1", 42, xdp_prog::Mode::Generic);
         assert_eq!(f.status, Status::Blocker);

@@ -200,7 +200,7 @@ pub fn zero_copy_hint(driver: &str, kernel: &str) -> String {
         "veth" => "veth has no AF_XDP zero-copy in any kernel: copy mode is its only mode".into(),
         "virtio_net" => format!(
             "virtio_net grants zero-copy only on kernels whose driver advertises it (seen on 6.18.15 and 7.3, \
-             not on 6.1 or 6.12; this guest runs {kernel}) and only when the device offers \
+             not on 6.1 or 6.12; this kernel is {kernel}) and only when the device offers \
              VIRTIO_F_ACCESS_PLATFORM (QEMU: `-device virtio-net-pci,iommu_platform=on,disable-legacy=on`, \
              without it the bind fails with EINVAL)"
         ),
