@@ -19,8 +19,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, ExitCode};
 
-use crate::backend::xdp::{self, UmemPages, XdpConfig, XdpSocket, ZeroCopy};
-use crate::pin::{self, PinPlan, PinPolicy};
+use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSocket, ZeroCopy};
+use datapath::pin::{self, PinPlan, PinPolicy};
 
 /// The datapath to check for (`--mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -725,7 +725,7 @@ pub fn zero_copy_finding(
             format!("zero-copy refused by the {driver} driver of {iface} ({z}); copy mode works (every frame is copied)"),
             format!(
                 "--zero-copy auto (the default) uses copy mode; {}",
-                crate::netdev::zero_copy_hint(driver, &crate::netdev::kernel_release())
+                datapath::netdev::zero_copy_hint(driver, &datapath::netdev::kernel_release())
             ),
         ),
         (Err(z), Some(Err(c))) => Finding::blocker(
@@ -911,7 +911,7 @@ fn try_copy_xsk(iface: &str, listen: SocketAddr) -> Result<(), String> {
 /// Checks in xdp mode that need the interface to exist; returns the number of workers.
 /// `privileged`: the privilege check did not block (without privileges the probes would only repeat it).
 fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec<Finding>) -> Option<usize> {
-    let idx = match crate::netdev::ifindex(iface) {
+    let idx = match datapath::netdev::ifindex(iface) {
         Ok(i) => i,
         Err(e) => {
             out.push(Finding::blocker(
@@ -922,8 +922,8 @@ fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec
             return None;
         }
     };
-    let driver = crate::netdev::driver(iface);
-    let mtu = crate::netdev::mtu(iface);
+    let driver = datapath::netdev::driver(iface);
+    let mtu = datapath::netdev::mtu(iface);
     out.push(Finding::ok(
         "interface",
         format!(
@@ -936,10 +936,10 @@ fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec
             iface,
             m,
             a.listen.is_ipv6(),
-            crate::backend::uring::DEFAULT_MAX_PAYLOAD as u64,
+            datapath::backend::uring::DEFAULT_MAX_PAYLOAD as u64,
         ));
     }
-    let workers = match crate::netdev::rx_queues(iface) {
+    let workers = match datapath::netdev::rx_queues(iface) {
         Ok((q, how)) => {
             out.push(queue_finding(iface, q, how, a.workers));
             a.workers.unwrap_or(q as usize)

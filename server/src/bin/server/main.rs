@@ -12,12 +12,13 @@ use canvas::{Canvas, Cooldown, Dims, Rules};
 use clap::{Parser, ValueEnum};
 use datapath::backend::uring::{UringConfig, UringSocket};
 use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy};
-use datapath::endpoint::{Endpoint, EndpointConfig, EndpointStats};
-use datapath::master::{Master, MasterConfig, MasterStats, Shared, WorkerLink};
 use datapath::pin::{self, PinPolicy};
-use datapath::quic::{self, QuicConfig, DEFAULT_QUIC};
 use datapath::seam::{BackendStats, Datapath};
-use datapath::worker::{self, LoopConfig, DEFAULT_LOOP};
+use server::endpoint::{Endpoint, EndpointConfig, EndpointStats};
+use server::link::{Shared, WorkerLink};
+use server::master::{Master, MasterConfig, MasterStats};
+use server::quic::{self, QuicConfig, DEFAULT_QUIC};
+use server::worker::{self, LoopConfig, DEFAULT_LOOP};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -307,8 +308,9 @@ fn main() -> ExitCode {
     // `server doctor [options]`: its own parser, so the flat `Args` stays as it is.
     if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
         let rest = std::env::args_os().skip(2);
-        let d = datapath::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
-        return datapath::doctor::run(d);
+        let d =
+            server::ops::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
+        return server::ops::doctor::run(d);
     }
     let args = Args::parse();
     match run(args) {
@@ -566,14 +568,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Uring => "uring",
         Mode::Xdp => "xdp",
     };
-    let live = a.metrics_addr.map(|_| Arc::new(datapath::live::Live::new(workers, dims, mode_name)));
+    let live = a.metrics_addr.map(|_| Arc::new(server::ops::live::Live::new(workers, dims, mode_name)));
     let mut metrics_thread = None;
     if let (Some(addr), Some(live)) = (a.metrics_addr, &live) {
         master.set_live(live.clone());
         let xdp_counters =
-            program.clone().map(|p| Box::new(move || program_counters(&p)) as datapath::live::CounterFn);
-        let src = datapath::live::Sources { shared: shared.clone(), xdp_counters };
-        let (bound, h) = datapath::live::serve(addr, live.clone(), src, stop.clone())?;
+            program.clone().map(|p| Box::new(move || program_counters(&p)) as server::ops::live::CounterFn);
+        let src = server::ops::live::Sources { shared: shared.clone(), xdp_counters };
+        let (bound, h) = server::ops::live::serve(addr, live.clone(), src, stop.clone())?;
         eprintln!("server: metrics on http://{bound}/ (/metrics, /canvas.png)");
         metrics_thread = Some(h);
     }
@@ -776,14 +778,14 @@ fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
 
 /// A worker's periodic report into the live metrics (when `--metrics-addr` is on).
 fn report_live(
-    live: Option<&datapath::live::Live>,
+    live: Option<&server::ops::live::Live>,
     w: usize,
     ep: &Endpoint,
     backend: BackendStats,
     xdp: Option<XdpSockStats>,
 ) {
     if let Some(l) = live {
-        let v = datapath::live::WorkerLive { endpoint: ep.stats(), backend, xdp, conns: ep.conn_count() };
+        let v = server::ops::live::WorkerLive { endpoint: ep.stats(), backend, xdp, conns: ep.conn_count() };
         l.report_worker(w, v);
     }
 }
@@ -791,7 +793,7 @@ fn report_live(
 /// Print what the configuration implies for memory.
 fn print_budget(a: &Args, canvas: usize, workers: usize, sock: usize, per_worker_io: usize, io_name: &str) {
     let per_worker_conns = a.max_connections_per_worker * CONN_STATE_BYTES;
-    let queues = workers * a.spsc_capacity * std::mem::size_of::<datapath::publish::PixelWrite>();
+    let queues = workers * a.spsc_capacity * std::mem::size_of::<server::publish::PixelWrite>();
     eprintln!(
         "server: memory budget: canvas {} + socket buffers {} + {io_name} {} ({workers} x {}) + write queues {} + connection state up to {} ({} conns x ~{} KiB) = {}",
         mib(canvas),
