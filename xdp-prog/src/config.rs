@@ -1,7 +1,9 @@
 //! What to attach and how: [`AttachMode`], the [`Mode`] it got, the [`Config`] (port, VLAN), and the
 //! [`Interface`] by name or index.
+use std::fmt;
 
-use super::*;
+use crate::sys;
+use crate::Error;
 
 /// How to attach the program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

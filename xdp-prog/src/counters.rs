@@ -1,7 +1,6 @@
 //! The program's per-CPU outcome counters: [`Counter`] (one per disposition, from the C enum through the
 //! skeleton) and [`Counters`] (summed over CPUs).
-
-use super::*;
+use std::fmt;
 
 /// The program's counters: indexes of the per-CPU `counters` map.
 ///

@@ -1,7 +1,9 @@
 //! The loader's errors, each saying what failed and what to try (a verifier refusal carries the kernel
 //! release and the last lines of the verifier's log).
+use std::fmt;
+use std::io;
 
-use super::*;
+use crate::{Mode, XSKS_MAX_ENTRIES};
 
 /// Errors of the loader. Each message says what failed and what to try.
 #[derive(Debug)]

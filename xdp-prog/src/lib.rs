@@ -64,7 +64,6 @@
 //!
 //! Requirements: Linux ≥ 5.9, root or `CAP_BPF` + `CAP_NET_ADMIN` (`CAP_SYS_ADMIN` before 5.8).
 
-use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -1,7 +1,15 @@
 //! Accepting a connection: version negotiation, the optional stateless Retry with its HMAC token (age,
 //! peer address, original DCID), the connection limit, and the connection id derived from the client's DCID.
 
-use super::*;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use canvas::proto::{self, FrameReader};
+use datapath::seam::Addrs;
+use ring::hmac;
+
+use super::{Conn, Ctx, Endpoint, Proto, LOCAL_CID_LEN, MIN_INITIAL_DATAGRAM, RETRY_TOKEN_LIFETIME};
 
 impl Endpoint {
     pub(super) fn accept(

@@ -1,7 +1,14 @@
 //! What quiche delivered on a connection: protocol negotiation (`canvas/1` or legacy `h3`), control
 //! messages, pixel writes (validated, cooled down, queued to the master or rejected), welcome and SYNC.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use canvas::proto::{self, ClientMsg, ProtoError, NO_TICK};
+use canvas::{legacy, Pixel, RejectReason};
+
+use super::{Chunk, Conn, Ctx, Out, Proto, APP_ERR_PROTOCOL};
+use crate::publish::PixelWrite;
 
 impl Ctx {
     /// React to what quiche delivered on `c`: negotiate the protocol, read writes and control messages.

@@ -5,19 +5,17 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canvas::proto::{self, ClientMsg, FrameReader, ProtoError, NO_TICK};
-use canvas::{legacy, Cooldown, Datagrams, Pixel, RejectReason, Rules};
+use canvas::proto::FrameReader;
+use canvas::{Cooldown, Datagrams, Rules};
 use ring::hmac;
 use slab::Slab;
 
 use crate::link::Shared;
-use crate::publish::{PixelWrite, Publication, Snapshot};
-use datapath::seam::{Addrs, Datapath};
+use crate::publish::{Publication, Snapshot};
+use datapath::seam::Addrs;
 
 mod accept;
 mod app;

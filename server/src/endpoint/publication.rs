@@ -1,7 +1,13 @@
 //! Taking the master's publications: ACKs for applied writes, the catch-up history, and the tick's shared
 //! broadcast queued on every ready connection.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use canvas::proto::{self, NO_TICK};
+
+use super::{Endpoint, Out, Proto};
+use crate::publish::Publication;
 
 impl Endpoint {
     /// Take every publication the master has queued for this worker: ACK applied writes, remember the

@@ -1,7 +1,14 @@
 //! Sending: each dirty connection's control stream and broadcast outbox fed into quiche, packets built
 //! straight into the backend's transmit slots, pacing honoured, the send budget and backpressure applied.
 
-use super::*;
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use datapath::seam::{Addrs, Datapath};
+
+use super::{
+    Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, MAX_STREAM_CHUNKS, PACING_SLACK, TIMER_PURGE_SLACK,
+};
 
 impl Endpoint {
     /// Produce packets for every connection with something to send, into `tx`. Connections that could not

@@ -6,7 +6,7 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use super::*;
+use io_uring::IoUring;
 
 /// An anonymous private read/write mapping, page-aligned, unmapped on drop.
 pub(super) struct Mmap {

@@ -1,6 +1,5 @@
 //! Setup: the worker's `SO_REUSEPORT` UDP socket (dual stack, buffer sizes, forced past the sysctl caps
 //! as root), the ring with its depth fallbacks, and pushing and submitting SQEs.
-
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -8,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{squeue, IoUring};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::*;
+use super::{UringConfig, FALLBACK_SQ_DEPTH};
 
 /// A socket about to bind `[::]` serves IPv4 peers too (as v4-mapped addresses), whatever
 /// `net.ipv6.bindv6only` says: the server serves both families on one port in every mode.

@@ -1,10 +1,11 @@
 //! Transmit bookkeeping: the pool of GSO batch buffers, the message header slots built in them (with
 //! their `UDP_SEGMENT` cmsg and sockaddr), and the accounting of each send's completion.
-
-use std::net::SocketAddr;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV6};
 
 use super::bufring::Mmap;
-use super::*;
+use super::{UringConfig, GSO_MAX_BYTES};
+use crate::seam::BackendStats;
 
 /// Room for a `sockaddr_in` or `sockaddr_in6`, as `msg_name` of a send.
 #[repr(C)]

@@ -1,6 +1,5 @@
 //! Binding: the UMEM (hugetlb or small pages), the zero-copy probe, the socket bind in zero-copy or copy
 //! mode with its retries, and the errors that say what to do.
-
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +14,13 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::frames::{Frames, FILL, FREE};
 use super::sockopt::{set_tx_budget, xdp_zero_copy};
-use super::*;
+use super::{
+    serves_ipv6, Neighbours, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy, EBUSY_RETRY,
+    FRAME_SIZE, RX_RING_FACTOR, XDP_HEADROOM,
+};
+use crate::frame;
+use crate::netdev;
+use crate::seam::BackendStats;
 
 /// An error binding a socket, with what to do about it.
 #[derive(Debug)]

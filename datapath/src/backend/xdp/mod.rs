@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::frame::{self, L2};
-use crate::netdev;
 use crate::seam::{Addrs, BackendStats, Datapath};
 
 mod bind;

@@ -1,7 +1,14 @@
 //! The server's command line: every tuning constant of the predecessor is a flag with that constant as its
 //! default.
 
-use super::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use datapath::backend::xdp;
+use datapath::pin::PinPolicy;
+use server::quic::DEFAULT_QUIC;
+use server::worker::DEFAULT_LOOP;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {

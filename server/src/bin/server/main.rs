@@ -2,29 +2,28 @@
 //! (`--mode uring`) or one AF_XDP socket per NIC queue (`--mode xdp`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canvas::{Canvas, Cooldown, Dims, Rules};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use datapath::backend::uring::{UringConfig, UringSocket};
 use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy};
 use datapath::pin::{self, PinPolicy};
 use datapath::seam::{BackendStats, Datapath};
-use server::endpoint::{Endpoint, EndpointConfig, EndpointStats};
+use server::endpoint::{Endpoint, EndpointConfig};
 use server::link::{Shared, WorkerLink};
-use server::master::{Master, MasterConfig, MasterStats};
+use server::master::{Master, MasterConfig};
 use server::quic::{self, QuicConfig, DEFAULT_QUIC};
 use server::worker::{self, LoopConfig, DEFAULT_LOOP};
 
 mod args;
 mod report;
 
-use args::*;
-use report::*;
+use args::{Args, HugePolicy, Mode, XdpAttach, ZeroCopyArg};
+use report::{PinReport, Report, Totals, WorkerReport, XdpReport, XdpWorkerReport};
 
 /// Estimated quiche state per connection, measured on this kind of machine (DESIGN.md: ~25 KB idle).
 const CONN_STATE_BYTES: usize = 25 * 1024;

@@ -1,6 +1,9 @@
 //! What `--stats-json` writes at shutdown: per worker counters, the pinning, the XDP section, totals.
 
-use super::*;
+use datapath::backend::xdp::{self, XdpSockStats};
+use datapath::seam::BackendStats;
+use server::endpoint::EndpointStats;
+use server::master::MasterStats;
 
 #[derive(serde::Serialize)]
 pub(crate) struct WorkerReport {

@@ -1,7 +1,21 @@
 //! Reading the system (files, rlimits, commands, the live XDP attach and AF_XDP probe) and calling the
 //! decisions: the thin layer [`collect`] the module doc describes.
 
-use super::*;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::net::UdpSocket;
+use std::process::Command;
+
+use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSocket, ZeroCopy};
+use datapath::pin::{self, PinPolicy};
+
+use super::{
+    attach_finding, backlog_finding, buffer_finding, config_findings, conntrack_finding, file_max_finding,
+    foreign_program_finding, has_cap, hugepage_finding, hugepages_needed, irqbalance_finding,
+    kernel_findings, memlock_finding, mtu_finding, nofile_finding, parse_cap_eff, parse_euid, pin_finding,
+    port_finding, privilege_finding, queue_finding, zero_copy_finding, DoctorArgs, DoctorMode, Finding,
+    Status, CAP_IPC_LOCK, CAP_NET_ADMIN,
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading the system.

@@ -13,14 +13,10 @@
 //! reconfigures the queues (a short traffic blip), exactly as starting the server would: `--no-probe` skips
 //! the live probes.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, ExitCode};
+use std::net::SocketAddr;
+use std::process::ExitCode;
 
-use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSocket, ZeroCopy};
-use datapath::pin::{self, PinPlan, PinPolicy};
+use datapath::backend::xdp;
 
 mod collect;
 mod network;

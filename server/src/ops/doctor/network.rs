@@ -2,7 +2,14 @@
 //! conntrack NOTRACK, the UDP port, another XDP program, the live attach and the zero-copy probe. Pure
 //! functions over values already read.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+
+use datapath::pin::PinPlan;
+
+use super::{DoctorMode, Finding, IPV4_UDP_HDRS, IPV6_UDP_HDRS, QUIC_MIN_PAYLOAD};
 
 /// The UDP payload a `mtu`-byte interface leaves (IPv4 or IPv6).
 pub fn udp_payload(mtu: u32, ipv6: bool) -> u64 {

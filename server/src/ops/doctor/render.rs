@@ -1,6 +1,8 @@
 //! The findings as a table (`[ OK ]`/`[WARN]`/`[FAIL]` with the fixing command) or JSON, and the exit code.
 
-use super::*;
+use std::fmt::Write as _;
+
+use super::{Finding, Status};
 
 /// (ok, warnings, blockers).
 pub fn counts(findings: &[Finding]) -> (usize, usize, usize) {

@@ -1,7 +1,12 @@
 //! Decisions about the box: kernel release, privileges, huge pages, socket buffers and backlog, file
 //! limits, memlock. Pure functions over values already read.
 
-use super::*;
+use datapath::backend::xdp;
+
+use super::{
+    cap_name, has_cap, mib, DoctorMode, Finding, BASE_FDS, CAP_BPF, CAP_IPC_LOCK, CAP_NET_ADMIN, CAP_NET_RAW,
+    CAP_SYS_ADMIN, FDS_PER_WORKER, HUGE_PAGE, MIN_BACKLOG, RECOMMENDED_BACKLOG,
+};
 
 /// `(major, minor)` of a kernel release such as `6.18.44-fc-v669` or `5.10.0-28-amd64`.
 pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {

@@ -1,7 +1,11 @@
 //! Unit tests of the doctor's decisions and rendering.
 
-use super::*;
+use std::io;
+
 use clap::Parser;
+use datapath::pin::PinPlan;
+
+use super::*;
 
 fn args(extra: &[&str]) -> DoctorArgs {
     DoctorArgs::parse_from(std::iter::once("server doctor").chain(extra.iter().copied()))
