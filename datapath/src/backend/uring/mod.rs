@@ -3,7 +3,9 @@
 //!
 //! Layers, bottom up (STYLE 4): `Mmap` (an anonymous mapping, unmapped on drop) → `BufRing` (the
 //! kernel's provided-buffer ring over two mappings) → `Rx` / `Tx` (packet bookkeeping) →
-//! [`UringSocket`] (the [`Datapath`] seam).
+//! [`UringSocket`] (the [`Datapath`] seam). Files: `bufring.rs` (`Mmap`, `BufRing`), `rx.rs`, `tx.rs`,
+//! `socket.rs` (socket and ring setup, SQE submission); this file: the configuration, the socket and its
+//! [`Datapath`] impl.
 //!
 //! Ownership (STYLE 10): every buffer, `msghdr`, `iovec`, cmsg and sockaddr handed to the kernel lives in
 //! memory this socket owns, at an address that does not move, until its completion has been reaped. Drop

@@ -2,7 +2,9 @@
 //!
 //! Layers, bottom up: xsk-rs (UMEM registration, the four rings, socket lifetime) → frame ownership
 //! (`Frames`: every UMEM frame is in exactly one place, checked on every move) → header parse/build
-//! ([`crate::frame`]) → [`XdpSocket`] (the [`Datapath`] seam).
+//! ([`crate::frame`]) → [`XdpSocket`] (the [`Datapath`] seam). Files: `frames.rs` (ownership states and
+//! the audit), `bind.rs` (UMEM, zero-copy probe, bind), `rings.rs` (descriptor moves between the free pool
+//! and the rings), `sockopt.rs`; this file: the configuration, the socket and its [`Datapath`] impl.
 //!
 //! # Where a frame can be
 //! `FREE` (ours, unused) → `FILL` (on the fill ring or the RX ring: the kernel's) → back to `FILL` as soon
