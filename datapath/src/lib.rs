@@ -1,17 +1,10 @@
-//! The canvas server's datapath: a per-worker quiche endpoint written once over a batched Rx/Tx seam
-//! ([`seam::Datapath`]), its backends (io_uring sockets, in-memory), and the master/worker split around the
-//! single-writer canvas.
+//! Packet I/O for the canvas server, and nothing of QUIC or the canvas: the batched Rx/Tx seam
+//! ([`seam::Datapath`]) and its backends (io_uring sockets, AF_XDP sockets, an in-memory network), raw
+//! Ethernet/VLAN/IP/UDP frames (`frame`), interface facts by ioctl (`netdev`) and IRQ-aware CPU pinning
+//! (`pin`). The `server` crate drives quiche over it.
 
 pub mod backend;
-pub mod doctor;
-pub mod endpoint;
 pub mod frame;
-pub mod live;
-pub mod master;
 pub mod netdev;
 pub mod pin;
-pub mod publish;
-pub mod quic;
 pub mod seam;
-pub mod sim;
-pub mod worker;

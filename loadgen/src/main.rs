@@ -1,9 +1,9 @@
-//! `client`: the canvas load generator (see the `loadgen` library docs and `client --help`).
+//! `client`: the canvas load generator (see the `client` library docs and `client --help`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use loadgen::config::Args;
+use client::config::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -11,5 +11,5 @@ fn main() -> ExitCode {
         eprintln!("client: {e}");
         return ExitCode::from(2);
     }
-    loadgen::run::main(args)
+    client::run::main(args)
 }

@@ -357,7 +357,7 @@ fn unwritable_outputs_are_reported_up_front() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Many clients on one thread (run with `cargo test --release -p loadgen --test e2e -- --ignored
+/// Many clients on one thread (run with `cargo test --release -p client --test e2e -- --ignored
 /// --nocapture`; `LOADGEN_SCALE_CLIENTS` sets the count, default 5000). The fake server shares the box,
 /// so this measures that the client keeps up, not the server.
 #[test]

@@ -26,7 +26,7 @@ fn visualize_load_renders_png() {
         "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms\n",
     );
     let mut old = String::from("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps\n");
-    let mut cur = format!("{}\n", loadgen::stats::CSV_HEADER);
+    let mut cur = format!("{}\n", client::stats::CSV_HEADER);
     assert!(cur.ends_with(",lat_p50_ms,lat_p99_ms,hash_mismatches\n"), "{cur}");
     for i in 0..10u64 {
         let ts = 1_700_000_000 + i;

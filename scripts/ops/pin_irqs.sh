@@ -4,7 +4,7 @@
 #
 # With AF_XDP the kernel runs a queue's NAPI poll (and the XDP program) on the CPU that takes the queue's
 # interrupt, and `server --mode xdp --pin irq` (the default) puts worker q on the CPU serving queue q's
-# IRQ. This script decides that CPU with the server's own fallback rule (datapath/src/pin.rs) and moves
+# IRQ. This script decides that CPU with the server's own fallback rule (datapath/src/pin/mod.rs) and moves
 # the IRQ there, so IRQ q, worker q and queue q's softirq share one CPU and the master gets its own:
 #   A = the allowed CPUs (this shell's affinity ∩ online, or --cpus), ascending; W = N workers.
 #   |A| > W: queue q -> A[q] and the last CPU of A is left to the master;

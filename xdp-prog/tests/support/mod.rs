@@ -6,6 +6,10 @@
 //! names are unique per process and test; dropping the `Topology` (also when a test panics or
 //! times out) deletes them, which destroys their interfaces, programs and qdiscs. Nothing is
 //! created in the root namespace.
+//!
+//! Why one file of ~700 lines: it is the single harness that the root tests of three crates include by
+//! `#[path]` (xdp-prog's `tests/xdp.rs`, datapath's `tests/xdp_backend.rs`, server's `tests/doctor.rs`);
+//! kept whole, each includes exactly one file and none depends on how the harness is laid out inside.
 
 #![allow(dead_code)]
 

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use canvas::{Cooldown, Dims, Pixel, Rules};
 use datapath::backend::mem::NetConfig;
-use datapath::endpoint::EndpointConfig;
-use datapath::master::MasterConfig;
-use datapath::quic::{self, DEFAULT_QUIC};
-use datapath::sim::{Sim, SimConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use server::endpoint::EndpointConfig;
+use server::master::MasterConfig;
+use server::quic::{self, DEFAULT_QUIC};
+use server::sim::{Sim, SimConfig};
 
 fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
     let dims = Dims { width: 200, height: 100 };
@@ -89,7 +89,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     assert!(sent > 500);
     for (e, _) in &sim.workers {
         // Every flush ends by purging superseded entries once they exceed this bound (endpoint.rs).
-        let bound = 2 * e.conn_count() + datapath::endpoint::TIMER_PURGE_SLACK;
+        let bound = 2 * e.conn_count() + server::endpoint::TIMER_PURGE_SLACK;
         assert!(e.timer_entries() <= bound, "timer heap bounded: {} > {bound}", e.timer_entries());
     }
     let applied: u64 = sim.workers.iter().map(|(e, _)| e.stats().pixels_applied).sum();

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::Endpoint;
-use crate::seam::Datapath;
+use datapath::seam::Datapath;
 
 /// Worker loop tuning.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,9 @@ pub struct LoopConfig {
 
 /// Idle wait of a worker that has no connections.
 pub const NO_CONN_WAIT: Duration = Duration::from_millis(50);
+
+/// How often [`run_reporting`] reports (the live metrics' refresh period).
+pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 
 /// Default loop tuning.
 pub const DEFAULT_LOOP: LoopConfig = LoopConfig {
@@ -43,7 +46,7 @@ pub fn run<B: Datapath>(
     run_reporting(ep, backend, cfg, stop, |_, _| {})
 }
 
-/// [`run`], calling `report` with the endpoint and backend at most every [`crate::live::REPORT_EVERY`] (for
+/// [`run`], calling `report` with the endpoint and backend at most every [`REPORT_EVERY`] (for
 /// live metrics; it runs on this worker's thread between batches).
 pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
     ep: &mut Endpoint,
@@ -57,7 +60,7 @@ pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
     let mut last_report = Instant::now();
     loop {
         let now = Instant::now();
-        if now.duration_since(last_report) >= crate::live::REPORT_EVERY {
+        if now.duration_since(last_report) >= REPORT_EVERY {
             report(ep, backend);
             last_report = now;
         }

@@ -1,14 +1,14 @@
 //! The master: the single writer of the canvas. It drains every worker's bounded write queue in batches,
 //! applies the writes in that one global order, and every broadcast interval closes a tick and publishes it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canvas::Canvas;
-use crossbeam_queue::ArrayQueue;
 
-use crate::publish::{PixelWrite, Publication, Snapshot};
+use crate::link::Shared;
+use crate::publish::{Publication, Snapshot};
 
 /// Master tuning.
 #[derive(Clone, Copy, Debug)]
@@ -21,39 +21,6 @@ pub struct MasterConfig {
     pub full_interval: u64,
     /// Largest broadcast datagram payload.
     pub max_dgram: usize,
-}
-
-/// Channels between the master and one worker.
-#[derive(Debug)]
-pub struct WorkerLink {
-    /// Worker → master pixel writes (predecessor: SPSC_CAPACITY = 65536).
-    pub writes: ArrayQueue<PixelWrite>,
-    /// Master → worker publications.
-    pub publications: ArrayQueue<Arc<Publication>>,
-    /// Publications the master could not hand over because the worker was too far behind.
-    pub publications_dropped: AtomicU64,
-}
-
-impl WorkerLink {
-    /// A link with the given queue capacities.
-    pub fn new(write_capacity: usize, publication_capacity: usize) -> Self {
-        Self {
-            writes: ArrayQueue::new(write_capacity.max(1)),
-            publications: ArrayQueue::new(publication_capacity.max(1)),
-            publications_dropped: AtomicU64::new(0),
-        }
-    }
-}
-
-/// State shared by the master and all workers.
-#[derive(Debug)]
-pub struct Shared {
-    /// One link per worker.
-    pub links: Vec<WorkerLink>,
-    /// Set by a worker that needs a fresh snapshot (a connection joined whose catch-up history is gone).
-    pub snapshot_wanted: AtomicBool,
-    /// Set to stop everything.
-    pub shutdown: AtomicBool,
 }
 
 /// Master counters.
@@ -71,6 +38,14 @@ pub struct MasterStats {
     pub max_tick_us: u64,
 }
 
+/// Where the master reports each closed tick: its counters, how long closing it took, its number and the
+/// canvas (the live metrics implement it for `--metrics-addr`; defined here so that the master depends on
+/// no observer).
+pub trait TickObserver: Send + Sync + std::fmt::Debug {
+    /// Called once per tick, right after it was published, on the master's thread.
+    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]);
+}
+
 /// The master.
 #[derive(Debug)]
 pub struct Master<S> {
@@ -83,7 +58,7 @@ pub struct Master<S> {
     latest_snapshot: Arc<Snapshot>,
     entries: Vec<(u32, u8)>,
     stats: MasterStats,
-    live: Option<Arc<crate::live::Live>>,
+    live: Option<Arc<dyn TickObserver>>,
 }
 
 impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
@@ -111,7 +86,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
     }
 
     /// Report every tick (duration, counters) and a canvas copy once a second to `live` (`--metrics-addr`).
-    pub fn set_live(&mut self, live: Arc<crate::live::Live>) {
+    pub fn set_live(&mut self, live: Arc<dyn TickObserver>) {
         self.live = Some(live);
     }
 

@@ -1,4 +1,4 @@
-//! The endpoint's hot path over the in-memory backend, with real quiche clients (`datapath::sim`).
+//! The endpoint's hot path over the in-memory backend, with real quiche clients (`server::sim`).
 //!
 //! Groups (each builds its own simulated system when it first runs, outside every timed region, and gets
 //! every client through its handshake and initial snapshot before measuring):
@@ -30,13 +30,13 @@ use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg};
 use canvas::{Cooldown, Dims, Pixel, Rules};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use datapath::backend::mem::NetConfig;
-use datapath::endpoint::EndpointConfig;
-use datapath::master::MasterConfig;
-use datapath::publish::PixelWrite;
-use datapath::quic::{self, DEFAULT_QUIC};
-use datapath::sim::{self, Sim, SimConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use server::endpoint::EndpointConfig;
+use server::master::MasterConfig;
+use server::publish::PixelWrite;
+use server::quic::{self, DEFAULT_QUIC};
+use server::sim::{self, Sim, SimConfig};
 
 const DIMS: Dims = Dims { width: 1000, height: 1000 };
 /// Clients in every group.

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
 use canvas::{Canvas, Pixel, Replica};
 
-use crate::backend::mem::{MemSocket, Net, NetConfig};
 use crate::endpoint::{Endpoint, EndpointConfig};
-use crate::master::{Master, MasterConfig, Shared, WorkerLink};
+use crate::link::{Shared, WorkerLink};
+use crate::master::{Master, MasterConfig};
 use crate::quic::{self, QuicConfig};
-use crate::seam::Datapath;
+use datapath::backend::mem::{MemSocket, Net, NetConfig};
+use datapath::seam::Datapath;
 
 /// Simulation parameters.
 #[derive(Clone, Copy, Debug)]

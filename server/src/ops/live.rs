@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use canvas::Dims;
 
-use crate::backend::xdp::XdpSockStats;
 use crate::endpoint::EndpointStats;
-use crate::master::{MasterStats, Shared};
-use crate::seam::BackendStats;
+use crate::link::Shared;
+use crate::master::{MasterStats, TickObserver};
+use datapath::backend::xdp::XdpSockStats;
+use datapath::seam::BackendStats;
 
 /// How often a worker publishes its counters.
-pub const REPORT_EVERY: Duration = Duration::from_millis(500);
+pub use crate::worker::REPORT_EVERY;
 /// How often the master copies the canvas for `/canvas.png`.
 pub const CANVAS_EVERY: Duration = Duration::from_secs(1);
 /// Tick duration histogram bucket bounds, microseconds.
@@ -116,6 +117,12 @@ impl Live {
             m.canvas_tick = tick;
             m.canvas_at = Some(Instant::now());
         }
+    }
+}
+
+impl TickObserver for Live {
+    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
+        Live::record_tick(self, stats, tick_us, tick, pixels)
     }
 }
 
@@ -528,7 +535,7 @@ mod tests {
             live.record_tick(MasterStats::default(), us, 1, &[1; 4]);
         }
         let shared = Arc::new(Shared {
-            links: vec![crate::master::WorkerLink::new(4, 4)],
+            links: vec![crate::link::WorkerLink::new(4, 4)],
             snapshot_wanted: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });

@@ -2,297 +2,36 @@
 //! (`--mode uring`) or one AF_XDP socket per NIC queue (`--mode xdp`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canvas::{Canvas, Cooldown, Dims, Rules};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use datapath::backend::uring::{UringConfig, UringSocket};
 use datapath::backend::xdp::{self, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy};
-use datapath::endpoint::{Endpoint, EndpointConfig, EndpointStats};
-use datapath::master::{Master, MasterConfig, MasterStats, Shared, WorkerLink};
 use datapath::pin::{self, PinPolicy};
-use datapath::quic::{self, QuicConfig, DEFAULT_QUIC};
 use datapath::seam::{BackendStats, Datapath};
-use datapath::worker::{self, LoopConfig, DEFAULT_LOOP};
+use server::endpoint::{Endpoint, EndpointConfig};
+use server::link::{Shared, WorkerLink};
+use server::master::{Master, MasterConfig};
+use server::quic::{self, QuicConfig, DEFAULT_QUIC};
+use server::worker::{self, LoopConfig, DEFAULT_LOOP};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// io_uring UDP sockets (SO_REUSEPORT, multishot recvmsg, GSO sends).
-    Uring,
-    /// AF_XDP raw frames.
-    Xdp,
-}
+mod args;
+mod report;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum XdpAttach {
-    /// Native (driver) mode, else generic.
-    Auto,
-    /// Native only (needed for zero-copy).
-    Native,
-    /// Generic (skb) mode only: any interface, VLAN devices included.
-    Generic,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ZeroCopyArg {
-    /// Zero-copy when the driver has it, else copy mode.
-    Auto,
-    /// Zero-copy or fail.
-    On,
-    /// Copy mode.
-    Off,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum HugePolicy {
-    /// 2 MiB hugetlb, else THP, else 4 KiB pages.
-    Auto,
-    /// Require reserved 2 MiB hugetlb pages.
-    On,
-    /// Plain 4 KiB pages.
-    Off,
-}
-
-/// Every default below is the predecessor's constant (const_settings.rs) unless said otherwise.
-#[derive(Debug, Parser)]
-#[command(
-    name = "server",
-    version,
-    about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas",
-    after_help = "Subcommand: `server doctor [--mode uring|xdp] [--iface IF] [--vlan ID] [-w N] [--listen ADDR] [--json] ...` \
-                  checks whether this box is ready to run the server with those options and prints the command that \
-                  fixes each finding (exit 1 on a blocker); see `server doctor --help`."
-)]
-struct Args {
-    /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
-    /// the queue of its index).
-    #[arg(short = 'w', long = "workers")]
-    workers: Option<usize>,
-    /// Datapath.
-    #[arg(long, value_enum, default_value_t = Mode::Uring)]
-    mode: Mode,
-    /// UDP address to serve on.
-    #[arg(long, default_value = "0.0.0.0:4433")]
-    listen: SocketAddr,
-    /// TLS certificate (PEM). Generated self-signed when the file does not exist.
-    #[arg(long, requires = "key")]
-    cert: Option<PathBuf>,
-    /// TLS private key (PEM). Generated with the certificate when absent.
-    #[arg(long, requires = "cert")]
-    key: Option<PathBuf>,
-    /// Write final counters (JSON) here on SIGINT/SIGTERM.
-    #[arg(long)]
-    stats_json: Option<PathBuf>,
-
-    /// Connections per worker (MAX_CONNECTIONS_PER_WORKER).
-    #[arg(long, default_value_t = 65_536)]
-    max_connections_per_worker: usize,
-    /// SO_RCVBUF per socket in bytes (SOCKET_RECV_BUF_SIZE, 32 MiB).
-    #[arg(long, default_value_t = 32 << 20)]
-    socket_recv_buf: usize,
-    /// SO_SNDBUF per socket in bytes (SOCKET_SEND_BUF_SIZE, 32 MiB).
-    #[arg(long, default_value_t = 32 << 20)]
-    socket_send_buf: usize,
-    /// Capacity of each worker→master write queue (SPSC_CAPACITY).
-    #[arg(long, default_value_t = 65_536)]
-    spsc_capacity: usize,
-    /// Writes the master drains per worker per loop (MASTER_BATCH_DRAIN).
-    #[arg(long, default_value_t = 4096)]
-    master_batch_drain: usize,
-    /// Broadcast interval in ms (BROADCAST_INTERVAL_MS).
-    #[arg(long, default_value_t = 100)]
-    broadcast_interval_ms: u64,
-    /// Legacy clients get the whole canvas every N ticks (FULL_BROADCAST_INTERVAL).
-    #[arg(long, default_value_t = 60)]
-    full_broadcast_interval: u64,
-    /// io_uring submission queue entries (IO_URING_SQ_DEPTH; clamped to what the kernel allows).
-    #[arg(long, default_value_t = 32_768)]
-    io_uring_sq_depth: u32,
-    /// Provided receive buffers per io_uring (power of two).
-    #[arg(long, default_value_t = 4096)]
-    provided_buffers: u16,
-    /// Disable UDP GSO on sends.
-    #[arg(long)]
-    no_gso: bool,
-
-    /// Canvas width.
-    #[arg(long, default_value_t = canvas::grid::DEFAULT_WIDTH)]
-    width: u16,
-    /// Canvas height.
-    #[arg(long, default_value_t = canvas::grid::DEFAULT_HEIGHT)]
-    height: u16,
-    /// Palette size: colors >= this are rejected.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=256))]
-    palette: u16,
-    /// Per-connection write cooldown in seconds (0 = off, the benchmarking default).
-    #[arg(long, default_value_t = 0)]
-    cooldown_secs: u64,
-    /// The r/place rule: one pixel per connection per 300 s (same as --cooldown-secs 300).
-    #[arg(long, conflicts_with = "cooldown_secs")]
-    rplace_cooldown: bool,
-    /// Where the canvas (and, in xdp mode, UMEM) memory comes from.
-    #[arg(long, value_enum, default_value_t = HugePolicy::Auto)]
-    hugepages: HugePolicy,
-
-    /// xdp: the interface to serve on (e.g. `eth1.4000` for generic XDP on the VLAN device, or `eth1` with
-    /// `--vlan 4000` for native XDP on the parent).
-    #[arg(long)]
-    iface: Option<String>,
-    /// xdp: the VLAN carried on `--iface` (the program matches it, in the frame or in RX metadata; sent
-    /// frames are tagged with it). Leave unset on a VLAN device or an untagged network.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
-    vlan: Option<u16>,
-    /// xdp: how to attach the XDP program.
-    #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
-    xdp_attach: XdpAttach,
-    /// xdp: AF_XDP zero-copy.
-    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
-    zero_copy: ZeroCopyArg,
-    /// Pin each worker next to its NIC queue's IRQ core (irq), on that core's SMT sibling (sibling), or not
-    /// at all (none). Default: irq in xdp mode, none in uring mode (sockets have no queue).
-    #[arg(long, value_enum)]
-    pin: Option<PinPolicy>,
-    /// xdp: UMEM frames (2 KiB each) per socket.
-    #[arg(long, default_value_t = xdp::DEFAULT_FRAMES)]
-    xdp_frames: u32,
-    /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
-    #[arg(long, default_value_t = xdp::DEFAULT_RING)]
-    xdp_ring: u32,
-
-    /// Serve live metrics here (HTTP): Prometheus text at /metrics, the canvas at /canvas.png, a live page
-    /// at /. E.g. `127.0.0.1:9100` (port 0 picks a free one; the address is printed).
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
-
-    /// QUIC idle timeout in ms (quiche's default 0 = never; 30 s after RFC 9308 §3.2).
-    #[arg(long, default_value_t = DEFAULT_QUIC.idle_timeout.as_millis() as u64)]
-    idle_timeout_ms: u64,
-    /// Largest UDP payload (1350 fits a 1400-byte MTU).
-    #[arg(long, default_value_t = DEFAULT_QUIC.max_udp_payload)]
-    max_udp_payload: usize,
-    /// Largest broadcast datagram payload (the predecessor's 1200).
-    #[arg(long, default_value_t = canvas::legacy::MAX_DATAGRAM)]
-    max_datagram: usize,
-    /// quiche DATAGRAM send-queue entries per connection.
-    #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue)]
-    dgram_queue: usize,
-    /// Ticks of broadcast backlog per connection before it is dropped (clients then resync).
-    #[arg(long, default_value_t = 64)]
-    outbox_ticks: usize,
-    /// Changing ticks kept per worker for catch-up (older gaps get a snapshot).
-    #[arg(long, default_value_t = 128)]
-    history_ticks: usize,
-    /// Packets per connection per flush pass.
-    #[arg(long, default_value_t = 64)]
-    send_budget: usize,
-    /// Validate client addresses with a stateless Retry before accepting.
-    #[arg(long)]
-    retry: bool,
-
-    /// Datagrams taken per receive call.
-    #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch)]
-    rx_batch: usize,
-    /// Never sleep (dedicated cores on bare metal).
-    #[arg(long)]
-    busy_poll: bool,
-    /// Keep polling this long after activity before sleeping, in µs.
-    #[arg(long, default_value_t = DEFAULT_LOOP.spin.as_micros() as u64)]
-    spin_us: u64,
-    /// Longest idle sleep in µs (bounds publication latency when idle).
-    #[arg(long, default_value_t = DEFAULT_LOOP.idle_wait.as_micros() as u64)]
-    idle_wait_us: u64,
-    /// Master's sleep when a drain found no writes, in µs (bounds how long a write waits in its queue; a
-    /// full queue of --spsc-capacity writes at 1 M writes/s lasts 65 ms).
-    #[arg(long, default_value_t = 1000)]
-    master_idle_us: u64,
-}
+use args::{Args, HugePolicy, Mode, XdpAttach, ZeroCopyArg};
+use report::{PinReport, Report, Totals, WorkerReport, XdpReport, XdpWorkerReport};
 
 /// Estimated quiche state per connection, measured on this kind of machine (DESIGN.md: ~25 KB idle).
 const CONN_STATE_BYTES: usize = 25 * 1024;
-
-#[derive(serde::Serialize)]
-struct WorkerReport {
-    worker: usize,
-    cpu: Option<usize>,
-    endpoint: EndpointStats,
-    backend: BackendStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rearms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    xdp: Option<XdpWorkerReport>,
-}
-
-#[derive(serde::Serialize)]
-struct XdpWorkerReport {
-    queue: u32,
-    zero_copy: bool,
-    umem_hugetlb: bool,
-    stats: XdpSockStats,
-    frames: xdp::FrameAudit,
-}
-
-#[derive(serde::Serialize)]
-struct XdpReport {
-    interface: String,
-    vlan: Option<u16>,
-    attach: String,
-    vlan_from_metadata_program: bool,
-    queues: u32,
-    counters: std::collections::BTreeMap<String, u64>,
-    tripwire_packets: u64,
-    notes: Vec<String>,
-}
 
 /// One worker's packet backend.
 enum Backend {
     Uring(Box<UringSocket>),
     Xdp(Box<XdpSocket>),
-}
-
-/// Where the threads were pinned and why (`--pin`): worker q's CPU is `per_worker[q].cpu`.
-#[derive(serde::Serialize)]
-struct PinReport {
-    policy: String,
-    /// The interface whose queue IRQs were looked for.
-    interface: String,
-    master: Option<usize>,
-    /// Per queue: the IRQ found for it (None: not found, or a virtual device).
-    queue_irqs: Vec<Option<u32>>,
-    notes: Vec<String>,
-}
-
-#[derive(serde::Serialize)]
-struct Report {
-    mode: &'static str,
-    /// `uname -r` of the kernel the server ran on.
-    kernel: String,
-    workers: usize,
-    pin: PinReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    xdp: Option<XdpReport>,
-    master: MasterStats,
-    canvas_hash: String,
-    totals: Totals,
-    per_worker: Vec<WorkerReport>,
-}
-
-#[derive(Default, serde::Serialize)]
-struct Totals {
-    accepted: u64,
-    closed: u64,
-    pixels_received: u64,
-    pixels_applied: u64,
-    pixels_rejected: u64,
-    ticks: u64,
-    datagrams_in: u64,
-    bytes_in: u64,
-    datagrams_out: u64,
-    bytes_out: u64,
-    broadcast_datagrams: u64,
 }
 
 fn read_sysctl(name: &str) -> Option<usize> {
@@ -307,8 +46,9 @@ fn main() -> ExitCode {
     // `server doctor [options]`: its own parser, so the flat `Args` stays as it is.
     if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
         let rest = std::env::args_os().skip(2);
-        let d = datapath::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
-        return datapath::doctor::run(d);
+        let d =
+            server::ops::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
+        return server::ops::doctor::run(d);
     }
     let args = Args::parse();
     match run(args) {
@@ -566,14 +306,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Uring => "uring",
         Mode::Xdp => "xdp",
     };
-    let live = a.metrics_addr.map(|_| Arc::new(datapath::live::Live::new(workers, dims, mode_name)));
+    let live = a.metrics_addr.map(|_| Arc::new(server::ops::live::Live::new(workers, dims, mode_name)));
     let mut metrics_thread = None;
     if let (Some(addr), Some(live)) = (a.metrics_addr, &live) {
         master.set_live(live.clone());
         let xdp_counters =
-            program.clone().map(|p| Box::new(move || program_counters(&p)) as datapath::live::CounterFn);
-        let src = datapath::live::Sources { shared: shared.clone(), xdp_counters };
-        let (bound, h) = datapath::live::serve(addr, live.clone(), src, stop.clone())?;
+            program.clone().map(|p| Box::new(move || program_counters(&p)) as server::ops::live::CounterFn);
+        let src = server::ops::live::Sources { shared: shared.clone(), xdp_counters };
+        let (bound, h) = server::ops::live::serve(addr, live.clone(), src, stop.clone())?;
         eprintln!("server: metrics on http://{bound}/ (/metrics, /canvas.png)");
         metrics_thread = Some(h);
     }
@@ -763,12 +503,6 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-impl Args {
-    fn workers_socket_bytes(&self, workers: usize) -> usize {
-        workers * (self.socket_recv_buf + self.socket_send_buf)
-    }
-}
-
 /// The XDP program's outcome counters by short name (`redirected`, `passed_not_ip`, …); empty if unreadable.
 fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
     p.counters().map(|c| c.iter().map(|(k, v)| (k.name(), v)).collect()).unwrap_or_default()
@@ -776,14 +510,14 @@ fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
 
 /// A worker's periodic report into the live metrics (when `--metrics-addr` is on).
 fn report_live(
-    live: Option<&datapath::live::Live>,
+    live: Option<&server::ops::live::Live>,
     w: usize,
     ep: &Endpoint,
     backend: BackendStats,
     xdp: Option<XdpSockStats>,
 ) {
     if let Some(l) = live {
-        let v = datapath::live::WorkerLive { endpoint: ep.stats(), backend, xdp, conns: ep.conn_count() };
+        let v = server::ops::live::WorkerLive { endpoint: ep.stats(), backend, xdp, conns: ep.conn_count() };
         l.report_worker(w, v);
     }
 }
@@ -791,7 +525,7 @@ fn report_live(
 /// Print what the configuration implies for memory.
 fn print_budget(a: &Args, canvas: usize, workers: usize, sock: usize, per_worker_io: usize, io_name: &str) {
     let per_worker_conns = a.max_connections_per_worker * CONN_STATE_BYTES;
-    let queues = workers * a.spsc_capacity * std::mem::size_of::<datapath::publish::PixelWrite>();
+    let queues = workers * a.spsc_capacity * std::mem::size_of::<server::publish::PixelWrite>();
     eprintln!(
         "server: memory budget: canvas {} + socket buffers {} + {io_name} {} ({workers} x {}) + write queues {} + connection state up to {} ({} conns x ~{} KiB) = {}",
         mib(canvas),

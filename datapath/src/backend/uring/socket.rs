@@ -1,0 +1,148 @@
+//! Setup: the worker's `SO_REUSEPORT` UDP socket (dual stack, buffer sizes, forced past the sysctl caps
+//! as root), the ring with its depth fallbacks, and pushing and submitting SQEs.
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{squeue, IoUring};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{UringConfig, FALLBACK_SQ_DEPTH};
+
+/// A socket about to bind `[::]` serves IPv4 peers too (as v4-mapped addresses), whatever
+/// `net.ipv6.bindv6only` says: the server serves both families on one port in every mode.
+pub fn dual_stack(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false).map_err(|e| context(e, format!("IPV6_V6ONLY off on UDP {addr}")))?;
+    }
+    Ok(())
+}
+
+/// Create, tune and bind the worker's UDP socket.
+pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
+    let addr = cfg.listen;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| context(e, format!("creating UDP socket for {addr}")))?;
+    dual_stack(&socket, addr)?;
+    let fd = socket.as_raw_fd();
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+        .map_err(|e| context(e, format!("SO_REUSEPORT on UDP {addr}")))?;
+    set_buf_size(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, cfg.recv_buf)
+        .map_err(|e| context(e, format!("SO_RCVBUF {} on UDP {addr}", cfg.recv_buf)))?;
+    set_buf_size(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, cfg.send_buf)
+        .map_err(|e| context(e, format!("SO_SNDBUF {} on UDP {addr}", cfg.send_buf)))?;
+    socket.set_nonblocking(true).map_err(|e| context(e, format!("O_NONBLOCK on UDP {addr}")))?;
+    socket.bind(&addr.into()).map_err(|e| bind_error(e, addr))?;
+    Ok(socket)
+}
+
+/// A bind error that says what to do about it.
+pub(super) fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
+    let msg = match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            format!("UDP {addr} is already in use: stop the other server or pick --listen")
+        }
+        Some(libc::EADDRNOTAVAIL) => {
+            format!("UDP {addr}: no such local address on this host: pick --listen")
+        }
+        Some(libc::EACCES) => {
+            format!("UDP {addr}: permission denied (ports below 1024 need privileges)")
+        }
+        _ => format!("binding UDP {addr}: {e}"),
+    };
+    io::Error::new(e.kind(), msg)
+}
+
+/// Set a socket buffer size, trying the privileged `*FORCE` option (beyond `net.core.*mem_max`) first.
+pub(super) fn set_buf_size(fd: RawFd, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
+    set_int_opt(fd, libc::SOL_SOCKET, force, size).or_else(|_| set_int_opt(fd, libc::SOL_SOCKET, plain, size))
+}
+
+/// `setsockopt` of an int option.
+pub(super) fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Build the ring: the configured depth with cooperative task running, then without it, then at
+/// [`FALLBACK_SQ_DEPTH`]; the CQ holds every send and receive that can be in flight.
+pub(super) fn setup_ring(cfg: &UringConfig) -> io::Result<IoUring> {
+    let in_flight = cfg.tx_batches.saturating_mul(cfg.max_segments) + usize::from(cfg.buf_count) + 64;
+    let mut depths = vec![cfg.sq_depth];
+    if cfg.sq_depth > FALLBACK_SQ_DEPTH {
+        depths.push(FALLBACK_SQ_DEPTH);
+    }
+    let mut last = None;
+    for depth in depths {
+        let cq = (depth as usize * 2).max(in_flight).min(u32::MAX as usize) as u32;
+        for coop in [true, false] {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(cq).setup_clamp();
+            if coop {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            match builder.build(depth) {
+                Ok(ring) => return Ok(ring),
+                Err(e) => last = Some(e),
+            }
+        }
+    }
+    let e = last.unwrap_or_else(|| io::Error::other("no ring depth to try"));
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            " (io_uring is disabled or filtered: check `sysctl kernel.io_uring_disabled` (0 allows it) and \
+             the container's seccomp profile, or use --mode xdp)"
+        }
+        Some(libc::ENOSYS) => " (this kernel has no io_uring: use --mode xdp)",
+        Some(libc::ENOMEM) => " (raise the locked-memory limit, `ulimit -l`, or lower --io-uring-sq-depth)",
+        _ => "",
+    };
+    Err(context(e, format!("io_uring_setup with {} entries for UDP {}{hint}", cfg.sq_depth, cfg.listen)))
+}
+
+/// Push one SQE, submitting first if the queue is full.
+pub(super) fn push_sqe(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    // SAFETY: every SQE built here points only at memory owned by the `UringSocket` that owns `ring`
+    // (msghdrs in boxed slots, mapped buffers), which stays put until the completion is reaped or the
+    // ring is gone (see `UringSocket::drop`).
+    if unsafe { ring.submission().push(entry) }.is_ok() {
+        return Ok(());
+    }
+    submit(ring).map_err(|e| context(e, "io_uring submit with a full SQ".into()))?;
+    // SAFETY: as above.
+    unsafe { ring.submission().push(entry) }
+        .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "io_uring submission queue full"))
+}
+
+/// Submit queued SQEs; a busy kernel (`EBUSY`/`EAGAIN`/`EINTR`) leaves them for the next try.
+pub(super) fn submit(ring: &IoUring) -> io::Result<()> {
+    match ring.submit() {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `e` with a description of what failed, keeping its kind.
+pub(super) fn context(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}

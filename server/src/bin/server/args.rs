@@ -1,0 +1,209 @@
+//! The server's command line: every tuning constant of the predecessor is a flag with that constant as its
+//! default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use datapath::backend::xdp;
+use datapath::pin::PinPolicy;
+use server::quic::DEFAULT_QUIC;
+use server::worker::DEFAULT_LOOP;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// io_uring UDP sockets (SO_REUSEPORT, multishot recvmsg, GSO sends).
+    Uring,
+    /// AF_XDP raw frames.
+    Xdp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum XdpAttach {
+    /// Native (driver) mode, else generic.
+    Auto,
+    /// Native only (needed for zero-copy).
+    Native,
+    /// Generic (skb) mode only: any interface, VLAN devices included.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ZeroCopyArg {
+    /// Zero-copy when the driver has it, else copy mode.
+    Auto,
+    /// Zero-copy or fail.
+    On,
+    /// Copy mode.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum HugePolicy {
+    /// 2 MiB hugetlb, else THP, else 4 KiB pages.
+    Auto,
+    /// Require reserved 2 MiB hugetlb pages.
+    On,
+    /// Plain 4 KiB pages.
+    Off,
+}
+
+/// Every default below is the predecessor's constant (const_settings.rs) unless said otherwise.
+#[derive(Debug, Parser)]
+#[command(
+    name = "server",
+    version,
+    about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas",
+    after_help = "Subcommand: `server doctor [--mode uring|xdp] [--iface IF] [--vlan ID] [-w N] [--listen ADDR] [--json] ...` \
+                  checks whether this box is ready to run the server with those options and prints the command that \
+                  fixes each finding (exit 1 on a blocker); see `server doctor --help`."
+)]
+pub(crate) struct Args {
+    /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
+    /// the queue of its index).
+    #[arg(short = 'w', long = "workers")]
+    pub(crate) workers: Option<usize>,
+    /// Datapath.
+    #[arg(long, value_enum, default_value_t = Mode::Uring)]
+    pub(crate) mode: Mode,
+    /// UDP address to serve on.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    pub(crate) listen: SocketAddr,
+    /// TLS certificate (PEM). Generated self-signed when the file does not exist.
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// TLS private key (PEM). Generated with the certificate when absent.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// Write final counters (JSON) here on SIGINT/SIGTERM.
+    #[arg(long)]
+    pub(crate) stats_json: Option<PathBuf>,
+
+    /// Connections per worker (MAX_CONNECTIONS_PER_WORKER).
+    #[arg(long, default_value_t = 65_536)]
+    pub(crate) max_connections_per_worker: usize,
+    /// SO_RCVBUF per socket in bytes (SOCKET_RECV_BUF_SIZE, 32 MiB).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub(crate) socket_recv_buf: usize,
+    /// SO_SNDBUF per socket in bytes (SOCKET_SEND_BUF_SIZE, 32 MiB).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub(crate) socket_send_buf: usize,
+    /// Capacity of each worker→master write queue (SPSC_CAPACITY).
+    #[arg(long, default_value_t = 65_536)]
+    pub(crate) spsc_capacity: usize,
+    /// Writes the master drains per worker per loop (MASTER_BATCH_DRAIN).
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) master_batch_drain: usize,
+    /// Broadcast interval in ms (BROADCAST_INTERVAL_MS).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) broadcast_interval_ms: u64,
+    /// Legacy clients get the whole canvas every N ticks (FULL_BROADCAST_INTERVAL).
+    #[arg(long, default_value_t = 60)]
+    pub(crate) full_broadcast_interval: u64,
+    /// io_uring submission queue entries (IO_URING_SQ_DEPTH; clamped to what the kernel allows).
+    #[arg(long, default_value_t = 32_768)]
+    pub(crate) io_uring_sq_depth: u32,
+    /// Provided receive buffers per io_uring (power of two).
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) provided_buffers: u16,
+    /// Disable UDP GSO on sends.
+    #[arg(long)]
+    pub(crate) no_gso: bool,
+
+    /// Canvas width.
+    #[arg(long, default_value_t = canvas::grid::DEFAULT_WIDTH)]
+    pub(crate) width: u16,
+    /// Canvas height.
+    #[arg(long, default_value_t = canvas::grid::DEFAULT_HEIGHT)]
+    pub(crate) height: u16,
+    /// Palette size: colors >= this are rejected.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) palette: u16,
+    /// Per-connection write cooldown in seconds (0 = off, the benchmarking default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) cooldown_secs: u64,
+    /// The r/place rule: one pixel per connection per 300 s (same as --cooldown-secs 300).
+    #[arg(long, conflicts_with = "cooldown_secs")]
+    pub(crate) rplace_cooldown: bool,
+    /// Where the canvas (and, in xdp mode, UMEM) memory comes from.
+    #[arg(long, value_enum, default_value_t = HugePolicy::Auto)]
+    pub(crate) hugepages: HugePolicy,
+
+    /// xdp: the interface to serve on (e.g. `eth1.4000` for generic XDP on the VLAN device, or `eth1` with
+    /// `--vlan 4000` for native XDP on the parent).
+    #[arg(long)]
+    pub(crate) iface: Option<String>,
+    /// xdp: the VLAN carried on `--iface` (the program matches it, in the frame or in RX metadata; sent
+    /// frames are tagged with it). Leave unset on a VLAN device or an untagged network.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    pub(crate) vlan: Option<u16>,
+    /// xdp: how to attach the XDP program.
+    #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
+    pub(crate) xdp_attach: XdpAttach,
+    /// xdp: AF_XDP zero-copy.
+    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
+    pub(crate) zero_copy: ZeroCopyArg,
+    /// Pin each worker next to its NIC queue's IRQ core (irq), on that core's SMT sibling (sibling), or not
+    /// at all (none). Default: irq in xdp mode, none in uring mode (sockets have no queue).
+    #[arg(long, value_enum)]
+    pub(crate) pin: Option<PinPolicy>,
+    /// xdp: UMEM frames (2 KiB each) per socket.
+    #[arg(long, default_value_t = xdp::DEFAULT_FRAMES)]
+    pub(crate) xdp_frames: u32,
+    /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
+    #[arg(long, default_value_t = xdp::DEFAULT_RING)]
+    pub(crate) xdp_ring: u32,
+
+    /// Serve live metrics here (HTTP): Prometheus text at /metrics, the canvas at /canvas.png, a live page
+    /// at /. E.g. `127.0.0.1:9100` (port 0 picks a free one; the address is printed).
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+
+    /// QUIC idle timeout in ms (quiche's default 0 = never; 30 s after RFC 9308 §3.2).
+    #[arg(long, default_value_t = DEFAULT_QUIC.idle_timeout.as_millis() as u64)]
+    pub(crate) idle_timeout_ms: u64,
+    /// Largest UDP payload (1350 fits a 1400-byte MTU).
+    #[arg(long, default_value_t = DEFAULT_QUIC.max_udp_payload)]
+    pub(crate) max_udp_payload: usize,
+    /// Largest broadcast datagram payload (the predecessor's 1200).
+    #[arg(long, default_value_t = canvas::legacy::MAX_DATAGRAM)]
+    pub(crate) max_datagram: usize,
+    /// quiche DATAGRAM send-queue entries per connection.
+    #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue)]
+    pub(crate) dgram_queue: usize,
+    /// Ticks of broadcast backlog per connection before it is dropped (clients then resync).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) outbox_ticks: usize,
+    /// Changing ticks kept per worker for catch-up (older gaps get a snapshot).
+    #[arg(long, default_value_t = 128)]
+    pub(crate) history_ticks: usize,
+    /// Packets per connection per flush pass.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) send_budget: usize,
+    /// Validate client addresses with a stateless Retry before accepting.
+    #[arg(long)]
+    pub(crate) retry: bool,
+
+    /// Datagrams taken per receive call.
+    #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch)]
+    pub(crate) rx_batch: usize,
+    /// Never sleep (dedicated cores on bare metal).
+    #[arg(long)]
+    pub(crate) busy_poll: bool,
+    /// Keep polling this long after activity before sleeping, in µs.
+    #[arg(long, default_value_t = DEFAULT_LOOP.spin.as_micros() as u64)]
+    pub(crate) spin_us: u64,
+    /// Longest idle sleep in µs (bounds publication latency when idle).
+    #[arg(long, default_value_t = DEFAULT_LOOP.idle_wait.as_micros() as u64)]
+    pub(crate) idle_wait_us: u64,
+    /// Master's sleep when a drain found no writes, in µs (bounds how long a write waits in its queue; a
+    /// full queue of --spsc-capacity writes at 1 M writes/s lasts 65 ms).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) master_idle_us: u64,
+}
+
+impl Args {
+    pub(crate) fn workers_socket_bytes(&self, workers: usize) -> usize {
+        workers * (self.socket_recv_buf + self.socket_send_buf)
+    }
+}

@@ -1,0 +1,81 @@
+//! What `--stats-json` writes at shutdown: per worker counters, the pinning, the XDP section, totals.
+
+use datapath::backend::xdp::{self, XdpSockStats};
+use datapath::seam::BackendStats;
+use server::endpoint::EndpointStats;
+use server::master::MasterStats;
+
+#[derive(serde::Serialize)]
+pub(crate) struct WorkerReport {
+    pub(crate) worker: usize,
+    pub(crate) cpu: Option<usize>,
+    pub(crate) endpoint: EndpointStats,
+    pub(crate) backend: BackendStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rearms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) xdp: Option<XdpWorkerReport>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct XdpWorkerReport {
+    pub(crate) queue: u32,
+    pub(crate) zero_copy: bool,
+    pub(crate) umem_hugetlb: bool,
+    pub(crate) stats: XdpSockStats,
+    pub(crate) frames: xdp::FrameAudit,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct XdpReport {
+    pub(crate) interface: String,
+    pub(crate) vlan: Option<u16>,
+    pub(crate) attach: String,
+    pub(crate) vlan_from_metadata_program: bool,
+    pub(crate) queues: u32,
+    pub(crate) counters: std::collections::BTreeMap<String, u64>,
+    pub(crate) tripwire_packets: u64,
+    pub(crate) notes: Vec<String>,
+}
+
+/// Where the threads were pinned and why (`--pin`): worker q's CPU is `per_worker[q].cpu`.
+#[derive(serde::Serialize)]
+pub(crate) struct PinReport {
+    pub(crate) policy: String,
+    /// The interface whose queue IRQs were looked for.
+    pub(crate) interface: String,
+    pub(crate) master: Option<usize>,
+    /// Per queue: the IRQ found for it (None: not found, or a virtual device).
+    pub(crate) queue_irqs: Vec<Option<u32>>,
+    pub(crate) notes: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct Report {
+    pub(crate) mode: &'static str,
+    /// `uname -r` of the kernel the server ran on.
+    pub(crate) kernel: String,
+    pub(crate) workers: usize,
+    pub(crate) pin: PinReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) xdp: Option<XdpReport>,
+    pub(crate) master: MasterStats,
+    pub(crate) canvas_hash: String,
+    pub(crate) totals: Totals,
+    pub(crate) per_worker: Vec<WorkerReport>,
+}
+
+#[derive(Default, serde::Serialize)]
+pub(crate) struct Totals {
+    pub(crate) accepted: u64,
+    pub(crate) closed: u64,
+    pub(crate) pixels_received: u64,
+    pub(crate) pixels_applied: u64,
+    pub(crate) pixels_rejected: u64,
+    pub(crate) ticks: u64,
+    pub(crate) datagrams_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) datagrams_out: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) broadcast_datagrams: u64,
+}

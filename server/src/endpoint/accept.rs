@@ -1,0 +1,146 @@
+//! Accepting a connection: version negotiation, the optional stateless Retry with its HMAC token (age,
+//! peer address, original DCID), the connection limit, and the connection id derived from the client's DCID.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use canvas::proto::{self, FrameReader};
+use datapath::seam::Addrs;
+use ring::hmac;
+
+use super::{Conn, Ctx, Endpoint, Proto, LOCAL_CID_LEN, MIN_INITIAL_DATAGRAM, RETRY_TOKEN_LIFETIME};
+
+impl Endpoint {
+    pub(super) fn accept(
+        &mut self,
+        now: Instant,
+        addrs: Addrs,
+        hdr: &quiche::Header<'_>,
+        len: usize,
+    ) -> Option<usize> {
+        let stats = &mut self.ctx.stats;
+        // RFC 9000 §14.1: a server discards Initial packets in datagrams smaller than 1200 bytes, and sends
+        // nothing (not even Version Negotiation) in reply to them: no amplification from small packets.
+        if hdr.ty != quiche::Type::Initial || self.closing || len < MIN_INITIAL_DATAGRAM {
+            stats.dropped_packets += 1;
+            return None;
+        }
+        if !quiche::version_is_supported(hdr.version) {
+            let mut out = vec![0; 1350];
+            if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                out.truncate(n);
+                self.ctx.tx_now.push((addrs, out));
+                stats.version_negotiations += 1;
+            }
+            return None;
+        }
+        if self.conns.len() >= self.ctx.cfg.max_conns {
+            stats.refused += 1;
+            return None;
+        }
+        let (scid, odcid) = if self.ctx.cfg.retry {
+            let token = hdr.token.as_deref().unwrap_or(&[]);
+            if token.is_empty() {
+                let new_scid = self.derive_cid(&hdr.dcid);
+                let token = self.ctx.mint_token(now, addrs.peer, &hdr.dcid);
+                let mut out = vec![0; 1350];
+                let scid = quiche::ConnectionId::from_ref(&new_scid);
+                if let Ok(n) = quiche::retry(&hdr.scid, &hdr.dcid, &scid, &token, hdr.version, &mut out) {
+                    out.truncate(n);
+                    self.ctx.tx_now.push((addrs, out));
+                    self.ctx.stats.retries += 1;
+                }
+                return None;
+            }
+            let Some(odcid) = self.ctx.check_token(now, addrs.peer, token) else {
+                self.ctx.stats.bad_tokens += 1;
+                return None;
+            };
+            let Ok(scid) = <[u8; LOCAL_CID_LEN]>::try_from(&hdr.dcid[..]) else {
+                self.ctx.stats.bad_tokens += 1;
+                return None;
+            };
+            (scid, Some(odcid))
+        } else {
+            (self.derive_cid(&hdr.dcid), None)
+        };
+        let odcid = odcid.map(quiche::ConnectionId::from_vec);
+        let q = match quiche::accept(
+            &quiche::ConnectionId::from_ref(&scid),
+            odcid.as_ref(),
+            addrs.local,
+            addrs.peer,
+            &mut self.qcfg,
+        ) {
+            Ok(q) => q,
+            Err(_) => {
+                self.ctx.stats.recv_errors += 1;
+                return None;
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let key = self.conns.insert(Conn {
+            q,
+            gen: self.next_gen,
+            scid,
+            proto: Proto::Pending,
+            cooldown: None,
+            timer: None,
+            outbox: VecDeque::new(),
+            ctl: None,
+            reader: FrameReader::with_max(proto::MAX_CLIENT_FRAME),
+            stream_out: VecDeque::new(),
+            welcomed: false,
+            ready: false,
+            awaiting: false,
+            dirty: false,
+            paced: None,
+        });
+        self.ids.insert(scid, key);
+        self.ctx.stats.accepted += 1;
+        Some(key)
+    }
+}
+
+impl Ctx {
+    pub(super) fn mint_token(&self, now: Instant, peer: SocketAddr, odcid: &[u8]) -> Vec<u8> {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let mut t = Vec::with_capacity(8 + 1 + odcid.len() + 16);
+        t.extend_from_slice(&ms.to_le_bytes());
+        t.push(odcid.len() as u8);
+        t.extend_from_slice(odcid);
+        let tag = hmac::sign(&self.key, &token_msg(&t, peer));
+        t.extend_from_slice(&tag.as_ref()[..16]);
+        t
+    }
+
+    pub(super) fn check_token(&self, now: Instant, peer: SocketAddr, token: &[u8]) -> Option<Vec<u8>> {
+        let (body, tag) = token.split_at_checked(token.len().checked_sub(16)?)?;
+        let expect = hmac::sign(&self.key, &token_msg(body, peer));
+        if !ring_eq(&expect.as_ref()[..16], tag) {
+            return None;
+        }
+        let ms = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+        let age = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        if age.saturating_sub(ms) > RETRY_TOKEN_LIFETIME.as_millis() as u64 {
+            return None;
+        }
+        let n = usize::from(*body.get(8)?);
+        body.get(9..9 + n).map(<[u8]>::to_vec)
+    }
+}
+
+fn token_msg(body: &[u8], peer: SocketAddr) -> Vec<u8> {
+    let mut m = body.to_vec();
+    match peer {
+        SocketAddr::V4(a) => m.extend_from_slice(&a.ip().octets()),
+        SocketAddr::V6(a) => m.extend_from_slice(&a.ip().octets()),
+    }
+    m.extend_from_slice(&peer.port().to_le_bytes());
+    m
+}
+
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

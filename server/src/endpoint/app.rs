@@ -1,0 +1,182 @@
+//! What quiche delivered on a connection: protocol negotiation (`canvas/1` or legacy `h3`), control
+//! messages, pixel writes (validated, cooled down, queued to the master or rejected), welcome and SYNC.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use canvas::proto::{self, ClientMsg, ProtoError, NO_TICK};
+use canvas::{legacy, Pixel, RejectReason};
+
+use super::{Chunk, Conn, Ctx, Out, Proto, APP_ERR_PROTOCOL};
+use crate::publish::PixelWrite;
+
+impl Ctx {
+    /// React to what quiche delivered on `c`: negotiate the protocol, read writes and control messages.
+    pub(super) fn process_app(&mut self, key: usize, c: &mut Conn, now: Instant, buf: &mut [u8]) {
+        if c.proto == Proto::Pending && c.q.is_established() {
+            if c.q.application_proto() == legacy::ALPN {
+                c.proto = Proto::Legacy;
+                self.stats.conns_legacy += 1;
+                self.start_legacy(c);
+            } else {
+                c.proto = Proto::Canvas1;
+                self.stats.conns_canvas1 += 1;
+            }
+        }
+        match c.proto {
+            Proto::Pending => {}
+            Proto::Legacy => {
+                while let Ok(n) = c.q.dgram_recv(buf) {
+                    match legacy::decode_write(&buf[..n]) {
+                        Some(px) => self.write(key, c, None, px, now),
+                        None => self.stats.legacy_ignored += 1,
+                    }
+                }
+                // The legacy protocol has no streams: read and discard whatever a client sends on one, so
+                // it does not sit in quiche's buffers up to the flow-control window.
+                for s in c.q.readable() {
+                    while c.q.stream_recv(s, buf).is_ok() {}
+                }
+            }
+            Proto::Canvas1 => {
+                // canvas/1 clients send nothing as datagrams; drain and ignore.
+                while c.q.dgram_recv(buf).is_ok() {}
+                // `readable()` returns an owned list of ids: no borrow of `c.q` is held while reading.
+                for s in c.q.readable() {
+                    if c.ctl.is_none() && s % 4 == 0 {
+                        c.ctl = Some(s);
+                    }
+                    if c.ctl != Some(s) {
+                        while c.q.stream_recv(s, buf).is_ok() {}
+                        continue;
+                    }
+                    loop {
+                        const CHUNK: usize = 16 * 1024;
+                        let spare = c.reader.spare(CHUNK);
+                        match c.q.stream_recv(s, spare) {
+                            Ok((n, _fin)) => c.reader.commit(n, CHUNK),
+                            Err(_) => {
+                                c.reader.commit(0, CHUNK);
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = self.handle_frames(key, c, now) {
+                        let _ = c.q.close(true, APP_ERR_PROTOCOL, format!("{e}").as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_frames(&mut self, key: usize, c: &mut Conn, now: Instant) -> Result<(), ProtoError> {
+        let mut reader = std::mem::take(&mut c.reader);
+        let res = (|| {
+            while let Some(f) = reader.pop()? {
+                match proto::decode_client(f) {
+                    Ok(ClientMsg::Write { id, pixel }) => self.write(key, c, Some(id), pixel, now),
+                    Ok(ClientMsg::Sync { have_tick }) => self.sync(c, have_tick),
+                    Err(ProtoError::UnknownType(_)) => self.stats.reject(RejectReason::Malformed),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })();
+        c.reader = reader;
+        res
+    }
+
+    /// Validate a write, apply the cooldown, and queue it to the master, or refuse it.
+    pub(super) fn write(&mut self, key: usize, c: &mut Conn, id: Option<u32>, pixel: Pixel, now: Instant) {
+        self.stats.pixels_received += 1;
+        let mut slot = c.cooldown;
+        let result = self.cfg.rules.validate(pixel).map_err(|r| (r, Duration::ZERO)).and_then(|index| {
+            self.cfg.cooldown.try_take(&mut slot, now).map_err(|wait| (RejectReason::Cooldown, wait))?;
+            let link = &self.shared.links[self.cfg.worker];
+            link.writes
+                .push(PixelWrite { index, color: pixel.color })
+                .map_err(|_| (RejectReason::Busy, Duration::from_millis(u64::from(self.cfg.tick_ms))))
+        });
+        match result {
+            Ok(()) => {
+                c.cooldown = slot;
+                self.stats.pixels_queued += 1;
+                self.acks.push_back(id.map(|id| (key, c.gen, id)));
+            }
+            Err((reason, wait)) => {
+                self.stats.reject(reason);
+                if let Some(id) = id {
+                    proto::encode_reject(
+                        id,
+                        reason,
+                        wait.as_millis().min(u128::from(u32::MAX)) as u32,
+                        c.small(),
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn welcome(&mut self, c: &mut Conn) {
+        if !c.welcomed {
+            c.welcomed = true;
+            let w = proto::Welcome {
+                dims: self.cfg.rules.dims,
+                palette: self.cfg.rules.palette,
+                tick_ms: self.cfg.tick_ms,
+                cooldown_ms: self.cfg.cooldown.period().as_millis().min(u128::from(u32::MAX)) as u32,
+                tick: self.tick,
+            };
+            proto::encode_welcome(&w, c.small());
+        }
+    }
+
+    /// Answer SYNC{have}: the diffs after `have` if this worker still holds them all, else a snapshot and
+    /// the diffs after it; then SYNCED. Without a usable snapshot, ask the master and answer later.
+    pub(super) fn sync(&mut self, c: &mut Conn, have: u64) {
+        self.welcome(c);
+        let from = if have != NO_TICK && have <= self.tick && have >= self.lost_change {
+            have
+        } else {
+            match self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) {
+                Some(s) => {
+                    c.stream_out.push_back(Chunk::Snap(s.clone(), 0));
+                    self.stats.snapshots_sent += 1;
+                    s.tick
+                }
+                None => {
+                    c.awaiting = true;
+                    self.shared.snapshot_wanted.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        };
+        for p in self.history.iter().filter(|p| p.tick > from) {
+            c.stream_out.push_back(Chunk::Diff(p.clone(), 0));
+            self.stats.diffs_resent += 1;
+        }
+        proto::encode_synced(self.tick, c.small());
+        self.stats.syncs += 1;
+        c.awaiting = false;
+        // Broadcast datagrams resume with the next tick, which chains onto what was just sent. Anything
+        // queued before is superseded by the reply.
+        c.outbox.clear();
+        c.ready = true;
+    }
+
+    /// First broadcast to a legacy connection: the snapshot and the diffs after it.
+    pub(super) fn start_legacy(&mut self, c: &mut Conn) {
+        let Some(s) = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) else {
+            c.awaiting = true;
+            self.shared.snapshot_wanted.store(true, Ordering::Release);
+            return;
+        };
+        c.outbox.push_back(Out::LegacySnap(s.clone(), 0));
+        self.stats.snapshots_sent += 1;
+        for p in self.history.iter().filter(|p| p.tick > s.tick) {
+            c.outbox.push_back(Out::Legacy(p.clone(), 0));
+        }
+        c.awaiting = false;
+        c.ready = true;
+    }
+}

@@ -1,0 +1,358 @@
+//! The per-worker QUIC endpoint: accepts connections (stateless retry optional), routes packets by
+//! connection id, runs quiche's timers from a heap, speaks both wire protocols, forwards pixel writes to the
+//! master, and fans each tick's shared, pre-encoded broadcast out to its connections. It is written once
+//! against [`datapath::seam::Datapath`]; time is always passed in by the caller.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use canvas::proto::FrameReader;
+use canvas::{Cooldown, Datagrams, Rules};
+use ring::hmac;
+use slab::Slab;
+
+use crate::link::Shared;
+use crate::publish::{Publication, Snapshot};
+use datapath::seam::Addrs;
+
+mod accept;
+mod app;
+mod publication;
+mod send;
+mod stats;
+
+pub use stats::EndpointStats;
+
+/// Length of the connection ids this server issues.
+pub const LOCAL_CID_LEN: usize = 16;
+/// A packet whose pacing release time is less than this ahead is sent at once (Linux fq's granularity is
+/// of the same order; holding packets for less would cost more wake-ups than it saves burstiness).
+pub const PACING_SLACK: Duration = Duration::from_millis(1);
+/// Superseded timer entries tolerated beyond two per connection before the heap is purged.
+pub const TIMER_PURGE_SLACK: usize = 64;
+/// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
+pub const MIN_INITIAL_DATAGRAM: usize = 1200;
+/// Retry tokens older than this are refused.
+pub const RETRY_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+/// Application error code sent when a client breaks the canvas/1 framing.
+pub const APP_ERR_PROTOCOL: u64 = 0x101;
+/// Application error code sent on graceful shutdown.
+pub const APP_ERR_SHUTDOWN: u64 = 0x0;
+/// Application error code sent to a client that does not read its control stream: more than this many
+/// control chunks (ACKs, REJECTs, diffs) are queued for it.
+pub const APP_ERR_NOT_READING: u64 = 0x102;
+/// Control chunks queued per connection before it is closed with [`APP_ERR_NOT_READING`].
+pub const MAX_STREAM_CHUNKS: usize = 4096;
+
+/// Endpoint tuning; the server fills it from its flags.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointConfig {
+    /// This worker's index (its slot in the master's per-worker tables).
+    pub worker: usize,
+    /// Canvas validation rules.
+    pub rules: Rules,
+    /// Write cooldown.
+    pub cooldown: Cooldown,
+    /// Connections this worker accepts at most (predecessor: MAX_CONNECTIONS_PER_WORKER = 65536).
+    pub max_conns: usize,
+    /// Demand address validation with a stateless Retry before accepting.
+    pub retry: bool,
+    /// Broadcast interval, told to canvas/1 clients.
+    pub tick_ms: u32,
+    /// Legacy clients get the whole canvas every this many ticks.
+    pub full_interval: u64,
+    /// Entries of quiche's per-connection DATAGRAM send queue we keep filled.
+    pub dgram_queue: usize,
+    /// Ticks of broadcast backlog a connection may have before the backlog is dropped (bounded, never
+    /// unbounded: a canvas/1 client then repairs with SYNC, a legacy one at the next full snapshot).
+    pub outbox_ticks: usize,
+    /// Non-empty ticks kept for catch-up; older ones are answered with a snapshot.
+    pub history_ticks: usize,
+    /// Packets one connection may send per flush pass before the next connection's turn.
+    pub send_budget: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Pending,
+    Legacy,
+    Canvas1,
+}
+
+/// A run of shared datagrams still to hand to quiche.
+#[derive(Debug)]
+enum Out {
+    Head(Arc<Publication>, usize),
+    Legacy(Arc<Publication>, usize),
+    Parts(Arc<Publication>, usize),
+    LegacySnap(Arc<Snapshot>, usize),
+}
+
+impl Out {
+    fn cursor(&mut self) -> (&Datagrams, &mut usize) {
+        match self {
+            Out::Head(p, i) => (&p.head, i),
+            Out::Legacy(p, i) => (&p.legacy, i),
+            Out::Parts(p, i) => (&p.parts, i),
+            Out::LegacySnap(s, i) => (&s.legacy, i),
+        }
+    }
+}
+
+/// Control-stream bytes still to hand to quiche (shared frames are not copied until quiche takes them).
+#[derive(Debug)]
+enum Chunk {
+    Bytes(Vec<u8>, usize),
+    Diff(Arc<Publication>, usize),
+    Snap(Arc<Snapshot>, usize),
+}
+
+impl Chunk {
+    fn cursor(&mut self) -> (&[u8], &mut usize) {
+        match self {
+            Chunk::Bytes(b, i) => (b, i),
+            Chunk::Diff(p, i) => (&p.diff_frame, i),
+            Chunk::Snap(s, i) => (&s.frame, i),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Paced {
+    at: Instant,
+    buf: Vec<u8>,
+    addrs: Addrs,
+}
+
+struct Conn {
+    q: quiche::Connection,
+    gen: u32,
+    scid: [u8; LOCAL_CID_LEN],
+    proto: Proto,
+    cooldown: Option<Instant>,
+    timer: Option<Instant>,
+    outbox: VecDeque<Out>,
+    ctl: Option<u64>,
+    reader: FrameReader,
+    stream_out: VecDeque<Chunk>,
+    welcomed: bool,
+    /// Broadcasts flow to this connection (it has a snapshot or is being sent one).
+    ready: bool,
+    /// Waiting for a snapshot new enough to catch it up (canvas/1: a SYNC; legacy: its first snapshot).
+    awaiting: bool,
+    dirty: bool,
+    paced: Option<Paced>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("gen", &self.gen).field("proto", &self.proto).finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// The Vec to append small control messages to.
+    fn small(&mut self) -> &mut Vec<u8> {
+        let reuse = matches!(self.stream_out.back(), Some(Chunk::Bytes(b, 0)) if b.len() < 16 * 1024);
+        if !reuse {
+            self.stream_out.push_back(Chunk::Bytes(Vec::with_capacity(256), 0));
+        }
+        match self.stream_out.back_mut() {
+            Some(Chunk::Bytes(b, _)) => b,
+            _ => unreachable!("just pushed"),
+        }
+    }
+}
+
+/// Everything but the connection table, so handlers can borrow both.
+struct Ctx {
+    cfg: EndpointConfig,
+    shared: Arc<Shared>,
+    key: hmac::Key,
+    epoch: Instant,
+    stats: EndpointStats,
+    /// One entry per write handed to the master, in order: who to ACK when the master reports it applied.
+    acks: VecDeque<Option<(usize, u32, u32)>>,
+    applied: u64,
+    history: VecDeque<Arc<Publication>>,
+    /// Newest tick whose diff this worker no longer holds: catch-up from before it needs a snapshot.
+    lost_change: u64,
+    snapshot: Option<Arc<Snapshot>>,
+    tick: u64,
+    tx_now: Vec<(Addrs, Vec<u8>)>,
+}
+
+/// The endpoint.
+pub struct Endpoint {
+    qcfg: quiche::Config,
+    conns: Slab<Conn>,
+    ids: HashMap<[u8; LOCAL_CID_LEN], usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    dirty: Vec<usize>,
+    /// The other half of `dirty`'s double buffer (empty between passes; see `flush`).
+    dirty_spare: Vec<usize>,
+    next_gen: u32,
+    buf: Vec<u8>,
+    closing: bool,
+    ctx: Ctx,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("conns", &self.conns.len()).field("tick", &self.ctx.tick).finish()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint for worker `cfg.worker`, using `qcfg` (see [`crate::quic::server_config`]) and the
+    /// queues in `shared`. `now` anchors retry-token ages.
+    pub fn new(cfg: EndpointConfig, qcfg: quiche::Config, shared: Arc<Shared>, now: Instant) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("system RNG available");
+        Self {
+            qcfg,
+            conns: Slab::new(),
+            ids: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            dirty_spare: Vec::new(),
+            next_gen: 0,
+            buf: vec![0; 64 * 1024],
+            closing: false,
+            ctx: Ctx {
+                cfg,
+                shared,
+                key,
+                epoch: now,
+                stats: EndpointStats::default(),
+                acks: VecDeque::new(),
+                applied: 0,
+                history: VecDeque::new(),
+                lost_change: 0,
+                snapshot: None,
+                tick: 0,
+                tx_now: Vec::new(),
+            },
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.ctx.stats
+    }
+
+    /// Open connections.
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The newest tick this worker has seen.
+    pub fn tick(&self) -> u64 {
+        self.ctx.tick
+    }
+
+    /// True when the endpoint has sends pending (the caller should not sleep).
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty() || !self.ctx.tx_now.is_empty()
+    }
+
+    /// Entries in the timer heap (live and superseded), for tests and stats.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Earliest timer (quiche timeout or pacing release).
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn derive_cid(&self, dcid: &[u8]) -> [u8; LOCAL_CID_LEN] {
+        let tag = hmac::sign(&self.ctx.key, dcid);
+        tag.as_ref()[..LOCAL_CID_LEN].try_into().expect("SHA-256 tag is 32 bytes")
+    }
+
+    fn mark_dirty(dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
+        if !c.dirty {
+            c.dirty = true;
+            dirty.push(key);
+        }
+    }
+
+    /// Handle one received datagram. `pkt` is decrypted in place.
+    pub fn on_datagram(&mut self, now: Instant, addrs: Addrs, pkt: &mut [u8]) {
+        let hdr = match quiche::Header::from_slice(pkt, LOCAL_CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                self.ctx.stats.dropped_packets += 1;
+                return;
+            }
+        };
+        let mut key =
+            <[u8; LOCAL_CID_LEN]>::try_from(&hdr.dcid[..]).ok().and_then(|k| self.ids.get(&k).copied());
+        if key.is_none() && hdr.ty == quiche::Type::Initial {
+            key = self.ids.get(&self.derive_cid(&hdr.dcid)).copied();
+        }
+        let (key, new) = match key {
+            Some(k) => (k, false),
+            None => match self.accept(now, addrs, &hdr, pkt.len()) {
+                Some(k) => (k, true),
+                None => return,
+            },
+        };
+        let c = &mut self.conns[key];
+        let info = quiche::RecvInfo { from: addrs.peer, to: addrs.local };
+        if c.q.recv(pkt, info).is_err() {
+            self.ctx.stats.recv_errors += 1;
+            if new {
+                // An Initial quiche refused: no state is kept for it.
+                self.remove(key);
+                return;
+            }
+        }
+        self.ctx.process_app(key, c, now, &mut self.buf);
+        Self::mark_dirty(&mut self.dirty, key, c);
+    }
+
+    /// Fire expired quiche timers and pacing releases.
+    pub fn on_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, key, gen))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
+                continue;
+            };
+            if c.timer != Some(t) {
+                continue; // superseded by an earlier deadline
+            }
+            c.timer = None;
+            // The armed deadline may be earlier than quiche's current one (it only ever moves the armed
+            // entry earlier, see `flush`): fire quiche only when its own deadline has passed.
+            if c.q.timeout_instant().is_some_and(|q| q <= now) {
+                c.q.on_timeout();
+                self.ctx.stats.timeouts += 1;
+            }
+            Self::mark_dirty(&mut self.dirty, key, c);
+        }
+    }
+
+    /// Close every connection (CONNECTION_CLOSE with application code 0) and accept no new ones.
+    pub fn close_all(&mut self) {
+        self.closing = true;
+        for (key, c) in self.conns.iter_mut() {
+            let _ = c.q.close(true, APP_ERR_SHUTDOWN, b"server shutdown");
+            Self::mark_dirty(&mut self.dirty, key, c);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        let c = self.conns.remove(key);
+        self.ids.remove(&c.scid);
+        self.ctx.stats.closed += 1;
+    }
+}
+
+impl Ctx {}

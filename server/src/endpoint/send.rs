@@ -1,0 +1,194 @@
+//! Sending: each dirty connection's control stream and broadcast outbox fed into quiche, packets built
+//! straight into the backend's transmit slots, pacing honoured, the send budget and backpressure applied.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use datapath::seam::{Addrs, Datapath};
+
+use super::{
+    Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, MAX_STREAM_CHUNKS, PACING_SLACK, TIMER_PURGE_SLACK,
+};
+
+impl Endpoint {
+    /// Produce packets for every connection with something to send, into `tx`. Connections that could not
+    /// finish (transmit side full, send budget used) stay queued for the next call.
+    pub fn flush<B: Datapath>(&mut self, now: Instant, tx: &mut B) {
+        while let Some((addrs, pkt)) = self.ctx.tx_now.pop() {
+            let Some(slot) = tx.tx_slot() else {
+                self.ctx.tx_now.push((addrs, pkt));
+                return;
+            };
+            slot[..pkt.len()].copy_from_slice(&pkt);
+            tx.tx_commit(pkt.len(), addrs);
+        }
+        // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
+        // vectors swap roles every pass, so the steady state allocates nothing.
+        let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
+        let mut blocked = false;
+        for &key in &pending {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            c.dirty = false;
+            if blocked {
+                c.dirty = true;
+                self.dirty.push(key);
+                continue;
+            }
+            let (more, full) = self.ctx.flush_conn(c, now, tx);
+            blocked = full;
+            if c.q.is_closed() {
+                self.remove(key);
+                continue;
+            }
+            // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap entry:
+            // quiche moves its idle deadline on every packet, and pushing each move would grow the heap by
+            // one stale entry per packet. A later deadline is picked up when the armed entry fires.
+            let t = match &c.paced {
+                Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
+                None => c.q.timeout_instant(),
+            };
+            if let Some(t) = t {
+                if c.timer.is_none_or(|armed| t < armed) {
+                    c.timer = Some(t);
+                    self.timers.push(Reverse((t, key, c.gen)));
+                }
+            }
+            if more || full {
+                c.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        pending.clear();
+        self.dirty_spare = pending;
+        // Superseded heap entries are skipped when they fire; purge them once they outnumber live ones.
+        if self.timers.len() > TIMER_PURGE_SLACK + 2 * self.conns.len() {
+            let conns = &self.conns;
+            self.timers.retain(|Reverse((t, k, g))| {
+                conns.get(*k).is_some_and(|c| c.gen == *g && c.timer == Some(*t))
+            });
+        }
+    }
+}
+
+impl Ctx {
+    /// Hand queued control bytes to quiche, as far as the stream's flow control allows. Returns bytes taken.
+    pub(super) fn feed_stream(&mut self, c: &mut Conn) -> usize {
+        let Some(ctl) = c.ctl else { return 0 };
+        let mut total = 0;
+        while let Some(ch) = c.stream_out.front_mut() {
+            let (bytes, off) = ch.cursor();
+            match c.q.stream_send(ctl, &bytes[*off..], false) {
+                Ok(n) => {
+                    *off += n;
+                    total += n;
+                    if *off < bytes.len() {
+                        break;
+                    }
+                    c.stream_out.pop_front();
+                }
+                Err(quiche::Error::Done) => break,
+                Err(_) => {
+                    c.stream_out.clear();
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Keep quiche's DATAGRAM queue topped up from the shared broadcast backlog. Returns datagrams queued.
+    pub(super) fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
+        let mut n = 0;
+        while c.q.dgram_send_queue_len() < self.cfg.dgram_queue {
+            let Some(o) = c.outbox.front_mut() else { break };
+            let (d, i) = o.cursor();
+            let Some(g) = d.get(*i) else {
+                c.outbox.pop_front();
+                continue;
+            };
+            match c.q.dgram_send(g) {
+                Ok(()) => {
+                    *i += 1;
+                    n += 1;
+                    self.stats.broadcast_dgrams += 1;
+                    self.stats.broadcast_bytes += g.len() as u64;
+                }
+                Err(quiche::Error::Done) => break,
+                Err(quiche::Error::BufferTooShort) => {
+                    // Larger than the peer accepts: skip this one; a canvas/1 client repairs with SYNC.
+                    *i += 1;
+                    self.stats.dgram_too_big += 1;
+                }
+                Err(_) => {
+                    // Peer without DATAGRAM support.
+                    c.outbox.clear();
+                    break;
+                }
+            }
+        }
+        n
+    }
+
+    /// Send what `c` has, up to the send budget. Returns (has more to send, transmit side full).
+    pub(super) fn flush_conn<B: Datapath>(&mut self, c: &mut Conn, now: Instant, tx: &mut B) -> (bool, bool) {
+        // quiche stamps `SendInfo.at` from its own reading of the monotonic clock (with its default
+        // recovery, `at` is simply quiche's "now"), so release times are compared with a fresh reading, once
+        // per connection: the loop's `now` can be tens of milliseconds old by the end of a flush pass over
+        // thousands of connections, and comparing against it would hold nearly every packet.
+        let now = now.max(Instant::now());
+        if let Some(p) = &c.paced {
+            if p.at > now {
+                return (false, false);
+            }
+            let Some(slot) = tx.tx_slot() else {
+                return (true, true);
+            };
+            let p = c.paced.take().expect("checked");
+            slot[..p.buf.len()].copy_from_slice(&p.buf);
+            tx.tx_commit(p.buf.len(), p.addrs);
+            self.stats.packets_out += 1;
+        }
+        self.feed_stream(c);
+        if c.stream_out.len() > MAX_STREAM_CHUNKS && !c.q.is_closed() {
+            let _ = c.q.close(true, APP_ERR_NOT_READING, b"control stream not read");
+            c.stream_out.clear();
+            self.stats.closed_not_reading += 1;
+        }
+        self.feed_dgrams(c);
+        let mut sent = 0;
+        loop {
+            if sent >= self.cfg.send_budget {
+                return (true, false);
+            }
+            let Some(slot) = tx.tx_slot() else {
+                return (true, true);
+            };
+            match c.q.send(slot) {
+                Ok((len, info)) => {
+                    let addrs = Addrs { local: info.from, peer: info.to };
+                    if info.at > now + PACING_SLACK {
+                        c.paced = Some(Paced { at: info.at, buf: slot[..len].to_vec(), addrs });
+                        self.stats.paced_holds += 1;
+                        return (false, false);
+                    }
+                    tx.tx_commit(len, addrs);
+                    sent += 1;
+                    self.stats.packets_out += 1;
+                }
+                Err(quiche::Error::Done) => {
+                    // quiche may have room again for control bytes or datagrams.
+                    if self.feed_stream(c) + self.feed_dgrams(c) == 0 {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = c.q.close(false, 0x1, b"internal error");
+                    break;
+                }
+            }
+        }
+        (false, false)
+    }
+}

@@ -1,0 +1,93 @@
+//! The endpoint's counters (per worker), written to `--stats-json` and read by the live metrics.
+
+use canvas::RejectReason;
+
+/// Endpoint counters (per worker), written to `--stats-json`.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EndpointStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed and removed.
+    pub closed: u64,
+    /// Connection attempts refused at max_conns.
+    pub refused: u64,
+    /// Connections that negotiated canvas/1.
+    pub conns_canvas1: u64,
+    /// Connections that negotiated the legacy protocol.
+    pub conns_legacy: u64,
+    /// Retry packets sent.
+    pub retries: u64,
+    /// Initial packets with an invalid retry token.
+    pub bad_tokens: u64,
+    /// Version negotiation packets sent.
+    pub version_negotiations: u64,
+    /// Packets dropped: unparsable header or unknown connection id on a non-Initial packet.
+    pub dropped_packets: u64,
+    /// Packets quiche refused.
+    pub recv_errors: u64,
+    /// Pixel writes received.
+    pub pixels_received: u64,
+    /// Writes handed to the master.
+    pub pixels_queued: u64,
+    /// Writes acknowledged as applied (canvas/1 ACKs plus legacy writes the master applied).
+    pub pixels_applied: u64,
+    /// Writes refused, by reason.
+    pub rejected_out_of_bounds: u64,
+    /// See `rejected_out_of_bounds`.
+    pub rejected_bad_color: u64,
+    /// See `rejected_out_of_bounds`.
+    pub rejected_cooldown: u64,
+    /// See `rejected_out_of_bounds`.
+    pub rejected_busy: u64,
+    /// See `rejected_out_of_bounds`.
+    pub rejected_malformed: u64,
+    /// Legacy datagrams ignored for not being 5 bytes (the predecessor ignored them too).
+    pub legacy_ignored: u64,
+    /// SYNC requests served.
+    pub syncs: u64,
+    /// Snapshots sent (canvas/1 stream and legacy RLE).
+    pub snapshots_sent: u64,
+    /// Tick diffs re-sent on the stream in SYNC replies.
+    pub diffs_resent: u64,
+    /// Broadcast DATAGRAMs handed to quiche.
+    pub broadcast_dgrams: u64,
+    /// Their payload bytes.
+    pub broadcast_bytes: u64,
+    /// Connection backlogs dropped for exceeding outbox_ticks.
+    pub outbox_overflows: u64,
+    /// Publications received from the master.
+    pub publications: u64,
+    /// Publications missed (the worker fell behind the master's queue).
+    pub publication_gaps: u64,
+    /// Packets held back to honour quiche's pacing.
+    pub paced_holds: u64,
+    /// Packets quiche produced and handed to the backend.
+    pub packets_out: u64,
+    /// Broadcast datagrams larger than the peer accepts (skipped).
+    pub dgram_too_big: u64,
+    /// Connections closed for not reading their control stream.
+    pub closed_not_reading: u64,
+    /// quiche timeouts fired.
+    pub timeouts: u64,
+}
+
+impl EndpointStats {
+    pub(super) fn reject(&mut self, r: RejectReason) {
+        *match r {
+            RejectReason::OutOfBounds => &mut self.rejected_out_of_bounds,
+            RejectReason::BadColor => &mut self.rejected_bad_color,
+            RejectReason::Cooldown => &mut self.rejected_cooldown,
+            RejectReason::Busy => &mut self.rejected_busy,
+            RejectReason::Malformed => &mut self.rejected_malformed,
+        } += 1;
+    }
+
+    /// All rejected writes.
+    pub fn rejected(&self) -> u64 {
+        self.rejected_out_of_bounds
+            + self.rejected_bad_color
+            + self.rejected_cooldown
+            + self.rejected_busy
+            + self.rejected_malformed
+    }
+}
