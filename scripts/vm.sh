@@ -386,22 +386,29 @@ wait_file() { # timeout-seconds file...
   return 1
 }
 
+# A snapshot of the binaries in RUNDIR/bin (they may be rebuilt while this runs), RUNDIR/run.info (what ran
+# where) and the guest's parameter file.
+snapshot_run() { # suite kernel-package kernel-release note
+  mkdir -p "$RUNDIR/bin"
+  cp "$REPO/target/release/server" "$REPO/target/release/client" "$RUNDIR/bin/"
+  {
+    echo "suite=$1"
+    echo "kernel_package=$2"
+    echo "kernel_release=$3"
+    echo "kernel_note=$4"
+    echo "commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || echo '+dirty')"
+    echo "server_sha256=$(sha256sum "$RUNDIR/bin/server" | cut -d' ' -f1)"
+    echo "server_mtime=$(date -r "$REPO/target/release/server" -Is)"
+  } >"$RUNDIR/run.info"
+  write_params "$1"
+}
+
 # The host row: the same cells on this machine's kernel over the testbed (veth), no guest.
 run_host_suite() {
   local t0
   t0=$(now)
   SUITE_RC=1
-  mkdir -p "$RUNDIR/bin"
-  cp "$REPO/target/release/server" "$REPO/target/release/client" "$RUNDIR/bin/"
-  {
-    echo "suite=host"
-    echo "kernel_package=host"
-    echo "kernel_release=$(uname -r)"
-    echo "kernel_note=this machine's kernel, on the veth testbed (no IRQs, no zero-copy)"
-    echo "commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || echo '+dirty')"
-    echo "server_sha256=$(sha256sum "$RUNDIR/bin/server" | cut -d' ' -f1)"
-  } >"$RUNDIR/run.info"
-  write_params host
+  snapshot_run host host "$(uname -r)" "this machine's kernel, on the veth testbed (no IRQs, no zero-copy)"
   msg "host: $(uname -r), cells on the testbed -> $RUNDIR"
   bash "$HERE/vm/host_cells.sh" "$RUNDIR" "${CELL_LIST[*]}" "$CLIENTS" "$SECS" || true
   echo 0 >"$RUNDIR/boot_seconds"
@@ -418,19 +425,7 @@ run_suite() {
   t0=$(now)
   SUITE_RC=1
   fetch_kernel "$suite"
-  mkdir -p "$RUNDIR/bin"
-  # A snapshot of the binaries (they may be rebuilt while this runs).
-  cp "$REPO/target/release/server" "$REPO/target/release/client" "$RUNDIR/bin/"
-  {
-    echo "suite=$suite"
-    echo "kernel_package=$K_VER"
-    echo "kernel_release=$K_REL"
-    echo "kernel_note=$K_NOTE"
-    echo "commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || echo '+dirty')"
-    echo "server_sha256=$(sha256sum "$RUNDIR/bin/server" | cut -d' ' -f1)"
-    echo "server_mtime=$(date -r "$REPO/target/release/server" -Is)"
-  } >"$RUNDIR/run.info"
-  write_params "$suite"
+  snapshot_run "$suite" "$K_VER" "$K_REL" "$K_NOTE"
   net_up
   vng_cmd "bash $HERE/vm/guest.sh $RUNDIR/params"
   local attempt
