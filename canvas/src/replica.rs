@@ -280,17 +280,23 @@ impl Replica {
         if self.diverged {
             return Ok(());
         }
-        while let Some(entry) = self.pending.first_entry() {
-            let tick = *entry.key();
-            let p = entry.get();
-            if tick <= t {
-                entry.remove();
+        while let Some((&first, p)) = self.pending.first_key_value() {
+            if first <= t {
+                self.pending.remove(&first);
                 continue;
             }
-            if p.missing > 0 || p.base > t {
-                break;
-            }
-            let p = entry.remove();
+            let tick = if p.missing > 0 || p.base > t {
+                // The next tick is incomplete or does not chain, but a later complete diff may start at or
+                // before t (a SYNC reply's coalesced DIFF, base = the tick the client had): it applies
+                // (B <= t < T) and makes everything buffered before it stale.
+                match self.pending.iter().rev().find(|(_, q)| q.missing == 0 && q.base <= t) {
+                    Some((&k, _)) => k,
+                    None => break,
+                }
+            } else {
+                first
+            };
+            let p = self.pending.remove(&tick).expect("a pending tick");
             let view = DiffView { tick, base: p.base, hash: p.hash, entries: &p.entries };
             for (i, c) in view.entries() {
                 let px = self.pixels.get_mut(i as usize).ok_or(ProtoError::IndexOutOfRange(i))?;
@@ -402,6 +408,26 @@ mod tests {
         }
     }
 
+    impl Server {
+        /// The server side of SYNC as it answers now: one DIFF with the net change of every tick after
+        /// `have` (each pixel once, its last color, ascending index), base `have`.
+        fn coalesced_reply(&self, have: u64) -> Vec<u8> {
+            let mut net = std::collections::BTreeMap::new();
+            let mut last = None;
+            for (t, _, h, e) in self.history.iter().filter(|(t, ..)| *t > have) {
+                net.extend(e.iter().copied());
+                last = Some((*t, *h));
+            }
+            let mut out = Vec::new();
+            if let Some((t, h)) = last {
+                let entries: Vec<(u32, u8)> = net.into_iter().collect();
+                encode_diff(t, have, h, &entries, &mut out);
+            }
+            encode_synced(self.tick, &mut out);
+            out
+        }
+    }
+
     /// A server at tick 0 and a replica that has installed its snapshot.
     fn joined() -> (Instant, Server, Replica) {
         let t0 = Instant::now();
@@ -439,6 +465,28 @@ mod tests {
         assert_eq!(r.tick(), Some(3));
         assert_eq!(r.pixels(), s.canvas.pixels());
         assert_eq!(r.poll_sync(now + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn coalesced_sync_reply_jumps_over_buffered_ticks() {
+        let (t0, mut s, mut r) = joined();
+        // Tick 1 is lost entirely; ticks 2 and 3 arrive whole and wait in the buffer (base 1 and 2 > t = 0).
+        let _lost = s.tick(&[(1, 1), (2, 2)]);
+        for w in [[(2u32, 5u8), (3, 3)], [(1, 7), (4, 4)]] {
+            for g in s.tick(&w).iter() {
+                r.on_datagram(g, t0).unwrap();
+            }
+        }
+        assert_eq!(r.tick(), Some(0));
+        let have = r.poll_sync(t0 + DEFAULT_GAP_GRACE).expect("gap detected");
+        assert_eq!(have, 0);
+        // One DIFF (base 0, tick 3) with the net change: it applies although ticks 2 and 3 are buffered.
+        feed_stream(&mut r, &s.coalesced_reply(have), t0);
+        assert_eq!(r.tick(), Some(3));
+        assert_eq!(r.pixels(), s.canvas.pixels());
+        assert_eq!(r.hash(), s.canvas.hash());
+        assert_eq!(r.stats().hash_mismatches, 0);
+        assert_eq!(r.poll_sync(t0 + 10 * DEFAULT_GAP_GRACE), None, "nothing left to repair");
     }
 
     #[test]

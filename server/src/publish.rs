@@ -53,8 +53,10 @@ pub struct Publication {
     pub legacy: Datagrams,
     /// canvas/1 DIFF_PART datagrams.
     pub parts: Datagrams,
-    /// canvas/1 framed DIFF (the stream form, for SYNC replies).
+    /// canvas/1 framed DIFF (the stream form, for SYNC replies that need exactly this tick).
     pub diff_frame: Vec<u8>,
+    /// The change set itself, in the master's order (for SYNC replies that coalesce several ticks).
+    pub entries: Vec<(u32, u8)>,
     /// canvas/1 HEAD datagram: this tick and the newest changing tick (this one, or `base` when empty).
     pub head: Datagrams,
     /// For each worker: writes from it applied up to and including this tick (cumulative).
@@ -94,6 +96,7 @@ impl Publication {
             legacy: legacy_d,
             parts,
             diff_frame,
+            entries: entries.to_vec(),
             head,
             applied,
             snapshot,
@@ -111,5 +114,63 @@ impl Publication {
     pub fn sends_head(&self) -> bool {
         let quiet = self.tick - self.base;
         self.is_empty() && self.base > 0 && quiet.is_power_of_two() && quiet <= 64
+    }
+}
+
+/// The net change of several consecutive ticks' change sets (oldest first): each pixel once, with the color
+/// the last of them gave it, in index order. Applied to the canvas as it was before the first of them (or at
+/// any tick up to the last, since every pixel the ticks changed is included), it gives the canvas after the
+/// last. O(entries · log entries); what it costs never depends on how many ticks it spans.
+pub fn coalesce<'a>(change_sets: impl IntoIterator<Item = &'a [(u32, u8)]>) -> Vec<(u32, u8)> {
+    let mut all: Vec<(u32, u8)> = change_sets.into_iter().flatten().copied().collect();
+    // Stable: among equal indexes the latest stays last, and the dedup keeps the last of each run.
+    all.sort_by_key(|&(i, _)| i);
+    let mut out: Vec<(u32, u8)> = Vec::with_capacity(all.len());
+    for e in all {
+        match out.last_mut() {
+            Some(last) if last.0 == e.0 => *last = e,
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+
+    #[test]
+    fn later_writes_supersede_earlier_ones() {
+        let t1: &[(u32, u8)] = &[(5, 1), (2, 7), (5, 3)];
+        let t2: &[(u32, u8)] = &[(9, 4), (2, 8)];
+        let t3: &[(u32, u8)] = &[(5, 0)];
+        assert_eq!(coalesce([t1, t2, t3]), vec![(2, 8), (5, 0), (9, 4)]);
+        assert!(coalesce(std::iter::empty()).is_empty());
+        assert_eq!(coalesce([t2]), vec![(2, 8), (9, 4)]);
+    }
+
+    #[test]
+    fn coalesced_delta_replays_the_ticks() {
+        // Replaying the ticks one by one and applying the coalesced delta give the same canvas.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let ticks: Vec<Vec<(u32, u8)>> =
+            (0..50).map(|_| (0..40).map(|_| ((next() % 64) as u32, (next() % 4) as u8)).collect()).collect();
+        let mut replay = [0u8; 64];
+        for t in &ticks {
+            for &(i, c) in t {
+                replay[i as usize] = c;
+            }
+        }
+        let mut delta = [0u8; 64];
+        for (i, c) in coalesce(ticks.iter().map(Vec::as_slice)) {
+            delta[i as usize] = c;
+        }
+        assert_eq!(replay, delta);
     }
 }

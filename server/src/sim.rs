@@ -65,6 +65,8 @@ pub struct SimClient {
     pub rejected: u64,
     /// Highest tick in an ACK.
     pub max_acked_tick: u64,
+    /// Drop everything that reaches this client (a link that loses every downstream packet) while set.
+    pub deaf: bool,
 }
 
 impl std::fmt::Debug for SimClient {
@@ -223,6 +225,7 @@ impl Sim {
                     acked: 0,
                     rejected: 0,
                     max_acked_tick: 0,
+                    deaf: false,
                 }
             })
             .collect();
@@ -268,7 +271,9 @@ impl Sim {
         self.serve(now, |_| tick);
         for c in &mut self.clients {
             while let Some(mut p) = self.net.take(c.addr) {
-                let _ = c.q.recv(&mut p.data, quiche::RecvInfo { from: p.from, to: c.addr });
+                if !c.deaf {
+                    let _ = c.q.recv(&mut p.data, quiche::RecvInfo { from: p.from, to: c.addr });
+                }
             }
             if c.q.timeout_instant().is_some_and(|t| t <= now) {
                 c.q.on_timeout();

@@ -77,9 +77,14 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     let syncs: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum();
     let mism: u64 = sim.clients.iter().map(|c| c.replica.stats().hash_mismatches).sum();
     let net = sim.net.stats();
+    let (resent, coalesced, snapshots) = sim.workers.iter().fold((0, 0, 0), |a, (e, _)| {
+        let s = e.stats();
+        (a.0 + s.diffs_resent, a.1 + s.deltas_coalesced, a.2 + s.snapshots_sent)
+    });
     eprintln!(
         "clients={clients} loss={loss} reorder={reorder} rounds={} sent={sent} acked={acked} rejected={rejected} \
-         invalid={bad} syncs={syncs} hash_mismatches={mism} net={net:?}",
+         invalid={bad} syncs={syncs} hash_mismatches={mism} diffs_resent={resent} (coalesced {coalesced}) \
+         snapshots={snapshots} net={net:?}",
         sim.rounds()
     );
     assert!(converged, "replicas converge and every write is answered");
@@ -112,6 +117,63 @@ fn three_hundred_clients_converge_through_loss_and_reordering() {
 #[test]
 fn heavy_loss_forces_resyncs_and_still_converges() {
     run(200, 0.05, 0.05, 11);
+}
+
+/// A client whose downstream link loses everything for ten busy ticks falls behind; when the link returns it
+/// sees the gap, sends SYNC{have}, and gets one DIFF coalescing every tick since `have` (later writes to a
+/// pixel superseding earlier ones): no per-tick re-send, no snapshot.
+#[test]
+fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
+    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let cfg = config(20, 0.0, 0.0, 3);
+    let history = cfg.endpoint.history_ticks as u64;
+    let rounds_per_tick = cfg.rounds_per_tick;
+    let mut sim = Sim::new(cfg, &cert, &key);
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let stats = |sim: &Sim| {
+        sim.workers.iter().fold((0, 0, 0, 0), |a, (e, _)| {
+            let s = e.stats();
+            (a.0 + s.snapshots_sent, a.1 + s.deltas_coalesced, a.2 + s.delta_ticks, a.3 + s.delta_entries)
+        })
+    };
+    let (snapshots_at_join, ..) = stats(&sim);
+    let tick_before = sim.master.tick();
+    sim.clients[0].deaf = true;
+    let mut rng = SmallRng::seed_from_u64(3);
+    // Ten ticks, every one changing pixels (fewer than the worker's history holds).
+    for _ in 0..10 * rounds_per_tick {
+        for c in sim.clients.iter_mut().skip(1) {
+            if rng.random_ratio(1, 2) {
+                // A small area, so that later writes supersede earlier ones.
+                c.write(Pixel {
+                    x: rng.random_range(0..8),
+                    y: rng.random_range(0..4),
+                    color: rng.random_range(0..32),
+                });
+            }
+        }
+        sim.round();
+    }
+    let behind = sim.master.tick() - tick_before;
+    assert!(behind >= 10 && behind < history, "{behind} ticks behind, within the history of {history}");
+    sim.clients[0].deaf = false;
+    assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "the deaf client converges");
+    let (snapshots, coalesced, ticks, entries) = stats(&sim);
+    let syncs = sim.clients[0].replica.stats().syncs;
+    eprintln!(
+        "behind={behind} syncs={syncs} coalesced deltas={coalesced} spanning {ticks} ticks with {entries} entries, \
+         snapshots after join={}",
+        snapshots - snapshots_at_join
+    );
+    assert!(syncs >= 1, "the client saw the gap and asked");
+    assert!(coalesced >= 1, "the reply was one coalesced DIFF");
+    assert!(ticks >= 2 * coalesced, "each spanned several ticks");
+    assert!(
+        entries <= 8 * 4 * coalesced,
+        "later writes superseded earlier ones: at most the 32 pixels written"
+    );
+    assert_eq!(snapshots, snapshots_at_join, "no snapshot after the join");
+    assert_eq!(sim.clients[0].replica.pixels(), sim.master.canvas().pixels());
 }
 
 /// Stateless Retry on every new connection, and the r/place cooldown: one write per connection is applied,

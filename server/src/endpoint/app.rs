@@ -8,7 +8,16 @@ use canvas::proto::{self, ClientMsg, ProtoError, NO_TICK};
 use canvas::{legacy, Pixel, RejectReason};
 
 use super::{Chunk, Conn, Ctx, Out, Proto, APP_ERR_PROTOCOL};
-use crate::publish::PixelWrite;
+use crate::publish::{PixelWrite, Publication};
+
+/// What a SYNC reply sends after the tick it starts from: the newest tick it reaches (with its hash) and,
+/// when it spans more than one tick, the coalesced entries.
+struct Delta {
+    from: u64,
+    ticks: usize,
+    last: Option<std::sync::Arc<Publication>>,
+    entries: Vec<(u32, u8)>,
+}
 
 impl Ctx {
     /// React to what quiche delivered on `c`: negotiate the protocol, read writes and control messages.
@@ -131,30 +140,36 @@ impl Ctx {
         }
     }
 
-    /// Answer SYNC{have}: the diffs after `have` if this worker still holds them all, else a snapshot and
-    /// the diffs after it; then SYNCED. Without a usable snapshot, ask the master and answer later.
+    /// Answer SYNC{have}: one coalesced delta from `have` to the newest changing tick if this worker still
+    /// holds every diff after `have` and the delta is no larger than a newer snapshot; else a snapshot and
+    /// the coalesced delta after it; then SYNCED. Without a usable snapshot, ask the master and answer later.
+    /// A client far behind costs O(pixels changed since its tick), never a re-send of every tick's diff.
     pub(super) fn sync(&mut self, c: &mut Conn, have: u64) {
         self.welcome(c);
-        let from = if have != NO_TICK && have <= self.tick && have >= self.lost_change {
-            have
-        } else {
-            match self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) {
-                Some(s) => {
-                    c.stream_out.push_back(Chunk::Snap(s.clone(), 0));
-                    self.stats.snapshots_sent += 1;
-                    s.tick
-                }
-                None => {
-                    c.awaiting = true;
-                    self.shared.snapshot_wanted.store(true, Ordering::Release);
-                    return;
-                }
+        let snapshot = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change).cloned();
+        let covered = have != NO_TICK && have <= self.tick && have >= self.lost_change;
+        let mut delta = covered.then(|| self.delta_after(have));
+        if let (Some(d), Some(s)) = (&delta, &snapshot) {
+            // A delta entry is 5 bytes on the wire: a newer snapshot wins only when it is smaller.
+            if s.tick > have && d.entries.len() * 5 > s.frame.len() {
+                delta = None;
+            }
+        }
+        let delta = match (delta, snapshot) {
+            (Some(d), _) => d,
+            (None, Some(s)) => {
+                let d = self.delta_after(s.tick);
+                c.stream_out.push_back(Chunk::Snap(s, 0));
+                self.stats.snapshots_sent += 1;
+                d
+            }
+            (None, None) => {
+                c.awaiting = true;
+                self.shared.snapshot_wanted.store(true, Ordering::Release);
+                return;
             }
         };
-        for p in self.history.iter().filter(|p| p.tick > from) {
-            c.stream_out.push_back(Chunk::Diff(p.clone(), 0));
-            self.stats.diffs_resent += 1;
-        }
+        self.push_delta(c, delta);
         proto::encode_synced(self.tick, c.small());
         self.stats.syncs += 1;
         c.awaiting = false;
@@ -162,6 +177,38 @@ impl Ctx {
         // queued before is superseded by the reply.
         c.outbox.clear();
         c.ready = true;
+    }
+
+    /// What changed after tick `from`, from this worker's history (which must reach back to `from`).
+    fn delta_after(&self, from: u64) -> Delta {
+        let newer = || self.history.iter().filter(move |p| p.tick > from);
+        match (newer().next(), newer().nth(1)) {
+            (None, _) => Delta { from, ticks: 0, last: None, entries: Vec::new() },
+            (Some(p), None) => Delta { from, ticks: 1, last: Some(p.clone()), entries: Vec::new() },
+            (Some(_), Some(_)) => Delta {
+                from,
+                ticks: newer().count(),
+                last: newer().next_back().cloned(),
+                entries: crate::publish::coalesce(newer().map(|p| p.entries.as_slice())),
+            },
+        }
+    }
+
+    /// Queue a delta on `c`'s stream: nothing, the one tick's shared DIFF frame, or one DIFF with the
+    /// coalesced change sets of every tick it spans (base: the tick it starts from).
+    fn push_delta(&mut self, c: &mut Conn, d: Delta) {
+        let Some(last) = d.last else { return };
+        if d.ticks == 1 {
+            c.stream_out.push_back(Chunk::Diff(last, 0));
+        } else {
+            let mut frame = Vec::with_capacity(32 + d.entries.len() * 5);
+            proto::encode_diff(last.tick, d.from, last.hash, &d.entries, &mut frame);
+            c.stream_out.push_back(Chunk::Bytes(frame, 0));
+            self.stats.deltas_coalesced += 1;
+            self.stats.delta_ticks += d.ticks as u64;
+            self.stats.delta_entries += d.entries.len() as u64;
+        }
+        self.stats.diffs_resent += 1;
     }
 
     /// First broadcast to a legacy connection: the snapshot and the diffs after it.

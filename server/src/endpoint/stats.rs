@@ -49,6 +49,12 @@ pub struct EndpointStats {
     pub snapshots_sent: u64,
     /// Tick diffs re-sent on the stream in SYNC replies.
     pub diffs_resent: u64,
+    /// SYNC replies that coalesced two or more ticks into one DIFF (counted in `diffs_resent` too).
+    pub deltas_coalesced: u64,
+    /// Ticks those coalesced DIFFs spanned.
+    pub delta_ticks: u64,
+    /// Entries (pixels) those coalesced DIFFs carried.
+    pub delta_entries: u64,
     /// Broadcast DATAGRAMs handed to quiche.
     pub broadcast_dgrams: u64,
     /// Their payload bytes.
