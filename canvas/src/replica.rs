@@ -170,6 +170,12 @@ impl Replica {
             entries: Vec::new(),
             first_seen: now,
         });
+        if e.missing == 0 && e.hash == p.diff.hash && (e.have.len() != parts || e.base != p.diff.base) {
+            // The tick is already whole from the control stream (a SYNC reply's DIFF, which may start from
+            // another base): the same canvas at the same tick, so its datagram parts add nothing.
+            self.stats.stale_parts += 1;
+            return Ok(());
+        }
         if e.have.len() != parts || e.base != p.diff.base || e.hash != p.diff.hash {
             return Err(ProtoError::BadPart);
         }
@@ -487,6 +493,28 @@ mod tests {
         assert_eq!(r.hash(), s.canvas.hash());
         assert_eq!(r.stats().hash_mismatches, 0);
         assert_eq!(r.poll_sync(t0 + 10 * DEFAULT_GAP_GRACE), None, "nothing left to repair");
+    }
+
+    #[test]
+    fn parts_of_a_tick_already_whole_from_the_stream_are_redundant() {
+        let (t0, mut s, mut r) = joined();
+        let _lost = s.tick(&[(1, 1)]);
+        let d2 = s.tick(&(0..100).map(|i| (i, 2)).collect::<Vec<_>>());
+        assert!(d2.len() > 1, "several parts");
+        // Tick 1 is lost; tick 2 arrives whole on the stream but cannot apply yet (its base 1 > t = 0), and
+        // then tick 2's parts arrive as datagrams: several parts against the stream's one whole entry.
+        let mut out = Vec::new();
+        let (t, b, h, e) = s.history[1].clone();
+        encode_diff(t, b, h, &e, &mut out);
+        feed_stream(&mut r, &out, t0);
+        assert_eq!(r.tick(), Some(0), "tick 1 is still missing");
+        for g in d2.iter() {
+            r.on_datagram(g, t0).expect("a part of a tick already whole is redundant, not an error");
+        }
+        // A part whose hash differs is still an error.
+        let mut bad = Datagrams::new();
+        encode_diff_parts(t, b, h ^ 1, &e, 200, &mut bad);
+        assert_eq!(r.on_datagram(bad.get(0).unwrap(), t0), Err(ProtoError::BadPart));
     }
 
     #[test]
