@@ -25,7 +25,7 @@ pub enum Mode {
     Native,
     /// In the core receive path, on an skb.
     Generic,
-    /// On the NIC. Only ever reported by [`query`] about someone else's program.
+    /// On the NIC. Only ever reported by [`query`](crate::query) about someone else's program.
     Offload,
 }
 
@@ -40,7 +40,7 @@ impl Mode {
 
     /// The `ip link set dev IF <word> off` word that removes a program in this mode (plain `xdp`
     /// means native on drivers that have it, so a generic program needs `xdpgeneric`).
-    pub(crate) fn ip_link_word(self) -> &'static str {
+    pub fn ip_link_word(self) -> &'static str {
         match self {
             Mode::Native => "xdp",
             Mode::Generic => "xdpgeneric",

@@ -9,7 +9,7 @@ use crate::{Mode, XSKS_MAX_ENTRIES};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The [`Config`] cannot be applied.
+    /// The [`Config`](crate::Config) cannot be applied.
     InvalidConfig(String),
     /// No interface with this name or index in the calling thread's network namespace.
     InterfaceNotFound {
@@ -54,7 +54,7 @@ pub enum Error {
         source: io::Error,
         /// What to try.
         hint: &'static str,
-        /// With [`AttachMode::Auto`]: why native mode failed before.
+        /// With [`AttachMode::Auto`](crate::AttachMode::Auto): why native mode failed before.
         native_failure: Option<String>,
     },
     /// Detaching failed.

@@ -109,37 +109,43 @@ const DEV_BOUND_MIN: (u32, u32) = (6, 3);
 /// `bpf_xdp_metadata_rx_vlan_tag` appeared in Linux 6.8.
 const VLAN_KFUNC_MIN: (u32, u32) = (6, 8);
 
+/// What a kernel without RX VLAN metadata means for the operator.
+const IN_BAND_ONLY: &str = "VLAN tags are matched in-band only, so keep VLAN stripping off on the NIC \
+     (`ethtool -K IF rxvlan off`)";
+
 /// Lines of the verifier log kept in [`Error::Load`].
 const VERIFIER_LOG_LINES: usize = 12;
 
-/// (major, minor) of a kernel release string such as `6.1.0-28-amd64`.
+/// `(major, minor)` of a kernel release such as `6.1.0-28-amd64` or `6.18.44-fc-v669` (`uname -r`); the
+/// one parser of it (`server doctor` uses it too).
 pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.trim().split(['.', '-', '+']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
     Some((major, minor))
 }
 
 /// Captures libbpf's messages while an object is opened and loaded.
 mod verifier {
+    use std::collections::VecDeque;
     use std::sync::{Mutex, MutexGuard};
 
     use libbpf_rs::PrintLevel;
 
     /// Serialises captures: libbpf's print callback is process-wide.
     static LOCK: Mutex<()> = Mutex::new(());
-    static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static LINES: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
 
-    /// Bound on the captured lines (a verifier log can be a megabyte).
+    /// Bound on the captured lines (a verifier log can be a megabyte): the newest are kept.
     const MAX_LINES: usize = 4096;
 
     fn record(_level: PrintLevel, msg: String) {
         let mut lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
         for line in msg.lines() {
             if lines.len() == MAX_LINES {
-                lines.remove(0);
+                lines.pop_front();
             }
-            lines.push(line.to_owned());
+            lines.push_back(line.to_owned());
         }
     }
 
@@ -160,8 +166,8 @@ mod verifier {
         /// The last `n` lines between libbpf's `-- BEGIN PROG LOAD LOG --` and `-- END PROG LOAD LOG --`
         /// markers (the verifier's own log), without libbpf's prefixes; empty when there was none.
         pub(crate) fn verifier_tail(&self, n: usize) -> Vec<String> {
-            let lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
-            verifier_tail(&lines, n)
+            let mut lines = LINES.lock().unwrap_or_else(|e| e.into_inner());
+            verifier_tail(lines.make_contiguous(), n)
         }
     }
 
@@ -467,26 +473,23 @@ fn load(config: &Config, ifindex: u32, mode: Mode, notes: &mut Vec<String>) -> R
             ));
         } else {
             let kernel = sys::kernel_release();
-            match kernel_version(&kernel) {
+            let version = kernel_version(&kernel);
+            match version {
                 Some(v) if v < DEV_BOUND_MIN => notes.push(format!(
                     "Linux {kernel} has no device-bound XDP programs (6.3+) nor the RX VLAN metadata kfunc \
-                     (6.8+): VLAN tags are matched in-band only, so keep VLAN stripping off on the NIC \
-                     (`ethtool -K IF rxvlan off`)"
+                     (6.8+): {IN_BAND_ONLY}"
                 )),
                 _ => match load_vlanmeta(config, ifindex) {
                     Ok(loaded) => {
-                        if kernel_version(&kernel).is_some_and(|v| v < VLAN_KFUNC_MIN) {
-                            notes.push(format!(
-                                "Linux {kernel} has no RX VLAN metadata kfunc (6.8+): VLAN tags are matched \
-                                 in-band only, so keep VLAN stripping off on the NIC (`ethtool -K IF rxvlan off`)"
-                            ));
+                        if version.is_some_and(|v| v < VLAN_KFUNC_MIN) {
+                            notes.push(format!("Linux {kernel} has no RX VLAN metadata kfunc (6.8+): {IN_BAND_ONLY}"));
                         }
                         return Ok(loaded);
                     }
                     Err(e @ Error::PermissionDenied { .. }) => return Err(e),
                     Err(e) => notes.push(format!(
                         "the device-bound VLAN-metadata object did not load on Linux {kernel} ({e}); using the \
-                         plain object: VLAN tags are matched in-band only (`ethtool -K IF rxvlan off`)"
+                         plain object: {IN_BAND_ONLY}"
                     )),
                 },
             }

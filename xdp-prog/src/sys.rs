@@ -37,16 +37,11 @@ pub(crate) fn ifname_of(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// `uname -r`: the running kernel's release, or "unknown".
+/// `uname -r`: the running kernel's release (from /proc, no FFI), or "unknown".
 pub(crate) fn kernel_release() -> String {
-    // SAFETY: utsname is plain old data; uname only writes into it.
-    let mut uts: libc::utsname = unsafe { mem::zeroed() };
-    // SAFETY: `uts` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return "unknown".into();
-    }
-    // SAFETY: on success `release` is a NUL-terminated string inside `uts`.
-    unsafe { CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy().into_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// What `bpf_xdp_query` reports for one interface.

@@ -25,7 +25,10 @@ fn kernel_versions() {
     assert_eq!(kernel_version("6.1.0-28-amd64"), Some((6, 1)));
     assert_eq!(kernel_version("6.18.44-fc-v1300"), Some((6, 18)));
     assert_eq!(kernel_version("7.3.4+bpo-amd64\n"), Some((7, 3)));
+    assert_eq!(kernel_version("5.10.0-28-amd64\n"), Some((5, 10)));
+    assert_eq!(kernel_version("6.8"), Some((6, 8)));
     assert_eq!(kernel_version("garbage"), None);
+    assert_eq!(kernel_version(""), None);
     assert!(kernel_version("6.1.0").unwrap() < DEV_BOUND_MIN);
     assert!(kernel_version("6.12.95").unwrap() >= VLAN_KFUNC_MIN);
 }

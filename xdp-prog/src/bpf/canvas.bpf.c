@@ -200,9 +200,9 @@ int canvas_xdp(struct xdp_md *ctx)
 		hdr_len = ip->ihl * 4;
 		tot_len = bpf_ntohs(ip->tot_len);
 		// Verifier idiom 1 (see "Verifier idioms" above): bound a value read from the packet
-		// before it is added to a packet pointer. Verifiers before ~6.18.16/7.x do not track
-		// byte swaps, so `tot_len` is unbounded to them after bpf_ntohs; the barrier keeps clang
-		// from deleting this check, which it knows to be always false.
+		// before it is added to a packet pointer. The 6.1, 6.12 and 6.18.15 verifiers do not
+		// track byte swaps (6.18.44 and 7.3.4 do), so `tot_len` is unbounded to them after
+		// bpf_ntohs; the barrier keeps clang from deleting this check, which it knows is false.
 		barrier_var(tot_len);
 		if (tot_len > 0xffff)
 			return pass(COUNTER_MALFORMED_IP);

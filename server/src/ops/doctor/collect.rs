@@ -210,7 +210,7 @@ fn interface_checks(a: &DoctorArgs, iface: &str, privileged: bool, out: &mut Vec
 /// Read the system and decide every check.
 pub fn collect(a: &DoctorArgs) -> Vec<Finding> {
     let mut out = config_findings(a);
-    let release = read_trim("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = datapath::netdev::kernel_release();
     out.extend(kernel_findings(&release, a.mode, a.vlan));
 
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

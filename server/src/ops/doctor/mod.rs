@@ -4,7 +4,7 @@
 //! a live XDP attach and AF_XDP bind, IRQs, huge pages, sysctls, rlimits, netfilter, the UDP port), turns
 //! each fact into a [`Finding`] (`Ok`, `Warn` or `Blocker`, with the command that fixes it), prints them as
 //! a table or JSON, and exits 1 when anything blocks. The decisions are pure functions over values already
-//! read (`*_finding`), unit-tested below; [`collect`] is the thin layer that reads and calls them.
+//! read (`*_finding`), unit-tested in `tests.rs`; [`collect()`] is the thin layer that reads and calls them.
 //!
 //! The live probes leave nothing behind: the XDP program is attached through a BPF link and detached when
 //! it is dropped (or when the process dies), the AF_XDP socket is closed at once (the kernel may hold the

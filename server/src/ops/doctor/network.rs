@@ -223,15 +223,6 @@ pub fn port_finding(listen: SocketAddr, bind: &io::Result<()>) -> Finding {
     }
 }
 
-/// The `ip link` word that removes a program in `mode`.
-fn ip_link_word(mode: xdp_prog::Mode) -> &'static str {
-    match mode {
-        xdp_prog::Mode::Native => "xdp",
-        xdp_prog::Mode::Generic => "xdpgeneric",
-        xdp_prog::Mode::Offload => "xdpoffload",
-    }
-}
-
 /// Another XDP program on the interface (the server never replaces one).
 pub fn foreign_program_finding(iface: &str, prog_id: u32, mode: xdp_prog::Mode) -> Finding {
     Finding::blocker(
@@ -242,7 +233,7 @@ pub fn foreign_program_finding(iface: &str, prog_id: u32, mode: xdp_prog::Mode) 
         ),
         format!(
             "ip link set dev {iface} {} off   (if a BPF link holds it, stop the process that owns it: another server?)",
-            ip_link_word(mode)
+            mode.ip_link_word()
         ),
     )
 }

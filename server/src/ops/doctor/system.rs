@@ -8,17 +8,9 @@ use super::{
     CAP_SYS_ADMIN, FDS_PER_WORKER, HUGE_PAGE, MIN_BACKLOG, RECOMMENDED_BACKLOG,
 };
 
-/// `(major, minor)` of a kernel release such as `6.18.44-fc-v669` or `5.10.0-28-amd64`.
-pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.trim().split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 /// The kernel features each mode relies on.
 pub fn kernel_findings(release: &str, mode: DoctorMode, vlan: Option<u16>) -> Vec<Finding> {
-    let Some(v) = parse_kernel_release(release) else {
+    let Some(v) = xdp_prog::kernel_version(release) else {
         return vec![Finding::warn(
             "kernel",
             format!("cannot parse the kernel release {release:?}"),

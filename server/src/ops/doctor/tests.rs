@@ -25,15 +25,6 @@ fn defaults_match_the_server() {
     assert!(DoctorArgs::try_parse_from(["server doctor", "--vlan", "4095"]).is_err());
 }
 
-#[test]
-fn kernel_release_parsing() {
-    assert_eq!(parse_kernel_release("6.18.44-fc-v669"), Some((6, 18)));
-    assert_eq!(parse_kernel_release("5.10.0-28-amd64\n"), Some((5, 10)));
-    assert_eq!(parse_kernel_release("6.8"), Some((6, 8)));
-    assert_eq!(parse_kernel_release("garbage"), None);
-    assert_eq!(parse_kernel_release(""), None);
-}
-
 fn statuses(f: &[Finding]) -> Vec<(&str, Status)> {
     f.iter().map(|f| (f.check.as_str(), f.status)).collect()
 }
