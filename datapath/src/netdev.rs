@@ -171,28 +171,6 @@ pub fn rx_queues(name: &str) -> io::Result<(u32, &'static str)> {
     Ok((1, "assumed (no ethtool channels, sysfs of another namespace)"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_facts() {
-        assert_eq!(ifindex("lo").unwrap(), 1);
-        assert_eq!(mtu("lo").unwrap(), 65536);
-        let (n, how) = rx_queues("lo").unwrap();
-        assert!(n >= 1, "{n} {how}");
-    }
-
-    #[test]
-    fn missing_interface_is_named() {
-        let e = mtu("nosuchif0").unwrap_err();
-        assert!(e.to_string().contains("nosuchif0"), "{e}");
-        assert!(ifindex("nosuchif0").is_err());
-        assert!(rx_queues("nosuchif0").is_err());
-        assert!(ifindex("way-too-long-interface-name").is_err());
-    }
-}
-
 /// What to do about a driver that refused an AF_XDP zero-copy socket, per driver (`kernel`: `uname -r`).
 /// One sentence, for the server's note and `server doctor`.
 pub fn zero_copy_hint(driver: &str, kernel: &str) -> String {
@@ -229,8 +207,25 @@ pub fn kernel_release() -> String {
 }
 
 #[cfg(test)]
-mod hint_tests {
-    use super::zero_copy_hint;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_facts() {
+        assert_eq!(ifindex("lo").unwrap(), 1);
+        assert_eq!(mtu("lo").unwrap(), 65536);
+        let (n, how) = rx_queues("lo").unwrap();
+        assert!(n >= 1, "{n} {how}");
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let e = mtu("nosuchif0").unwrap_err();
+        assert!(e.to_string().contains("nosuchif0"), "{e}");
+        assert!(ifindex("nosuchif0").is_err());
+        assert!(rx_queues("nosuchif0").is_err());
+        assert!(ifindex("way-too-long-interface-name").is_err());
+    }
 
     #[test]
     fn zero_copy_hints_name_the_driver_and_the_way_out() {

@@ -49,7 +49,7 @@ pub(super) fn parse_interrupts(text: &str) -> Vec<IrqLine> {
 
 /// Classify the label between a name and a queue index: `Some(0)` names RX, `Some(1)` bare or other,
 /// `None` TX-only or misc.
-pub(super) fn classify_label(label: &str) -> Option<u8> {
+fn classify_label(label: &str) -> Option<u8> {
     let l = label.to_ascii_lowercase();
     if l.is_empty() {
         return Some(1);
@@ -67,7 +67,7 @@ pub(super) fn classify_label(label: &str) -> Option<u8> {
 }
 
 /// `rest` is what follows a name: "-TxRx-3", "-rx-3", "-3", "-input.3", "_comp3". Returns (rank, queue).
-pub(super) fn queue_suffix(rest: &str) -> Option<(u8, usize)> {
+fn queue_suffix(rest: &str) -> Option<(u8, usize)> {
     let body = rest.strip_prefix(['-', '_', '.'])?;
     let start = body.rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
     let digits = &body[start..];
@@ -83,7 +83,7 @@ pub(super) fn queue_suffix(rest: &str) -> Option<(u8, usize)> {
 }
 
 /// `name` inside `token` at a boundary, followed by a queue suffix.
-pub(super) fn match_after(token: &str, name: &str) -> Option<(u8, usize)> {
+fn match_after(token: &str, name: &str) -> Option<(u8, usize)> {
     if name.is_empty() {
         return None;
     }
@@ -98,12 +98,7 @@ pub(super) fn match_after(token: &str, name: &str) -> Option<(u8, usize)> {
 }
 
 /// Which queue (and how surely) an action-name token names for this device.
-pub(super) fn token_queue(
-    token: &str,
-    iface: &str,
-    dev_name: Option<&str>,
-    pci: Option<&str>,
-) -> Option<(u8, usize)> {
+fn token_queue(token: &str, iface: &str, dev_name: Option<&str>, pci: Option<&str>) -> Option<(u8, usize)> {
     if let Some(m) = match_after(token, iface) {
         return Some(m);
     }
@@ -119,7 +114,7 @@ pub(super) fn token_queue(
     queue_suffix(&left[left.find(['-', '_'])?..])
 }
 
-pub(super) fn is_misc_vector(line: &IrqLine, iface: &str) -> bool {
+fn is_misc_vector(line: &IrqLine, iface: &str) -> bool {
     line.tokens.iter().any(|t| {
         let l = t.to_ascii_lowercase();
         t == iface

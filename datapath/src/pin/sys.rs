@@ -105,7 +105,7 @@ pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     Some(out.into_iter().collect())
 }
 
-pub(super) fn parse_cpu(s: &str) -> Option<usize> {
+fn parse_cpu(s: &str) -> Option<usize> {
     let s = s.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -138,7 +138,7 @@ impl IrqAffinity {
     }
 }
 
-/// Everything [`plan_from`] looks at, already read.
+/// Everything [`plan_from`](super::plan_from) looks at, already read.
 #[derive(Clone, Debug, Default)]
 pub(super) struct SysView {
     /// `/proc/interrupts`.
@@ -161,15 +161,15 @@ pub(super) struct SysView {
     pub(super) allowed: Vec<usize>,
 }
 
-pub(super) fn with_ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+fn with_ctx(e: io::Error, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-pub(super) fn read_list(path: &Path) -> Option<Vec<usize>> {
+fn read_list(path: &Path) -> Option<Vec<usize>> {
     std::fs::read_to_string(path).ok().and_then(|s| parse_cpu_list(&s))
 }
 
-pub(super) fn is_pci_addr(s: &str) -> bool {
+fn is_pci_addr(s: &str) -> bool {
     // dddd:bb:dd.f (the domain may be longer on some platforms).
     let hex = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit());
     let Some((rest, func)) = s.rsplit_once('.') else { return false };
@@ -177,13 +177,13 @@ pub(super) fn is_pci_addr(s: &str) -> bool {
     hex(func) && parts.len() == 3 && parts.iter().all(|p| hex(p))
 }
 
-pub(super) fn read_msi(dir: &Path) -> BTreeSet<u32> {
+fn read_msi(dir: &Path) -> BTreeSet<u32> {
     std::fs::read_dir(dir.join("msi_irqs"))
         .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default()
 }
 
-/// Read everything about `iface` and this machine that [`plan_from`] needs.
+/// Read everything about `iface` and this machine that [`plan_from`](super::plan_from) needs.
 pub(super) fn read_sys(iface: &str) -> io::Result<SysView> {
     if iface.is_empty() || iface == "." || iface == ".." || iface.contains('/') {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {iface:?}")));

@@ -70,7 +70,7 @@ pub(super) struct BufDesc {
 
 const _: () = assert!(std::mem::size_of::<BufDesc>() == 16);
 /// Byte offset of the ring tail (`io_uring_buf_ring.tail` overlays entry 0's `resv`).
-pub(super) const BUF_RING_TAIL_OFFSET: usize = std::mem::offset_of!(BufDesc, resv);
+const BUF_RING_TAIL_OFFSET: usize = std::mem::offset_of!(BufDesc, resv);
 
 /// The kernel's provided-buffer ring (`IORING_REGISTER_PBUF_RING`) and the receive buffers it hands out.
 /// Each buffer is always either in the ring (the kernel's) or being handed to the callback (ours).

@@ -37,7 +37,7 @@ pub(super) fn parse_datagram(buf: &[u8], msghdr: &libc::msghdr) -> Option<(Socke
 }
 
 /// Decode a `sockaddr_in`/`sockaddr_in6` the kernel wrote.
-pub(super) fn read_sockaddr(b: &[u8]) -> Option<SocketAddr> {
+fn read_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     let family = i32::from(u16::from_ne_bytes([*b.first()?, *b.get(1)?]));
     let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
     match family {

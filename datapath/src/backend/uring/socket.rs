@@ -37,7 +37,7 @@ pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
 }
 
 /// A bind error that says what to do about it.
-pub(super) fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
+fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
     let msg = match e.raw_os_error() {
         Some(libc::EADDRINUSE) => {
             format!("UDP {addr} is already in use: stop the other server or pick --listen")
@@ -54,18 +54,13 @@ pub(super) fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
 }
 
 /// Set a socket buffer size, trying the privileged `*FORCE` option (beyond `net.core.*mem_max`) first.
-pub(super) fn set_buf_size(fd: RawFd, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
+fn set_buf_size(fd: RawFd, force: libc::c_int, plain: libc::c_int, size: usize) -> io::Result<()> {
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
     set_int_opt(fd, libc::SOL_SOCKET, force, size).or_else(|_| set_int_opt(fd, libc::SOL_SOCKET, plain, size))
 }
 
 /// `setsockopt` of an int option.
-pub(super) fn set_int_opt(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
+fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its size is passed; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(

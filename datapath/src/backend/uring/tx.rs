@@ -25,9 +25,9 @@ pub(super) struct GsoCmsg {
 }
 
 // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic (unsafe only by libc's declaration).
-pub(super) const GSO_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
+const GSO_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
 // SAFETY: as above.
-pub(super) const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
 const _: () = assert!(std::mem::size_of::<GsoCmsg>() == GSO_CMSG_SPACE);
 const _: () = assert!(std::mem::offset_of!(GsoCmsg, segment) == GSO_CMSG_LEN - 2);
 
@@ -166,7 +166,7 @@ impl Tx {
     }
 
     /// Most datagrams of `seg_size` bytes one GSO send may carry.
-    pub(super) fn segment_limit(&self, seg_size: usize) -> usize {
+    fn segment_limit(&self, seg_size: usize) -> usize {
         if seg_size == 0 {
             return 1;
         }
@@ -181,7 +181,7 @@ impl Tx {
     }
 
     /// Return buffer `b` to the pool if nothing in it is pending and it is not being filled.
-    pub(super) fn release_if_idle(&mut self, b: usize) {
+    fn release_if_idle(&mut self, b: usize) {
         if self.bufs[b].refs == 0 && self.current != Some(b) {
             self.bufs[b].used = 0;
             self.bufs[b].segs = 0;
@@ -237,7 +237,7 @@ impl Tx {
     }
 
     /// When buffer `b` has no slot left, close its open message and stop filling it.
-    pub(super) fn retire_if_full(&mut self, b: usize) {
+    fn retire_if_full(&mut self, b: usize) {
         if self.bufs[b].segs == self.max_segments {
             self.close_open();
             self.current = None;
@@ -274,7 +274,7 @@ pub(super) fn send_done(tx: &mut Tx, stats: &mut BackendStats, m: usize, res: i3
 }
 
 /// Encode `addr` as the kernel's sockaddr into `out`; returns its length.
-pub(super) fn write_sockaddr(addr: SocketAddr, out: &mut SockaddrBuf) -> libc::socklen_t {
+fn write_sockaddr(addr: SocketAddr, out: &mut SockaddrBuf) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(a) => {
             out.v4 = libc::sockaddr_in {

@@ -15,8 +15,8 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 use super::frames::{Frames, FILL, FREE};
 use super::sockopt::{set_tx_budget, xdp_zero_copy};
 use super::{
-    serves_ipv6, Neighbours, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy, EBUSY_RETRY,
-    FRAME_SIZE, RX_RING_FACTOR, XDP_HEADROOM,
+    Neighbours, UmemPages, XdpConfig, XdpSockStats, XdpSocket, ZeroCopy, EBUSY_RETRY, FRAME_SIZE,
+    RX_RING_FACTOR, XDP_HEADROOM,
 };
 use crate::frame;
 use crate::netdev;
@@ -122,9 +122,9 @@ impl XdpSocket {
             ));
         }
         let mtu = netdev::mtu(&cfg.iface).map_err(|e| bind_err(e.to_string(), None))? as usize;
-        // Room for the largest header served: an IPv6 one when IPv6 peers are served (dual stack: IPv4
-        // frames then move their payload down by 20 bytes in `tx_commit`).
-        let v6 = serves_ipv6(cfg.listen);
+        // Room for the largest header served: an IPv6 one when IPv6 peers are served (an IPv6 listen
+        // address; `[::]` is dual stack: IPv4 frames then move their payload down 20 bytes in `tx_commit`).
+        let v6 = cfg.listen.is_ipv6();
         let ip_hdr = if v6 { frame::IPV6_HLEN } else { frame::IPV4_HLEN };
         let hdr_len = frame::header_len(cfg.vlan.is_some(), v6);
         let frame_room = FRAME_SIZE as usize - XDP_HEADROOM;

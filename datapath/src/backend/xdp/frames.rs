@@ -1,7 +1,7 @@
 //! Frame ownership: every UMEM frame is in exactly one state (FREE, FILL, SLOT, PENDING, TX; see the
 //! parent module), each move checks the state it leaves, and an audit recounts them.
 
-/// Where every frame is, by count (see the module doc).
+/// Where every frame is, by count (see the `backend::xdp` module doc).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FrameAudit {
     /// Frames in the UMEM.

@@ -320,11 +320,6 @@ fn accepts(listen: SocketAddr, dst: SocketAddr) -> bool {
         }
 }
 
-/// Whether `listen` serves IPv6 peers (and so needs room for IPv6 headers).
-fn serves_ipv6(listen: SocketAddr) -> bool {
-    listen.is_ipv6()
-}
-
 /// The frame a UMEM address falls in (frames are `FRAME_SIZE`-aligned, the kernel's addresses point into them).
 #[inline]
 fn frame_index(addr: usize) -> usize {
