@@ -47,15 +47,12 @@ pub struct Publication {
     pub base: u64,
     /// Canvas hash after the tick.
     pub hash: u64,
-    /// Number of changed pixels.
-    pub changes: usize,
     /// Legacy diff datagrams.
     pub legacy: Datagrams,
     /// canvas/1 DIFF_PART datagrams.
     pub parts: Datagrams,
-    /// canvas/1 framed DIFF (the stream form, for SYNC replies that need exactly this tick).
-    pub diff_frame: Vec<u8>,
-    /// The change set itself, in the master's order (for SYNC replies that coalesce several ticks).
+    /// The change set itself, in the master's order (SYNC replies encode their DIFF from it: this tick's,
+    /// or several ticks' coalesced).
     pub entries: Vec<(u32, u8)>,
     /// canvas/1 HEAD datagram: this tick and the newest changing tick (this one, or `base` when empty).
     pub head: Datagrams,
@@ -79,33 +76,19 @@ impl Publication {
     ) -> Self {
         let mut legacy_d = Datagrams::new();
         let mut parts = Datagrams::new();
-        let mut diff_frame = Vec::new();
         if !entries.is_empty() {
             legacy::encode_diff(entries, max_dgram, &mut legacy_d);
             proto::encode_diff_parts(tick, base, hash, entries, max_dgram, &mut parts);
-            proto::encode_diff(tick, base, hash, entries, &mut diff_frame);
         }
         let mut head = Datagrams::new();
         head.begin();
         head.extend(&proto::encode_head(tick, if entries.is_empty() { base } else { tick }, hash));
-        Self {
-            tick,
-            base,
-            hash,
-            changes: entries.len(),
-            legacy: legacy_d,
-            parts,
-            diff_frame,
-            entries: entries.to_vec(),
-            head,
-            applied,
-            snapshot,
-        }
+        Self { tick, base, hash, legacy: legacy_d, parts, entries: entries.to_vec(), head, applied, snapshot }
     }
 
     /// True when the tick changed nothing.
     pub fn is_empty(&self) -> bool {
-        self.changes == 0
+        self.entries.is_empty()
     }
 
     /// On a quiet tick, whether to remind canvas/1 clients of the newest changing tick: 1, 2, 4, ... 64

@@ -93,7 +93,7 @@ fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     assert_eq!(mism, 0);
     assert!(sent > 500);
     for (e, _) in &sim.workers {
-        // Every flush ends by purging superseded entries once they exceed this bound (endpoint.rs).
+        // Every flush ends by purging superseded entries once they exceed this bound (server/src/endpoint/send.rs).
         let bound = 2 * e.conn_count() + server::endpoint::TIMER_PURGE_SLACK;
         assert!(e.timer_entries() <= bound, "timer heap bounded: {} > {bound}", e.timer_entries());
     }

@@ -104,7 +104,7 @@ impl Endpoint {
 }
 
 impl Ctx {
-    pub(super) fn mint_token(&self, now: Instant, peer: SocketAddr, odcid: &[u8]) -> Vec<u8> {
+    fn mint_token(&self, now: Instant, peer: SocketAddr, odcid: &[u8]) -> Vec<u8> {
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut t = Vec::with_capacity(8 + 1 + odcid.len() + 16);
         t.extend_from_slice(&ms.to_le_bytes());
@@ -115,7 +115,7 @@ impl Ctx {
         t
     }
 
-    pub(super) fn check_token(&self, now: Instant, peer: SocketAddr, token: &[u8]) -> Option<Vec<u8>> {
+    fn check_token(&self, now: Instant, peer: SocketAddr, token: &[u8]) -> Option<Vec<u8>> {
         let (body, tag) = token.split_at_checked(token.len().checked_sub(16)?)?;
         let expect = hmac::sign(&self.key, &token_msg(body, peer));
         if !ring_eq(&expect.as_ref()[..16], tag) {

@@ -2,6 +2,7 @@
 //! messages, pixel writes (validated, cooled down, queued to the master or rejected), welcome and SYNC.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canvas::proto::{self, ClientMsg, ProtoError, NO_TICK};
@@ -10,13 +11,15 @@ use canvas::{legacy, Pixel, RejectReason};
 use super::{Chunk, Conn, Ctx, Out, Proto, APP_ERR_PROTOCOL};
 use crate::publish::{PixelWrite, Publication};
 
-/// What a SYNC reply sends after the tick it starts from: the newest tick it reaches (with its hash) and,
-/// when it spans more than one tick, the coalesced entries.
+/// The DIFF a SYNC reply sends after the tick it starts from: one tick's own diff, or the coalesced change
+/// sets of every later tick (base: the tick it starts from).
 struct Delta {
-    from: u64,
+    /// Ticks it spans.
     ticks: usize,
-    last: Option<std::sync::Arc<Publication>>,
-    entries: Vec<(u32, u8)>,
+    /// Pixels it carries.
+    entries: usize,
+    /// The framed DIFF.
+    frame: Vec<u8>,
 }
 
 impl Ctx {
@@ -78,7 +81,7 @@ impl Ctx {
         }
     }
 
-    pub(super) fn handle_frames(&mut self, key: usize, c: &mut Conn, now: Instant) -> Result<(), ProtoError> {
+    fn handle_frames(&mut self, key: usize, c: &mut Conn, now: Instant) -> Result<(), ProtoError> {
         let mut reader = std::mem::take(&mut c.reader);
         let res = (|| {
             while let Some(f) = reader.pop()? {
@@ -126,7 +129,7 @@ impl Ctx {
         }
     }
 
-    pub(super) fn welcome(&mut self, c: &mut Conn) {
+    fn welcome(&mut self, c: &mut Conn) {
         if !c.welcomed {
             c.welcomed = true;
             let w = proto::Welcome {
@@ -148,14 +151,13 @@ impl Ctx {
         self.welcome(c);
         let snapshot = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change).cloned();
         let covered = have != NO_TICK && have <= self.tick && have >= self.lost_change;
-        let mut delta = covered.then(|| self.delta_after(have));
-        if let (Some(d), Some(s)) = (&delta, &snapshot) {
-            // A delta entry is 5 bytes on the wire: a newer snapshot wins only when it is smaller.
-            if s.tick > have && d.entries.len() * 5 > s.frame.len() {
-                delta = None;
-            }
-        }
-        let delta = match (delta, snapshot) {
+        // From `have` when the history reaches it, unless a snapshot newer than `have` is smaller than the
+        // delta (an entry is 5 bytes on the wire).
+        let from_have = covered.then(|| self.delta_after(have)).filter(|d| match (d, &snapshot) {
+            (Some(d), Some(s)) => s.tick <= have || d.entries * 5 <= s.frame.len(),
+            _ => true,
+        });
+        let delta = match (from_have, snapshot) {
             (Some(d), _) => d,
             (None, Some(s)) => {
                 let d = self.delta_after(s.tick);
@@ -169,7 +171,15 @@ impl Ctx {
                 return;
             }
         };
-        self.push_delta(c, delta);
+        if let Some(d) = delta {
+            self.stats.diffs_resent += 1;
+            if d.ticks > 1 {
+                self.stats.deltas_coalesced += 1;
+                self.stats.delta_ticks += d.ticks as u64;
+                self.stats.delta_entries += d.entries as u64;
+            }
+            c.stream_out.push_back(Chunk::Bytes(d.frame, 0));
+        }
         proto::encode_synced(self.tick, c.small());
         self.stats.syncs += 1;
         c.awaiting = false;
@@ -179,36 +189,24 @@ impl Ctx {
         c.ready = true;
     }
 
-    /// What changed after tick `from`, from this worker's history (which must reach back to `from`).
-    fn delta_after(&self, from: u64) -> Delta {
-        let newer = || self.history.iter().filter(move |p| p.tick > from);
-        match (newer().next(), newer().nth(1)) {
-            (None, _) => Delta { from, ticks: 0, last: None, entries: Vec::new() },
-            (Some(p), None) => Delta { from, ticks: 1, last: Some(p.clone()), entries: Vec::new() },
-            (Some(_), Some(_)) => Delta {
-                from,
-                ticks: newer().count(),
-                last: newer().next_back().cloned(),
-                entries: crate::publish::coalesce(newer().map(|p| p.entries.as_slice())),
-            },
-        }
-    }
-
-    /// Queue a delta on `c`'s stream: nothing, the one tick's shared DIFF frame, or one DIFF with the
-    /// coalesced change sets of every tick it spans (base: the tick it starts from).
-    fn push_delta(&mut self, c: &mut Conn, d: Delta) {
-        let Some(last) = d.last else { return };
-        if d.ticks == 1 {
-            c.stream_out.push_back(Chunk::Diff(last, 0));
-        } else {
-            let mut frame = Vec::with_capacity(32 + d.entries.len() * 5);
-            proto::encode_diff(last.tick, d.from, last.hash, &d.entries, &mut frame);
-            c.stream_out.push_back(Chunk::Bytes(frame, 0));
-            self.stats.deltas_coalesced += 1;
-            self.stats.delta_ticks += d.ticks as u64;
-            self.stats.delta_entries += d.entries.len() as u64;
-        }
-        self.stats.diffs_resent += 1;
+    /// What changed after tick `from`, from this worker's history (which must reach back to `from`); None
+    /// when nothing did.
+    fn delta_after(&self, from: u64) -> Option<Delta> {
+        let newer: Vec<&Arc<Publication>> = self.history.iter().filter(|p| p.tick > from).collect();
+        let last = *newer.last()?;
+        let mut frame = Vec::new();
+        let entries = match newer[..] {
+            [one] => {
+                proto::encode_diff(one.tick, one.base, one.hash, &one.entries, &mut frame);
+                one.entries.len()
+            }
+            _ => {
+                let e = crate::publish::coalesce(newer.iter().map(|p| p.entries.as_slice()));
+                proto::encode_diff(last.tick, from, last.hash, &e, &mut frame);
+                e.len()
+            }
+        };
+        Some(Delta { ticks: newer.len(), entries, frame })
     }
 
     /// First broadcast to a legacy connection: the snapshot and the diffs after it.

@@ -105,7 +105,6 @@ impl Out {
 #[derive(Debug)]
 enum Chunk {
     Bytes(Vec<u8>, usize),
-    Diff(Arc<Publication>, usize),
     Snap(Arc<Snapshot>, usize),
 }
 
@@ -113,7 +112,6 @@ impl Chunk {
     fn cursor(&mut self) -> (&[u8], &mut usize) {
         match self {
             Chunk::Bytes(b, i) => (b, i),
-            Chunk::Diff(p, i) => (&p.diff_frame, i),
             Chunk::Snap(s, i) => (&s.frame, i),
         }
     }
@@ -354,5 +352,3 @@ impl Endpoint {
         self.ctx.stats.closed += 1;
     }
 }
-
-impl Ctx {}

@@ -74,7 +74,7 @@ impl Endpoint {
 
 impl Ctx {
     /// Hand queued control bytes to quiche, as far as the stream's flow control allows. Returns bytes taken.
-    pub(super) fn feed_stream(&mut self, c: &mut Conn) -> usize {
+    fn feed_stream(&mut self, c: &mut Conn) -> usize {
         let Some(ctl) = c.ctl else { return 0 };
         let mut total = 0;
         while let Some(ch) = c.stream_out.front_mut() {
@@ -99,7 +99,7 @@ impl Ctx {
     }
 
     /// Keep quiche's DATAGRAM queue topped up from the shared broadcast backlog. Returns datagrams queued.
-    pub(super) fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
+    fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
         let mut n = 0;
         while c.q.dgram_send_queue_len() < self.cfg.dgram_queue {
             let Some(o) = c.outbox.front_mut() else { break };
@@ -132,7 +132,7 @@ impl Ctx {
     }
 
     /// Send what `c` has, up to the send budget. Returns (has more to send, transmit side full).
-    pub(super) fn flush_conn<B: Datapath>(&mut self, c: &mut Conn, now: Instant, tx: &mut B) -> (bool, bool) {
+    fn flush_conn<B: Datapath>(&mut self, c: &mut Conn, now: Instant, tx: &mut B) -> (bool, bool) {
         // quiche stamps `SendInfo.at` from its own reading of the monotonic clock (with its default
         // recovery, `at` is simply quiche's "now"), so release times are compared with a fresh reading, once
         // per connection: the loop's `now` can be tens of milliseconds old by the end of a flush pass over

@@ -2,7 +2,7 @@
 //! shows both, served by one HTTP thread.
 //!
 //! Nothing here is on the packet path. Workers copy their counters into their slot of [`Live`] every
-//! [`REPORT_EVERY`] (a mutex no one else holds for longer than a copy); the master records each tick's
+//! [`REPORT_EVERY`](crate::worker::REPORT_EVERY) (a mutex no one else holds for longer than a copy); the master records each tick's
 //! duration and copies the canvas into [`Live`] once a second; the HTTP thread reads those copies, the
 //! per-worker queue depths (lock-free lengths of the bounded queues) and, in xdp mode, the XDP program's
 //! per-CPU counters.
@@ -26,7 +26,6 @@ use datapath::backend::xdp::XdpSockStats;
 use datapath::seam::BackendStats;
 
 /// How often a worker publishes its counters.
-pub use crate::worker::REPORT_EVERY;
 /// How often the master copies the canvas for `/canvas.png`.
 pub const CANVAS_EVERY: Duration = Duration::from_secs(1);
 /// Tick duration histogram bucket bounds, microseconds.
@@ -103,10 +102,12 @@ impl Live {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = v;
         }
     }
+}
 
+impl TickObserver for Live {
     /// Record one tick (its duration and the master's counters); `pixels` are copied when the last copy is
     /// older than [`CANVAS_EVERY`].
-    pub fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
+    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
         let mut m = self.master.lock().unwrap_or_else(|e| e.into_inner());
         m.stats = stats;
         let b = TICK_BUCKETS_US.iter().position(|&ub| tick_us <= ub).unwrap_or(TICK_BUCKETS_US.len());
@@ -117,12 +118,6 @@ impl Live {
             m.canvas_tick = tick;
             m.canvas_at = Some(Instant::now());
         }
-    }
-}
-
-impl TickObserver for Live {
-    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
-        Live::record_tick(self, stats, tick_us, tick, pixels)
     }
 }
 
