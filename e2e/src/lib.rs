@@ -12,6 +12,38 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// A file under the workspace's `scripts/` (`testbed.sh`, `ops/tune.sh`, `vm.sh`, ...).
+///
+/// # Panics
+/// When it does not exist.
+pub fn script(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(rel);
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+/// Whether this run is CI's (`CI=true`), where tests must fail rather than skip.
+pub fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// A test that cannot run here (`why` says what is missing and how to get it): it says so and is skipped,
+/// except when CI=true, where it fails (a CI run must not silently skip the tests it is meant to run).
+pub fn skip_unless_ci(why: &str) {
+    assert!(!ci(), "{why} and CI=true: failing instead of skipping");
+    eprintln!("SKIPPED {why}");
+}
+
+/// The path of `cmd` when it is on PATH.
+pub fn on_path(cmd: &str) -> Option<String> {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
 /// A workspace binary (`server`, `client`) next to the running test's profile directory.
 ///
 /// # Panics

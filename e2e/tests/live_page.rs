@@ -14,14 +14,7 @@ use e2e::netns::run_bounded;
 use e2e::{bin, free_port, wait_bounded, Server};
 
 fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|c| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {c}")])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    })
+    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|c| e2e::on_path(c))
 }
 
 fn free_tcp_port() -> u16 {
@@ -70,11 +63,7 @@ fn num(dom: &str, id: &str) -> u64 {
 #[test]
 fn live_page_shows_the_canvas_and_counters_changing() {
     let Some(chrome) = chromium() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "chromium is not installed and CI=true forbids skipping (scripts/setup.sh installs it)"
-        );
-        eprintln!("SKIPPED: chromium not installed (apt-get install chromium)");
+        e2e::skip_unless_ci("live page: chromium is not installed (scripts/setup.sh installs it)");
         return;
     };
     let listen = format!("127.0.0.1:{}", free_port());
