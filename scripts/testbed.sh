@@ -399,57 +399,48 @@ while (left := end - time.monotonic()) > 0:
         sys.exit(0)
 sys.exit(1)'
 
-ping_once() { # ns dst payload-bytes
+ping_once() { # ns dst payload-bytes (IPv4 or IPv6; DF either way: IPv6 never fragments on the path;
+  # the python3 fallback sends IPv4 only, verify() requires ping for IPv6)
+  local v6=()
+  [[ $2 != *:* ]] || v6=(-6)
   if ((DRY)); then
-    command -v ping >/dev/null 2>&1 || echo "# no ping here: the script sends these with an embedded python3 ICMP echo"
+    command -v ping >/dev/null 2>&1 || echo "# no ping here: the script sends IPv4 ones with an embedded python3 ICMP echo"
   fi
   if ((DRY)) || command -v ping >/dev/null 2>&1; then
-    run ip netns exec "$1" ping -n -q -c 1 -W 1 -M "do" -s "$3" -I eth1.$VID "$2"
+    run ip netns exec "$1" ping "${v6[@]}" -n -q -c 1 -W 1 -M "do" -s "$3" -I eth1.$VID "$2"
   else
     run ip netns exec "$1" python3 -c "$PY_PING" "$2" eth1.$VID "$3"
   fi
 }
 
 verify() {
-  local pair from to size i ok
+  local check from to size i ok
   if ! command -v ping >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then
     fail "cannot verify: neither ping (iputils-ping) nor python3 is installed"
   fi
-  for pair in "client1 ${ADDR[server]}" "client2 ${ADDR[server]}" "client1 ${ADDR[client2]}"; do
-    read -r from to <<<"$pair"
-    # 56 bytes, then the guide's MTU check (§2.5): 1372 + 8 ICMP + 20 IP = 1400 with DF.
-    for size in 56 1372; do
-      if ((DRY)); then ping_once "$(ns_of "$from")" "$to" "$size"; continue; fi
-      ok=0
-      for ((i = 0; i < 10; i++)); do # bounded: at most ~12 s (the first tries also resolve ARP)
-        if ping_once "$(ns_of "$from")" "$to" "$size" >/dev/null 2>&1; then ok=1; break; fi
-        sleep 0.2
-      done
-      ((ok)) || fail "VERIFY FAILED: no ICMP echo reply from $to to $from over eth1.$VID (payload $size, DF)"
+  # 56 bytes, then the guide's MTU check (§2.5) with DF: 1372 + 8 ICMP + 20 IP = 1400, and over IPv6
+  # 1352 + 8 ICMPv6 + 40 IPv6 = 1400.
+  local checks=()
+  for to in "client1 ${ADDR[server]}" "client2 ${ADDR[server]}" "client1 ${ADDR[client2]}"; do
+    checks+=("$to 56" "$to 1372")
+  done
+  if [[ -d /proc/sys/net/ipv6 ]]; then
+    ((DRY)) || command -v ping >/dev/null 2>&1 || fail "cannot verify IPv6: ping (iputils-ping) is not installed"
+    for to in "client1 ${ADDR6[server]}" "client2 ${ADDR6[server]}"; do checks+=("$to 56" "$to 1352"); done
+  fi
+  for check in "${checks[@]}"; do
+    read -r from to size <<<"$check"
+    if ((DRY)); then ping_once "$(ns_of "$from")" "$to" "$size"; continue; fi
+    ok=0
+    for ((i = 0; i < 10; i++)); do # bounded: at most ~12 s (the first tries also resolve ARP / ND)
+      if ping_once "$(ns_of "$from")" "$to" "$size" >/dev/null 2>&1; then ok=1; break; fi
+      sleep 0.2
     done
+    ((ok)) || fail "VERIFY FAILED: no echo reply from $to to $from over eth1.$VID (payload $size, DF)"
   done
   ((DRY)) || msg "verified: client1 -> ${ADDR[server]}, client2 -> ${ADDR[server]}," \
-    "client1 -> ${ADDR[client2]} (56 and 1372-byte DF pings over eth1.$VID)"
-  [[ -d /proc/sys/net/ipv6 ]] || return 0
-  command -v ping >/dev/null 2>&1 || fail "cannot verify IPv6: ping (iputils-ping) is not installed"
-  for pair in "client1 ${ADDR6[server]}" "client2 ${ADDR6[server]}"; do
-    read -r from to <<<"$pair"
-    # 1352 + 8 ICMPv6 + 40 IPv6 = 1400: the VLAN's MTU.
-    for size in 56 1352; do
-      if ((DRY)); then
-        run ip netns exec "$(ns_of "$from")" ping -6 -n -q -c 1 -W 1 -M "do" -s "$size" -I eth1.$VID "$to"
-        continue
-      fi
-      ok=0
-      for ((i = 0; i < 10; i++)); do # bounded, as above (the first tries also resolve ND)
-        if ip netns exec "$(ns_of "$from")" ping -6 -n -q -c 1 -W 1 -M "do" -s "$size" -I eth1.$VID "$to" \
-          >/dev/null 2>&1; then ok=1; break; fi
-        sleep 0.2
-      done
-      ((ok)) || fail "VERIFY FAILED: no ICMPv6 echo reply from $to to $from over eth1.$VID (payload $size)"
-    done
-  done
-  ((DRY)) || msg "verified: client1 -> ${ADDR6[server]}, client2 -> ${ADDR6[server]} (56 and 1352-byte pings)"
+    "client1 -> ${ADDR[client2]} (56 and 1372-byte DF pings over eth1.$VID)" \
+    "$([[ -d /proc/sys/net/ipv6 ]] && echo "and client1, client2 -> ${ADDR6[server]} (56 and 1352 bytes)")"
 }
 
 do_up() {

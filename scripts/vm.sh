@@ -46,7 +46,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 SUITES=(bookworm trixie trixie-backports)
 MATRIX=(host "${SUITES[@]}")
-ALL_CELLS=(xdp-native xdp-generic uring v6)
+# shellcheck source-path=SCRIPTDIR source=vm/cells.sh
+. "$HERE/vm/cells.sh" # ALL_CELLS, cell_client_args
 NS=canvas-vm
 TAP=eth1
 VID=4000
@@ -420,7 +421,7 @@ run_host_suite() {
 
 # One suite: boot, run the cells, collect. Sets SUITE_RC; the records go to RUNDIR/records.json.
 run_suite() {
-  local suite=$1 t0 tboot cell rc c target dir tc0
+  local suite=$1 t0 tboot cell rc c dir tc0
   if [[ $suite == host ]]; then run_host_suite; return; fi
   t0=$(now)
   SUITE_RC=1
@@ -452,11 +453,8 @@ run_suite() {
       tc0=$(now)
       wait_file 300 "$cell.ready" "$cell.failed" || true
       if [[ $w == "$cell.ready" ]]; then
-        target=https://$GUEST4:4433
-        [[ $cell != v6 ]] || target="https://[$GUEST6]:4433"
-        c=(ip netns exec "$NS" timeout -k 10 "$((SECS + 150))" "$RUNDIR/bin/client" --target "$target"
-          --clients "$CLIENTS" --id "vm-$cell" --protocol canvas1 --duration "$SECS" --replicas "$CLIENTS"
-          --max-conn-jitter 2000 --min-pixel-wait 100 --max-pixel-wait 400 --summary-json "$dir/summary.json")
+        cell_client_args "$cell" "vm-$cell" "$dir/summary.json"
+        c=(ip netns exec "$NS" timeout -k 10 "$((SECS + 150))" "$RUNDIR/bin/client" "${CLIENT_ARGS[@]}")
         printf '%q ' "${c[@]}" >"$dir/client.cmd"
         rc=0
         # In the background and waited for: a signal's trap runs at once (and stops it with the namespace).

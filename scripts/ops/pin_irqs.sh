@@ -189,7 +189,7 @@ if [[ ! -e /sys/class/net/$IFACE/device ]]; then
   exit 0
 fi
 
-# ---------------------------------------------------------------- find the queue IRQs (as pin.rs does)
+# ---------------------------------------------------------------- find the queue IRQs (as datapath/src/pin/irq.rs does)
 MISC_WORDS=(async config mailbox mbox mbx misc ctrl ctl cmd adminq mgmt mgmnt event link other err fdir)
 dev=$(readlink -f "/sys/class/net/$IFACE/device")
 DEV_NAME=${dev##*/}

@@ -32,6 +32,8 @@ done
 SUITE="" CELLS="" REPO="" RUNDIR="" BIN="" GUEST4="" GUEST6="" HOST4="" HOST6="" VID="" WAIT_DONE=""
 # shellcheck disable=SC1090
 . "$PARAMS"
+# shellcheck source-path=SCRIPTDIR source=cells.sh
+. "$REPO/scripts/vm/cells.sh"
 HUGEPAGES=160
 LOG=$RUNDIR/guest.log
 
@@ -105,32 +107,31 @@ setup() {
   log "network up on $(uname -r) after $(elapsed) s: eth1 (virtio_net), eth1.$VID $GUEST4 $GUEST6"
 }
 
-# The virtio input IRQs ("virtioN-input.Q") with their effective affinity.
-irq_affinities() {
-  local irq name
-  while read -r irq name; do
-    printf '%s %s %s\n' "$name" "${irq%:}" "$(cat "/proc/irq/${irq%:}/effective_affinity_list" 2>/dev/null || echo '?')"
-  done < <(awk '/virtio[0-9]+-input\.[0-9]+/ { print $1, $NF }' /proc/interrupts)
+# The virtio input IRQs ("virtioN-input.Q"), one "IRQ NAME" line each.
+input_irqs() {
+  awk '/virtio[0-9]+-input\.[0-9]+/ { sub(":", "", $1); print $1, $NF }' /proc/interrupts
 }
 
-# The virtio input IRQs with their smp_affinity_list (where they are told to go).
-irq_smp() {
+# The virtio input IRQs as "NAME IRQ CPUS", CPUS from /proc/irq/IRQ/$1: effective_affinity_list (where it
+# runs) or smp_affinity_list (where it is told to go).
+irq_cpus() {
   local irq name
   while read -r irq name; do
-    printf '%s %s %s\n' "$name" "${irq%:}" "$(cat "/proc/irq/${irq%:}/smp_affinity_list" 2>/dev/null || echo '?')"
-  done < <(awk '/virtio[0-9]+-input\.[0-9]+/ { print $1, $NF }' /proc/interrupts)
+    printf '%s %s %s\n' "$name" "$irq" "$(cat "/proc/irq/$irq/$1" 2>/dev/null || echo '?')"
+  done < <(input_irqs)
 }
+irq_affinities() { irq_cpus effective_affinity_list; }
+irq_smp() { irq_cpus smp_affinity_list; }
 
 # Put input queue 0's IRQ on CPU $1 and queue 1's on CPU $2 (the move takes effect at the next interrupt).
 set_input_irqs() {
-  local irq name q
+  local irq name
   while read -r irq name; do
-    q=${name##*.}
-    case "$q" in
-      0) echo "$1" >"/proc/irq/${irq%:}/smp_affinity_list" ;;
-      1) echo "$2" >"/proc/irq/${irq%:}/smp_affinity_list" ;;
+    case "${name##*.}" in
+      0) echo "$1" >"/proc/irq/$irq/smp_affinity_list" ;;
+      1) echo "$2" >"/proc/irq/$irq/smp_affinity_list" ;;
     esac
-  done < <(awk '/virtio[0-9]+-input\.[0-9]+/ { print $1, $NF }' /proc/interrupts)
+  done < <(input_irqs)
 }
 
 # ---------------------------------------------------------------- per-kernel tools
@@ -148,15 +149,10 @@ tools() {
 
 # ---------------------------------------------------------------- cells
 run_cell() {
-  local cell=$1 dir=$RUNDIR/cell-$1 args=() pid rc i end
+  local cell=$1 dir=$RUNDIR/cell-$1 pid rc
   mkdir -p "$dir"
-  local common=(--stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem")
-  case "$cell" in
-    xdp-native) args=(--mode xdp --iface eth1 --vlan "$VID" --listen "$GUEST4:4433" --zero-copy auto --pin irq --xdp-frames 8192) ;;
-    xdp-generic) args=(--mode xdp --iface "eth1.$VID" --xdp-attach generic -w 1 --listen "$GUEST4:4433" --xdp-frames 8192) ;;
-    uring) args=(--mode uring -w 2 --listen 0.0.0.0:4433) ;;
-    v6) args=(--mode xdp --iface eth1 --vlan "$VID" --listen '[::]:4433' --zero-copy auto --pin irq --xdp-frames 8192) ;;
-  esac
+  cell_server_args "$cell"
+  local args=("${SERVER_ARGS[@]}" --stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem")
   # Pinning is tested against IRQs that did not start where the round-robin fallback would put workers:
   # xdp-native gathers every queue IRQ on CPU 0 and lets pin_irqs.sh spread them (it must move queue 1's);
   # v6 crosses them (queue 0 -> CPU 1, queue 1 -> CPU 0), so worker q must follow its IRQ, not its index.
@@ -171,17 +167,10 @@ run_cell() {
     irq_smp >"$dir/irq-crossed.txt"
   fi
   ethtool -S eth1 >"$dir/ethtool-before.txt" 2>&1
-  printf '%q ' "$BIN/server" "${args[@]}" "${common[@]}" >"$dir/server.cmd"
-  "$BIN/server" "${args[@]}" "${common[@]}" >"$dir/server.out" 2>"$dir/server.err" </dev/null &
+  printf '%q ' "$BIN/server" "${args[@]}" >"$dir/server.cmd"
+  "$BIN/server" "${args[@]}" >"$dir/server.out" 2>"$dir/server.err" </dev/null &
   pid=$!
-  end=$(($(date +%s) + 120))
-  local listening=0
-  while (($(date +%s) < end)); do
-    if grep -q "listening on" "$dir/server.err" "$dir/server.out" 2>/dev/null; then listening=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.3
-  done
-  if ((listening)); then
+  if wait_listening "$pid" "$dir/server.err" 120; then
     log "$cell: server listening ($(elapsed) s)"
     : >"$RUNDIR/$cell.ready"
     wait_host "$WAIT_DONE" "$cell.done" || log "$cell: the host did not finish the load in $WAIT_DONE s"
@@ -189,8 +178,7 @@ run_cell() {
     if kill -0 "$pid" 2>/dev/null; then
       echo "server did not print 'listening on' within 120 s; stderr tail:" >"$RUNDIR/$cell.failed"
     else
-      wait "$pid"
-      echo "server exited with $? before listening; stderr tail:" >"$RUNDIR/$cell.failed"
+      echo "server exited before listening (exit code in cell-$cell/server.rc); stderr tail:" >"$RUNDIR/$cell.failed"
     fi
     tail -5 "$dir/server.err" >>"$RUNDIR/$cell.failed"
     log "$cell: FAILED to start: $(tr '\n' ' ' <"$RUNDIR/$cell.failed")"
@@ -199,23 +187,8 @@ run_cell() {
   ethtool -S eth1 >"$dir/ethtool-after.txt" 2>&1
   cat /proc/interrupts >"$dir/interrupts.txt"
   irq_affinities >"$dir/irq-affinity.txt"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -INT "$pid"
-    rc=""
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.3
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$cell: server still running 30 s after SIGINT: SIGKILL"
-      kill -KILL "$pid"
-    fi
-    wait "$pid"
-    rc=$?
-  else
-    wait "$pid"
-    rc=$?
-  fi
+  stop_server "$pid" 2>>"$LOG"
+  rc=$SERVER_RC
   echo "$rc" >"$dir/server.rc"
   log "$cell: server exit $rc ($(elapsed) s)"
   sleep 1 # an AF_XDP rebind to the same queue right after a close can fail with EBUSY for ~0.5 s

@@ -17,6 +17,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 BIN=$RUNDIR/bin
 P=cvmhost
 SRV=$P-server CLI=$P-client1
+# The testbed's server addresses (scripts/testbed.sh), as the guest's are for the guest cells.
+GUEST4=10.0.1.10 GUEST6=fd00:4000::10 VID=4000
+# shellcheck source-path=SCRIPTDIR source=cells.sh
+. "$HERE/cells.sh"
 
 log() { echo "host: $*" | tee -a "$RUNDIR/guest.log" >&2; }
 down() { "$REPO/scripts/testbed.sh" down --prefix "$P" >/dev/null 2>&1 || true; }
@@ -37,43 +41,25 @@ for cell in $CELLS; do
   dir=$RUNDIR/cell-$cell
   mkdir -p "$dir"
   t0=$(date +%s.%N)
-  common=(--stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem")
-  target=https://10.0.1.10:4433
-  case "$cell" in
-    xdp-native) args=(--mode xdp --iface eth1 --vlan 4000 --listen 10.0.1.10:4433 --zero-copy auto --pin irq --xdp-frames 8192) ;;
-    xdp-generic) args=(--mode xdp --iface eth1.4000 --xdp-attach generic -w 1 --listen 10.0.1.10:4433 --xdp-frames 8192) ;;
-    uring) args=(--mode uring -w 2 --listen 0.0.0.0:4433) ;;
-    v6)
-      args=(--mode xdp --iface eth1 --vlan 4000 --listen '[::]:4433' --zero-copy auto --pin irq --xdp-frames 8192)
-      target="https://[fd00:4000::10]:4433"
-      ;;
-    *) log "unknown cell $cell"; continue ;;
-  esac
+  cell_server_args "$cell" || { log "unknown cell $cell"; continue; }
   ip netns exec "$SRV" ethtool -S eth1 >"$dir/ethtool-before.txt" 2>&1
-  ip netns exec "$SRV" timeout -k 5 "$((SECS + 120))" "$BIN/server" "${args[@]}" "${common[@]}" \
+  ip netns exec "$SRV" timeout -k 5 "$((SECS + 120))" "$BIN/server" "${SERVER_ARGS[@]}" \
+    --stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem" \
     >"$dir/server.out" 2>"$dir/server.err" </dev/null &
   pid=$!
-  listening=0
-  for ((i = 0; i < 200; i++)); do # bounded: 60 s
-    if grep -q "listening on" "$dir/server.err" 2>/dev/null; then listening=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.3
-  done
-  if ((listening)); then
+  if wait_listening "$pid" "$dir/server.err" 60; then
     rc=0
-    ip netns exec "$CLI" timeout -k 10 "$((SECS + 150))" "$BIN/client" --target "$target" --clients "$CLIENTS" \
-      --id "host-$cell" --protocol canvas1 --duration "$SECS" --replicas "$CLIENTS" --max-conn-jitter 2000 \
-      --min-pixel-wait 100 --max-pixel-wait 400 --summary-json "$dir/summary.json" >"$dir/client.out" 2>&1 \
+    cell_client_args "$cell" "host-$cell" "$dir/summary.json"
+    ip netns exec "$CLI" timeout -k 10 "$((SECS + 150))" "$BIN/client" "${CLIENT_ARGS[@]}" >"$dir/client.out" 2>&1 \
       </dev/null || rc=$?
     echo "$rc" >"$dir/client.rc"
   else
     { echo "server did not listen within 60 s; stderr tail:"; tail -5 "$dir/server.err"; } >"$RUNDIR/$cell.failed"
   fi
   ip netns exec "$SRV" ethtool -S eth1 >"$dir/ethtool-after.txt" 2>&1
-  kill -INT "$pid" 2>/dev/null
-  wait "$pid"
-  echo "$?" >"$dir/server.rc"
+  stop_server "$pid"
+  echo "$SERVER_RC" >"$dir/server.rc"
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }' >"$dir/host_seconds"
-  log "$cell: server exit $(cat "$dir/server.rc"), client exit $(cat "$dir/client.rc" 2>/dev/null || echo -)"
+  log "$cell: server exit $SERVER_RC, client exit $(cat "$dir/client.rc" 2>/dev/null || echo -)"
   sleep 1 # an AF_XDP rebind to the same queue right after a close can fail with EBUSY for ~0.5 s
 done

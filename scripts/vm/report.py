@@ -200,7 +200,7 @@ def judge(rundir, info, cell, clients):
             errors.append("no rxQ_xdp_redirects in ethtool -S eth1")
         errors.extend("counters: " + b for b in bad)
         if suite == "host":
-            # veth: no IRQs to pin to (the server's fallback rule applies, tested by pin.rs's unit tests).
+            # veth: no IRQs to pin to (the server's fallback rule applies, tested by datapath/src/pin/tests.rs).
             rec["error"] = "; ".join(errors) or None
             rec["pass"] = not errors
             return rec
