@@ -5,7 +5,7 @@
 
 Reads every `*.csv` in METRICS_DIR (one per load-generator process, named `{id}.csv`). Columns:
 `timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps` (the predecessor's; enough on their own)
-and optionally `acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms,hash_mismatches`.
+and optionally `acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms,hash_mismatches,ack_p50_ms,ack_p99_ms`.
 
 End-of-run results come from the `--summary-json` files of the processes: given with `--summary` (files
 or directories, repeatable), or else every `*.json` in METRICS_DIR that is a loadgen summary. They add
@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 GAUGES = ["active", "failed", "tx_pixels", "acked", "rejected", "syncs", "snapshots", "hash_mismatches"]
 RATES = ["tx_pps", "rx_dgram_s", "rx_mbps"]
-LATENCIES = ["lat_p50_ms", "lat_p99_ms"]
+LATENCIES = ["lat_p50_ms", "lat_p99_ms", "ack_p50_ms", "ack_p99_ms"]
 
 
 def number(text):
@@ -233,6 +233,14 @@ def main():
             (
                 "Write → visible latency per second (max over processes)",
                 [("p50", m["lat_p50_ms"]), ("p99", m["lat_p99_ms"])],
+                "ms",
+            )
+        )
+    if present["ack_p50_ms"] or present["ack_p99_ms"]:
+        panels.append(
+            (
+                "Write → ACK latency per second (max over processes)",
+                [("p50", m["ack_p50_ms"]), ("p99", m["ack_p99_ms"])],
                 "ms",
             )
         )

@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub const DEFAULT_GAP_GRACE: Duration = Duration::from_millis(250);
 /// Most ticks buffered ahead of the replica before it gives up waiting and syncs.
 pub const DEFAULT_MAX_PENDING: usize = 64;
+/// The patience ([`Replica::patience`]) is at most this many gap graces (2 s at the default 250 ms).
+pub const MAX_PATIENCE_GRACES: u32 = 8;
 
 #[derive(Debug)]
 struct Pending {
@@ -28,7 +30,9 @@ struct Pending {
     have: Vec<bool>,
     missing: usize,
     entries: Vec<u8>,
-    first_seen: Instant,
+    /// When the tick was first seen or last got a new part: a diff whose parts keep arriving (a large
+    /// catch-up delta through a slow path) is making progress, not stuck.
+    progress_at: Instant,
 }
 
 /// Counters of a replica.
@@ -63,6 +67,11 @@ pub struct Replica {
     /// A tick the server says exists (HEAD or ACK) that the replica has not reached, and since when.
     behind: Option<(u64, Instant)>,
     grace: Duration,
+    /// When the replica last moved forward, and the smoothed interval between such moves: the pace the
+    /// broadcast actually arrives at (one tick interval normally; longer when the server or the path is
+    /// past its capacity and sends fewer, larger deltas).
+    last_advance: Option<Instant>,
+    advance_gap: Duration,
     max_pending: usize,
     stats: ReplicaStats,
 }
@@ -87,6 +96,8 @@ impl Replica {
             diverged: false,
             behind: None,
             grace,
+            last_advance: None,
+            advance_gap: Duration::ZERO,
             max_pending: max_pending.max(1),
             stats: ReplicaStats::default(),
         }
@@ -148,7 +159,7 @@ impl Replica {
                         if self.sync_ok_at(hash) {
                             // `advance` drops what is buffered for ticks up to `tick`.
                             self.tick = Some(tick);
-                            self.advance()?;
+                            self.advance(now)?;
                         }
                     }
                     _ => self.note_tick(last_change, now),
@@ -168,7 +179,7 @@ impl Replica {
             have: vec![false; parts],
             missing: parts,
             entries: Vec::new(),
-            first_seen: now,
+            progress_at: now,
         });
         if e.missing == 0 && e.hash == p.diff.hash && (e.have.len() != parts || e.base != p.diff.base) {
             // The tick is already whole from the control stream (a SYNC reply's DIFF, which may start from
@@ -186,8 +197,9 @@ impl Replica {
         }
         *slot = true;
         e.missing -= 1;
+        e.progress_at = now;
         e.entries.extend_from_slice(p.diff.entries);
-        self.advance()
+        self.advance(now)
     }
 
     /// A HEAD's hash must match when the replica claims to be current; a mismatch means divergence.
@@ -227,7 +239,7 @@ impl Replica {
                     self.stats.hash_mismatches += 1;
                 }
                 self.stats.snapshots += 1;
-                self.advance()
+                self.advance(now)
             }
             ServerMsg::Diff(d) => {
                 if self.tick.is_some_and(|t| d.tick <= t) {
@@ -242,10 +254,10 @@ impl Replica {
                         have,
                         missing: 0,
                         entries: d.entries.to_vec(),
-                        first_seen: now,
+                        progress_at: now,
                     },
                 );
-                self.advance()
+                self.advance(now)
             }
             ServerMsg::Synced { tick } => {
                 self.sync_outstanding = false;
@@ -260,20 +272,32 @@ impl Replica {
                 }
                 // Whatever is still buffered gets a fresh grace period before it can trigger another SYNC.
                 for p in self.pending.values_mut() {
-                    p.first_seen = now;
+                    p.progress_at = now;
                 }
-                self.advance()
+                self.advance(now)
             }
             _ => Ok(()),
         }
     }
 
-    /// Apply every buffered tick that chains onto the replica.
-    fn advance(&mut self) -> Result<(), ProtoError> {
+    /// Apply every buffered tick that chains onto the replica. Still behind a tick the server named, but
+    /// moved forward: the broadcast is late (a path or a server past its capacity delivers fewer, larger
+    /// deltas), not lost, so the grace period starts again; only a replica that stops advancing syncs.
+    fn advance(&mut self, now: Instant) -> Result<(), ProtoError> {
+        let before = self.tick;
         let res = self.advance_inner();
+        if before.is_some() && self.tick > before {
+            if let Some(prev) = self.last_advance {
+                // EWMA with weight 1/4: a few slow waves raise the patience, a few fast ones lower it.
+                self.advance_gap = (self.advance_gap * 3 + now.saturating_duration_since(prev)) / 4;
+            }
+            self.last_advance = Some(now);
+        }
         if let (Some(t), Some((target, _))) = (self.tick, self.behind) {
             if t >= target {
                 self.behind = None;
+            } else if before.is_some_and(|b| t > b) {
+                self.behind = Some((target, now));
             }
         }
         res
@@ -321,8 +345,16 @@ impl Replica {
         Ok(())
     }
 
+    /// How long a gap or a lag may last before it counts as a loss: the configured grace, or twice the pace
+    /// at which the replica has been advancing when that is slower (a broadcast stretched by overload is
+    /// late, not lost), at most [`MAX_PATIENCE_GRACES`] graces.
+    pub fn patience(&self) -> Duration {
+        (self.advance_gap * 2).clamp(self.grace, self.grace * MAX_PATIENCE_GRACES)
+    }
+
     /// When the caller must send `SYNC{have_tick}` now, returns the tick (and counts the SYNC as sent).
     pub fn poll_sync(&mut self, now: Instant) -> Option<u64> {
+        let patience = self.patience();
         if self.sync_outstanding {
             return None;
         }
@@ -332,10 +364,10 @@ impl Replica {
             Some(t) => {
                 let overfull = self.pending.len() > self.max_pending;
                 let stuck = self.pending.values().next().is_some_and(|p| {
-                    now.saturating_duration_since(p.first_seen) >= self.grace && (p.missing > 0 || p.base > t)
+                    now.saturating_duration_since(p.progress_at) >= patience && (p.missing > 0 || p.base > t)
                 });
                 let lagging = self.behind.is_some_and(|(target, since)| {
-                    t < target && now.saturating_duration_since(since) >= self.grace
+                    t < target && now.saturating_duration_since(since) >= patience
                 });
                 if !(overfull || stuck || lagging) {
                     return None;
@@ -608,5 +640,70 @@ mod tests {
         assert!(r.pending_ticks() <= 4);
         feed_stream(&mut r, &s.sync_reply(0), t0);
         assert_eq!(r.pixels(), s.canvas.pixels());
+    }
+
+    /// Past its capacity the server delivers the broadcast late, in fewer and larger deltas, while ACKs
+    /// name newer ticks at once: a replica that keeps advancing is not lost and must not SYNC (that was the
+    /// overload spiral); one that stops advancing for the grace period does.
+    #[test]
+    fn a_late_but_advancing_broadcast_does_not_sync() {
+        let (t0, mut s, mut r) = joined();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut diffs: Vec<Datagrams> = (0..8u32).map(|i| s.tick(&[(i, 1 + i as u8)])).collect();
+        r.note_tick(8, ms(0)); // an ACK names tick 8 while the broadcast is still at tick 0
+        for (i, d) in diffs.drain(..6).enumerate() {
+            // One tick every 200 ms: the replica stays behind tick 8 for a second, but never stalls.
+            let now = ms(200 * (i as u64 + 1));
+            for part in d.iter() {
+                r.on_datagram(part, now).unwrap();
+            }
+            assert_eq!(r.poll_sync(now), None, "advancing at {now:?}");
+        }
+        assert_eq!(r.tick(), Some(6));
+        assert_eq!(r.poll_sync(ms(1200) + DEFAULT_GAP_GRACE / 2), None);
+        // Then nothing for the patience (about the grace at this pace): the replica syncs from where it is.
+        assert!(r.patience() < 2 * DEFAULT_GAP_GRACE, "{:?}", r.patience());
+        assert_eq!(r.poll_sync(ms(1200) + r.patience()), Some(6));
+    }
+
+    /// A large diff whose parts keep arriving, each within the grace period of the previous one, is
+    /// making progress; a tick whose parts stop arriving is stuck.
+    #[test]
+    fn a_diff_whose_parts_keep_arriving_is_not_stuck() {
+        let (t0, mut s, mut r) = joined();
+        let writes: Vec<(u32, u8)> = (0..200u32).map(|i| (i * 7 % DIMS.len() as u32, 3)).collect();
+        let d = s.tick(&writes);
+        let parts: Vec<&[u8]> = d.iter().collect();
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let step = DEFAULT_GAP_GRACE * 3 / 4;
+        let mut now = t0;
+        for part in &parts[..parts.len() - 1] {
+            now += step;
+            r.on_datagram(part, now).unwrap();
+            assert_eq!(r.poll_sync(now), None);
+        }
+        assert_eq!(r.poll_sync(now + step), None, "less than the grace since the last part");
+        assert_eq!(r.poll_sync(now + DEFAULT_GAP_GRACE), Some(0), "stuck once parts stop");
+    }
+
+    /// The patience follows the pace the replica advances at: waves one second apart tolerate a lag of
+    /// more than the 250 ms grace (no SYNC between waves), but a replica that stops advancing still syncs
+    /// after the patience, and the patience never exceeds its bound.
+    #[test]
+    fn patience_follows_the_pace_of_the_broadcast() {
+        let (t0, mut s, mut r) = joined();
+        assert_eq!(r.patience(), DEFAULT_GAP_GRACE);
+        let mut now = t0;
+        for i in 0..12u32 {
+            now += Duration::from_secs(1);
+            for part in s.tick(&[(i, 2)]).iter() {
+                r.on_datagram(part, now).unwrap();
+            }
+        }
+        let p = r.patience();
+        assert!(p > 6 * DEFAULT_GAP_GRACE && p <= MAX_PATIENCE_GRACES * DEFAULT_GAP_GRACE, "{p:?}");
+        r.note_tick(s.tick + 1, now); // an ACK names a tick the next wave will bring
+        assert_eq!(r.poll_sync(now + Duration::from_secs(1)), None, "between two waves");
+        assert_eq!(r.poll_sync(now + p), Some(12), "stopped advancing");
     }
 }

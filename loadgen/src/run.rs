@@ -119,6 +119,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         full_replicas: args.replicas.unwrap_or(args.clients).min(args.clients),
         counters: Default::default(),
         latency: Latency::default(),
+        ack_latency: Latency::default(),
         first_error: Mutex::new(None),
         errors_printed: Default::default(),
     });
@@ -156,7 +157,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = every.tick() => reporter.row(&rctx.counters, &rctx.latency),
+                _ = every.tick() => reporter.row(&rctx.counters, &rctx.latency, &rctx.ack_latency),
                 _ = stop_rx.changed() => break,
             }
         }
@@ -290,6 +291,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         replicas_matching: verdict.matching,
         verify: verdict,
         latency_ms: ctx.latency.total(),
+        ack_latency_ms: ctx.ack_latency.total(),
         duration_s,
         elapsed_s: t0.elapsed().as_secs_f64(),
         rx_datagrams: c.rx_datagrams.load(Relaxed),

@@ -5,7 +5,8 @@
 //! datagrams received in that second, Mbit/s of received datagram payload), then ours:
 //! `acked,rejected,syncs,snapshots` (cumulative; for legacy `acked` counts writes observed in a broadcast),
 //! `lat_p50_ms,lat_p99_ms` over that second's write→visible samples (empty when there were none) and
-//! `hash_mismatches` (cumulative replica hash mismatches).
+//! `hash_mismatches` (cumulative replica hash mismatches), then `ack_p50_ms,ack_p99_ms` over that second's
+//! write→ACK samples (canvas/1; empty for legacy, which has no acknowledgements).
 //!
 //! Progress goes to stderr: one text line per second, or a live bar on a terminal ([`Progress`]).
 
@@ -24,7 +25,7 @@ use crate::progress::{self, Progress};
 /// CSV header (predecessor's seven columns first; new columns are only ever appended).
 pub const CSV_HEADER: &str = concat!(
     "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,",
-    "acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms,hash_mismatches"
+    "acked,rejected,syncs,snapshots,lat_p50_ms,lat_p99_ms,hash_mismatches,ack_p50_ms,ack_p99_ms"
 );
 
 /// Highest latency tracked: one hour in microseconds (larger samples saturate).
@@ -273,7 +274,7 @@ impl Reporter {
     }
 
     /// Emit the row for the interval since the previous call.
-    pub fn row(&mut self, c: &Counters, lat: &Latency) {
+    pub fn row(&mut self, c: &Counters, lat: &Latency, ack: &Latency) {
         let now = Instant::now();
         let secs = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
         self.last_at = now;
@@ -299,12 +300,14 @@ impl Reporter {
         let l = lat.take_second();
         let fmt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
         let (p50, p99) = (fmt(l.map(|l| l.p50)), fmt(l.map(|l| l.p99)));
+        let a = ack.take_second();
+        let (ack50, ack99) = (fmt(a.map(|l| l.p50)), fmt(a.map(|l| l.p99)));
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         if let Some(w) = self.csv.as_mut() {
             let r = writeln!(
                 w,
                 "{ts},{active},{failed},{},{tx_pps},{rx_dgram},{rx_mbps:.3},{acked},{rejected},{syncs},{snapshots},\
-                 {p50},{p99},{mismatches}",
+                 {p50},{p99},{mismatches},{ack50},{ack99}",
                 cur.pixels
             )
             .and_then(|_| w.flush());
@@ -347,9 +350,11 @@ impl Reporter {
         } else {
             String::new()
         };
+        let ackl =
+            if ack99.is_empty() { String::new() } else { format!(" ack_p50={ack50}ms ack_p99={ack99}ms") };
         eprintln!(
             "[{}] t={:>4.0}s active={active} failed={failed} tx={} ({tx_pps}/s) rx={rx_dgram} dg/s {rx_mbps:.2} Mbit/s \
-             {}={acked} rejected={rejected} syncs={syncs} snapshots={snapshots} p50={}ms p99={}ms{late}",
+             {}={acked} rejected={rejected} syncs={syncs} snapshots={snapshots} p50={}ms p99={}ms{ackl}{late}",
             self.id,
             elapsed,
             cur.pixels,
@@ -395,13 +400,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("loadgen-stats-{}", std::process::id()));
         let c = Counters::default();
         let l = Latency::default();
+        let a = Latency::default();
         let mut r = Reporter::new(Some(&dir), "t", "acked").unwrap();
         c.pixels_sent.store(10, Relaxed);
-        r.row(&c, &l);
+        r.row(&c, &l, &a);
         c.hash_mismatches.store(2, Relaxed);
         let mut b = vec![1500];
         l.record(&mut b);
-        r.row(&c, &l);
+        let mut b = vec![250];
+        a.record(&mut b);
+        r.row(&c, &l, &a);
         let text = std::fs::read_to_string(dir.join("t.csv")).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
@@ -421,6 +429,8 @@ mod tests {
         assert_eq!(cell(lines[1], "hash_mismatches"), "0");
         assert_eq!(cell(lines[2], "lat_p50_ms"), "1.500");
         assert_eq!(cell(lines[2], "hash_mismatches"), "2");
+        assert_eq!(cell(lines[1], "ack_p99_ms"), "");
+        assert_eq!(cell(lines[2], "ack_p50_ms"), "0.250");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -63,6 +63,9 @@ pub struct Summary {
     /// Write → visible latency (canvas/1: until the replica reached the ACKed tick; legacy: until the
     /// first diff entry for the pixel).
     pub latency_ms: LatencyMs,
+    /// Write → ACK latency (canvas/1; no samples for legacy, which has no acknowledgements): how long
+    /// ingest takes, measured apart from the broadcast.
+    pub ack_latency_ms: LatencyMs,
     /// Length of the write phase.
     pub duration_s: f64,
     /// Wall time of the whole run (connect, write, drain, verify, close).
@@ -146,6 +149,11 @@ impl Summary {
         let l = &self.latency_ms;
         row("latency p50", format!("{:.1} ms", l.p50), format!("write -> visible, {} samples", l.samples));
         row("latency p99", format!("{:.1} ms", l.p99), format!("max {:.1} ms", l.max));
+        let a = &self.ack_latency_ms;
+        if a.samples > 0 {
+            row("ack p50", format!("{:.1} ms", a.p50), format!("write -> ACK, {} samples", a.samples));
+            row("ack p99", format!("{:.1} ms", a.p99), format!("max {:.1} ms", a.max));
+        }
         row(
             "rx datagrams",
             self.rx_datagrams.to_string(),
@@ -253,6 +261,7 @@ mod tests {
                 ..Default::default()
             },
             latency_ms: LatencyMs { p50: 45.12, p99: 98.25, max: 120.5, samples: 1200 },
+            ack_latency_ms: LatencyMs { p50: 2.5, p99: 9.75, max: 20.0, samples: 1300 },
             duration_s: 5.0,
             elapsed_s: 7.25,
             rx_datagrams: 98765,

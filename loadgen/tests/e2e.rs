@@ -137,12 +137,12 @@ fn check_csv(dir: &Path, id: &str) {
         lines.next(),
         Some(
             "timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps,acked,rejected,syncs,snapshots,\
-             lat_p50_ms,lat_p99_ms,hash_mismatches"
+             lat_p50_ms,lat_p99_ms,hash_mismatches,ack_p50_ms,ack_p99_ms"
         )
     );
     let rows: Vec<&str> = lines.collect();
     assert!(rows.len() >= 3, "only {} rows:\n{csv}", rows.len());
-    assert!(rows.iter().all(|r| r.split(',').count() == 14), "{csv}");
+    assert!(rows.iter().all(|r| r.split(',').count() == 16), "{csv}");
 }
 
 #[test]

@@ -27,7 +27,7 @@ fn visualize_load_renders_png() {
     );
     let mut old = String::from("timestamp,active,failed,tx_pixels,tx_pps,rx_dgram_s,rx_mbps\n");
     let mut cur = format!("{}\n", client::stats::CSV_HEADER);
-    assert!(cur.ends_with(",lat_p50_ms,lat_p99_ms,hash_mismatches\n"), "{cur}");
+    assert!(cur.ends_with(",lat_p50_ms,lat_p99_ms,hash_mismatches,ack_p50_ms,ack_p99_ms\n"), "{cur}");
     for i in 0..10u64 {
         let ts = 1_700_000_000 + i;
         let lat = if i == 0 { ",".to_string() } else { format!("{}.5,{}.25", 40 + i, 90 + i) };
@@ -42,12 +42,14 @@ fn visualize_load_renders_png() {
         ));
         let lat = if i < 2 { ",".to_string() } else { format!("{}.5,{}", 200 - 15 * i, 2000 - 150 * i) };
         cur.push_str(&format!(
-            "{ts},40,1,{},60,700,2.5,{},0,{},{},{lat},{}\n",
+            "{ts},40,1,{},60,700,2.5,{},0,{},{},{lat},{},{}.5,{}\n",
             60 * i,
             55 * i,
             i / 2,
             40 + i / 5,
-            i / 3
+            i / 3,
+            2 + i,
+            9 + i
         ));
         if i % 3 != 1 {
             // The predecessor's file skips some seconds.

@@ -65,7 +65,7 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             tick_ms: 100,
             full_interval: NO_PERIODIC_SNAPSHOT,
             dgram_queue: DEFAULT_QUIC.dgram_queue,
-            outbox_ticks: 64,
+            max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 128,
             send_budget: 64,
         },

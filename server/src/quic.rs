@@ -27,7 +27,7 @@ pub struct QuicConfig {
 pub const DEFAULT_QUIC: QuicConfig = QuicConfig {
     idle_timeout: Duration::from_secs(30),
     max_udp_payload: 1350,
-    dgram_queue: 64,
+    dgram_queue: 8,
     max_data: 16 << 20,
     max_stream_data: 4 << 20,
 };

@@ -67,6 +67,9 @@ pub struct SimClient {
     pub max_acked_tick: u64,
     /// Drop everything that reaches this client (a link that loses every downstream packet) while set.
     pub deaf: bool,
+    /// The client neither reads nor sends while set; what reaches it waits in its inbox (a client, or a
+    /// path, that stops for a while without losing anything).
+    pub stalled: bool,
 }
 
 impl std::fmt::Debug for SimClient {
@@ -226,6 +229,7 @@ impl Sim {
                     rejected: 0,
                     max_acked_tick: 0,
                     deaf: false,
+                    stalled: false,
                 }
             })
             .collect();
@@ -270,6 +274,9 @@ impl Sim {
         let tick = self.round.is_multiple_of(self.rounds_per_tick);
         self.serve(now, |_| tick);
         for c in &mut self.clients {
+            if c.stalled {
+                continue;
+            }
             while let Some(mut p) = self.net.take(c.addr) {
                 if !c.deaf {
                     let _ = c.q.recv(&mut p.data, quiche::RecvInfo { from: p.from, to: c.addr });

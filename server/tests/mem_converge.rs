@@ -28,7 +28,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             tick_ms: 100,
             full_interval: 60,
             dgram_queue: 64,
-            outbox_ticks: 64,
+            max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 16,
             send_budget: 64,
         },
@@ -173,6 +173,63 @@ fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
         "later writes superseded earlier ones: at most the 32 pixels written"
     );
     assert_eq!(snapshots, snapshots_at_join, "no snapshot after the join");
+    assert_eq!(sim.clients[0].replica.pixels(), sim.master.canvas().pixels());
+}
+
+/// A client that stops reading for ten busy ticks (nothing lost: its path is just stalled) blocks its
+/// connection's congestion window; when it resumes, the server does not replay the ticks it missed one by
+/// one: the connection pulls one coalesced delta from the tick it was sent up to, which chains onto the
+/// client's replica with no SYNC and no snapshot.
+#[test]
+fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
+    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let mut cfg = config(20, 0.0, 0.0, 5);
+    cfg.workers = 1;
+    cfg.endpoint.dgram_queue = 8;
+    let rounds_per_tick = cfg.rounds_per_tick;
+    let mut sim = Sim::new(cfg, &cert, &key);
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the stall");
+    let stats = |sim: &Sim| {
+        let s = sim.workers[0].0.stats();
+        (s.snapshots_sent, s.catchups, s.catchup_deltas, s.catchup_ticks, s.catchup_entries)
+    };
+    let (snapshots_before, catchups_before, deltas_before, ticks_before, _) = stats(&sim);
+    let syncs_before = sim.clients[0].replica.stats().syncs;
+    sim.clients[0].stalled = true;
+    let mut rng = SmallRng::seed_from_u64(5);
+    let tick_before = sim.master.tick();
+    // Ten ticks of a few thousand writes each over a 60×40 area: several datagrams per tick, more than an
+    // initial congestion window in all, and later writes supersede earlier ones.
+    for _ in 0..10 * rounds_per_tick {
+        for c in sim.clients.iter_mut().skip(1) {
+            for _ in 0..40 {
+                c.write(Pixel {
+                    x: rng.random_range(0..60),
+                    y: rng.random_range(0..40),
+                    color: rng.random_range(0..32),
+                });
+            }
+        }
+        sim.round();
+    }
+    eprintln!("ticks={} master={:?}", sim.master.tick() - tick_before, sim.master.stats());
+    assert!(sim.master.tick() - tick_before >= 10);
+    sim.clients[0].stalled = false;
+    assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "the stalled client converges");
+    let (snapshots, catchups, deltas, ticks, entries) = stats(&sim);
+    let syncs = sim.clients[0].replica.stats().syncs - syncs_before;
+    let (deltas, ticks) = (deltas - deltas_before, ticks - ticks_before);
+    eprintln!(
+        "catch-up pulls={} deltas built={deltas} spanning {ticks} ticks with {entries} entries, syncs={syncs},          snapshots={}",
+        catchups - catchups_before,
+        snapshots - snapshots_before
+    );
+    assert!(deltas >= 1, "the stalled connection pulled a coalesced delta");
+    assert!(ticks >= 2 * deltas, "each spanned several ticks");
+    assert!(entries <= 60 * 40 * deltas, "later writes superseded earlier ones: at most the area per delta");
+    assert_eq!(syncs, 0, "the delta chained onto the replica: no SYNC");
+    assert_eq!(snapshots, snapshots_before, "no snapshot");
     assert_eq!(sim.clients[0].replica.pixels(), sim.master.canvas().pixels());
 }
 

@@ -571,6 +571,15 @@ impl FrameReader {
         self.buf.truncate(keep);
     }
 
+    /// Give the buffer back when every byte has been returned as a frame: a reader that is idle between
+    /// bursts (one per connection, thousands of them) then holds no allocation.
+    pub fn release_if_drained(&mut self) {
+        if self.buffered() == 0 && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Append stream bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         let s = self.spare(bytes.len());

@@ -112,3 +112,22 @@ fn malformed_input_is_an_error_not_a_panic() {
         let _ = decode_server(&wire[LEN_PREFIX.min(n)..n]);
     }
 }
+
+/// A reader keeps a partial frame across releases and holds no buffer once everything was returned.
+#[test]
+fn a_drained_reader_holds_no_buffer() {
+    let mut wire = Vec::new();
+    encode_client(&ClientMsg::Sync { have_tick: 9 }, &mut wire);
+    encode_client(&ClientMsg::Sync { have_tick: 10 }, &mut wire);
+    let mut r = FrameReader::new();
+    r.push(&wire[..20]); // the first frame (14 bytes) and part of the second
+    assert_eq!(decode_client(r.pop().unwrap().unwrap()).unwrap(), ClientMsg::Sync { have_tick: 9 });
+    assert_eq!(r.pop().unwrap(), None);
+    r.release_if_drained();
+    assert_eq!(r.buffered(), 6, "the partial frame is kept");
+    r.push(&wire[20..]);
+    assert_eq!(decode_client(r.pop().unwrap().unwrap()).unwrap(), ClientMsg::Sync { have_tick: 10 });
+    r.release_if_drained();
+    assert_eq!(r.buffered(), 0);
+    assert_eq!(r.buf.capacity(), 0, "nothing held while idle");
+}

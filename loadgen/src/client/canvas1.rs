@@ -81,6 +81,7 @@ struct Session<'a> {
     pending_ticks: usize,
     seen: ReplicaStats,
     lat: Vec<u64>,
+    ack_lat: Vec<u64>,
 }
 
 fn replica(rep: &mut ReplicaSlot) -> Option<&mut Replica> {
@@ -107,6 +108,7 @@ impl<'a> Session<'a> {
             pending_ticks: 0,
             seen: ReplicaStats::default(),
             lat: Vec::new(),
+            ack_lat: Vec::new(),
         }
     }
 
@@ -147,6 +149,7 @@ impl<'a> Session<'a> {
                         .resolve(id)
                         .ok_or_else(|| Failure::protocol(format!("ACK for unknown write {id}")))?;
                     self.ctx.counters.applied.fetch_add(1, Relaxed);
+                    self.ack_lat.push(micros(sent, now));
                     if self.visible_tick(r.as_deref()).is_some_and(|t| t >= tick) {
                         self.lat.push(micros(sent, now));
                     } else {
@@ -362,6 +365,7 @@ pub async fn drive(
             sync_armed = true;
         }
         ctx.latency.record(&mut s.lat);
+        ctx.ack_latency.record(&mut s.ack_lat);
     }
 }
 

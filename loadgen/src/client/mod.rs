@@ -153,8 +153,10 @@ pub struct Ctx {
     pub full_replicas: usize,
     /// Shared counters.
     pub counters: Counters,
-    /// Shared latency histograms.
+    /// Shared latency histograms: write → visible.
     pub latency: Latency,
+    /// Write → ACK (canvas/1).
+    pub ack_latency: Latency,
     /// The first failure message (printed when nothing could connect).
     pub first_error: Mutex<Option<String>>,
     /// Failure messages printed so far (the first few are, the rest only counted).

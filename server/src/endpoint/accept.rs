@@ -88,6 +88,7 @@ impl Endpoint {
             cooldown: None,
             timer: None,
             outbox: VecDeque::new(),
+            sent: 0,
             ctl: None,
             reader: FrameReader::with_max(proto::MAX_CLIENT_FRAME),
             stream_out: VecDeque::new(),

@@ -2,25 +2,13 @@
 //! messages, pixel writes (validated, cooled down, queued to the master or rejected), welcome and SYNC.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canvas::proto::{self, ClientMsg, ProtoError, NO_TICK};
 use canvas::{legacy, Pixel, RejectReason};
 
 use super::{Chunk, Conn, Ctx, Out, Proto, APP_ERR_PROTOCOL};
-use crate::publish::{PixelWrite, Publication};
-
-/// The DIFF a SYNC reply sends after the tick it starts from: one tick's own diff, or the coalesced change
-/// sets of every later tick (base: the tick it starts from).
-struct Delta {
-    /// Ticks it spans.
-    ticks: usize,
-    /// Pixels it carries.
-    entries: usize,
-    /// The framed DIFF.
-    frame: Vec<u8>,
-}
+use crate::publish::PixelWrite;
 
 impl Ctx {
     /// React to what quiche delivered on `c`: negotiate the protocol, read writes and control messages.
@@ -62,20 +50,15 @@ impl Ctx {
                         while c.q.stream_recv(s, buf).is_ok() {}
                         continue;
                     }
-                    loop {
-                        const CHUNK: usize = 16 * 1024;
-                        let spare = c.reader.spare(CHUNK);
-                        match c.q.stream_recv(s, spare) {
-                            Ok((n, _fin)) => c.reader.commit(n, CHUNK),
-                            Err(_) => {
-                                c.reader.commit(0, CHUNK);
-                                break;
-                            }
-                        }
+                    // Read through the endpoint's scratch buffer and keep only the bytes received: a receive
+                    // area per connection (it was 16–32 KiB) stayed allocated on every idle connection.
+                    while let Ok((n, _fin)) = c.q.stream_recv(s, buf) {
+                        c.reader.push(&buf[..n]);
                     }
                     if let Err(e) = self.handle_frames(key, c, now) {
                         let _ = c.q.close(true, APP_ERR_PROTOCOL, format!("{e}").as_bytes());
                     }
+                    c.reader.release_if_drained();
                 }
             }
         }
@@ -153,14 +136,15 @@ impl Ctx {
         let covered = have != NO_TICK && have <= self.tick && have >= self.lost_change;
         // From `have` when the history reaches it, unless a snapshot newer than `have` is smaller than the
         // delta (an entry is 5 bytes on the wire).
-        let from_have = covered.then(|| self.delta_after(have)).filter(|d| match (d, &snapshot) {
-            (Some(d), Some(s)) => s.tick <= have || d.entries * 5 <= s.frame.len(),
+        let to = self.last_change;
+        let from_have = covered.then(|| self.delta(have, to, false)).filter(|d| match (d, &snapshot) {
+            (Some(d), Some(s)) => s.tick <= have || d.publication.entries.len() * 5 <= s.frame.len(),
             _ => true,
         });
         let delta = match (from_have, snapshot) {
             (Some(d), _) => d,
             (None, Some(s)) => {
-                let d = self.delta_after(s.tick);
+                let d = self.delta(s.tick, to, false);
                 c.stream_out.push_back(Chunk::Snap(s, 0));
                 self.stats.snapshots_sent += 1;
                 d
@@ -172,44 +156,29 @@ impl Ctx {
             }
         };
         if let Some(d) = delta {
+            let p = &d.publication;
             self.stats.diffs_resent += 1;
             if d.ticks > 1 {
                 self.stats.deltas_coalesced += 1;
                 self.stats.delta_ticks += d.ticks as u64;
-                self.stats.delta_entries += d.entries as u64;
+                self.stats.delta_entries += p.entries.len() as u64;
             }
-            c.stream_out.push_back(Chunk::Bytes(d.frame, 0));
+            let mut frame = Vec::with_capacity(30 + 5 * p.entries.len());
+            proto::encode_diff(p.tick, p.base, p.hash, &p.entries, &mut frame);
+            c.stream_out.push_back(Chunk::Bytes(frame, 0));
         }
         proto::encode_synced(self.tick, c.small());
         self.stats.syncs += 1;
         c.awaiting = false;
-        // Broadcast datagrams resume with the next tick, which chains onto what was just sent. Anything
-        // queued before is superseded by the reply.
+        // Broadcast datagrams resume after the tick the reply covers (the next pull chains onto it).
+        // Anything queued before is superseded by the reply.
         c.outbox.clear();
+        c.sent = self.tick;
         c.ready = true;
     }
 
-    /// What changed after tick `from`, from this worker's history (which must reach back to `from`); None
-    /// when nothing did.
-    fn delta_after(&self, from: u64) -> Option<Delta> {
-        let newer: Vec<&Arc<Publication>> = self.history.iter().filter(|p| p.tick > from).collect();
-        let last = *newer.last()?;
-        let mut frame = Vec::new();
-        let entries = match newer[..] {
-            [one] => {
-                proto::encode_diff(one.tick, one.base, one.hash, &one.entries, &mut frame);
-                one.entries.len()
-            }
-            _ => {
-                let e = crate::publish::coalesce(newer.iter().map(|p| p.entries.as_slice()));
-                proto::encode_diff(last.tick, from, last.hash, &e, &mut frame);
-                e.len()
-            }
-        };
-        Some(Delta { ticks: newer.len(), entries, frame })
-    }
-
-    /// First broadcast to a legacy connection: the snapshot and the diffs after it.
+    /// First broadcast to a legacy connection: the snapshot (the diffs after it are pulled once it is
+    /// handed to quiche).
     pub(super) fn start_legacy(&mut self, c: &mut Conn) {
         let Some(s) = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change) else {
             c.awaiting = true;
@@ -217,10 +186,8 @@ impl Ctx {
             return;
         };
         c.outbox.push_back(Out::LegacySnap(s.clone(), 0));
+        c.sent = s.tick;
         self.stats.snapshots_sent += 1;
-        for p in self.history.iter().filter(|p| p.tick > s.tick) {
-            c.outbox.push_back(Out::Legacy(p.clone(), 0));
-        }
         c.awaiting = false;
         c.ready = true;
     }

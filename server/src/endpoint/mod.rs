@@ -30,6 +30,9 @@ pub const LOCAL_CID_LEN: usize = 16;
 /// A packet whose pacing release time is less than this ahead is sent at once (Linux fq's granularity is
 /// of the same order; holding packets for less would cost more wake-ups than it saves burstiness).
 pub const PACING_SLACK: Duration = Duration::from_millis(1);
+/// Packets one [`Endpoint::flush`] call produces at most before it returns to the worker loop (≈ 2–5 ms
+/// of sealing at 2–5 µs a packet): receiving and acknowledging writes interleave with a long fan-out.
+pub const FLUSH_BUDGET: u64 = 1024;
 /// Superseded timer entries tolerated beyond two per connection before the heap is purged.
 pub const TIMER_PURGE_SLACK: usize = 64;
 /// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
@@ -65,10 +68,10 @@ pub struct EndpointConfig {
     pub full_interval: u64,
     /// Entries of quiche's per-connection DATAGRAM send queue we keep filled.
     pub dgram_queue: usize,
-    /// Ticks of broadcast backlog a connection may have before the backlog is dropped (bounded, never
-    /// unbounded: a canvas/1 client then repairs with SYNC, a legacy one at the next full snapshot).
-    pub outbox_ticks: usize,
-    /// Non-empty ticks kept for catch-up; older ones are answered with a snapshot.
+    /// Largest broadcast datagram payload (coalesced catch-up deltas are cut into datagrams of this size).
+    pub max_datagram: usize,
+    /// Changing ticks kept for catch-up at most (also bounded by their entries, see [`Ctx::remember`]);
+    /// a connection or SYNC older than the history is answered with a snapshot.
     pub history_ticks: usize,
     /// Packets one connection may send per flush pass before the next connection's turn.
     pub send_budget: usize,
@@ -131,7 +134,12 @@ struct Conn {
     proto: Proto,
     cooldown: Option<Instant>,
     timer: Option<Instant>,
+    /// The shared runs being handed to quiche: at most a legacy snapshot and one delta (never a backlog of
+    /// ticks; the next run is pulled when these are drained, see `Ctx::pull`).
     outbox: VecDeque<Out>,
+    /// Newest tick whose changes are in what this connection was sent (queued in `outbox` or handed to
+    /// quiche): the connection's whole broadcast state.
+    sent: u64,
     ctl: Option<u64>,
     reader: FrameReader,
     stream_out: VecDeque<Chunk>,
@@ -175,9 +183,22 @@ struct Ctx {
     acks: VecDeque<Option<(usize, u32, u32)>>,
     applied: u64,
     history: VecDeque<Arc<Publication>>,
+    /// Entries (pixels) summed over `history`.
+    history_entries: usize,
     /// Newest tick whose diff this worker no longer holds: catch-up from before it needs a snapshot.
     lost_change: u64,
+    /// Newest changing tick this worker has seen (0: none).
+    last_change: u64,
+    /// Newest changing tick offered to broadcast pulls (≤ `last_change`; moves once per wave, see
+    /// `Endpoint::advance_frontier`).
+    frontier: u64,
+    /// Tick of the newest full snapshot offered to legacy pulls.
+    full_frontier: u64,
+    /// Coalesced deltas, shared by every pull and SYNC reply asking for the same span.
+    catchup: VecDeque<publication::CatchUp>,
     snapshot: Option<Arc<Snapshot>>,
+    /// The newest full-broadcast snapshot (legacy connections get it instead of the diffs before it).
+    full: Option<Arc<Snapshot>>,
     tick: u64,
     tx_now: Vec<(Addrs, Vec<u8>)>,
 }
@@ -191,6 +212,9 @@ pub struct Endpoint {
     dirty: Vec<usize>,
     /// The other half of `dirty`'s double buffer (empty between passes; see `flush`).
     dirty_spare: Vec<usize>,
+    /// Entries at the front of `dirty` that the current broadcast wave has not reached yet (0: no wave in
+    /// progress, the next publication is offered at once).
+    wave_left: usize,
     next_gen: u32,
     buf: Vec<u8>,
     closing: bool,
@@ -216,6 +240,7 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
+            wave_left: 0,
             next_gen: 0,
             buf: vec![0; 64 * 1024],
             closing: false,
@@ -228,8 +253,14 @@ impl Endpoint {
                 acks: VecDeque::new(),
                 applied: 0,
                 history: VecDeque::new(),
+                history_entries: 0,
                 lost_change: 0,
+                last_change: 0,
+                frontier: 0,
+                full_frontier: 0,
+                catchup: VecDeque::new(),
                 snapshot: None,
+                full: None,
                 tick: 0,
                 tx_now: Vec::new(),
             },

@@ -1,17 +1,24 @@
-//! Taking the master's publications: ACKs for applied writes, the catch-up history, and the tick's shared
-//! broadcast queued on every ready connection.
+//! Taking the master's publications: ACKs for applied writes, the catch-up history, and the broadcast.
+//!
+//! The broadcast is pulled, not pushed: a connection's whole broadcast state is the tick it was sent up to
+//! (`Conn::sent`). When its queue into quiche has room and nothing is in flight, it takes everything that
+//! changed since: the newest tick's own shared datagrams when that is all it lacks, else one coalesced delta
+//! from its tick to the newest (built once per starting tick and shared by every connection starting there).
+//! A connection that cannot keep up (its congestion window, or this worker's CPU) therefore gets fewer,
+//! larger deltas instead of a growing backlog: the per-client broadcast rate is what its path sustains, and
+//! nothing per connection grows with the overload.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use canvas::proto::{self, NO_TICK};
 
-use super::{Endpoint, Out, Proto};
-use crate::publish::Publication;
+use super::{Conn, Ctx, Endpoint, Out, Proto};
+use crate::publish::{self, Publication};
 
 impl Endpoint {
     /// Take every publication the master has queued for this worker: ACK applied writes, remember the
-    /// history, and queue the tick's shared broadcast on every ready connection.
+    /// history, and wake every connection that has something new to pull.
     pub fn poll_publications(&mut self, now: Instant) {
         let shared = self.ctx.shared.clone();
         let link = &shared.links[self.ctx.cfg.worker];
@@ -48,20 +55,16 @@ impl Endpoint {
                 None => break,
             }
         }
-        if !p.is_empty() {
-            ctx.history.push_back(p.clone());
-            while ctx.history.len() > ctx.cfg.history_ticks.max(1) {
-                let old = ctx.history.pop_front().expect("non-empty");
-                ctx.lost_change = ctx.lost_change.max(old.tick);
-            }
-        }
         let full = p.tick.is_multiple_of(ctx.cfg.full_interval) && p.snapshot.is_some();
-        let head = p.sends_head();
-        if p.is_empty() && !full && !head && !self.conns.iter().any(|(_, c)| c.awaiting) {
-            return;
+        if full {
+            ctx.full = p.snapshot.clone();
         }
-        for (key, c) in self.conns.iter_mut() {
-            if c.awaiting {
+        if !p.is_empty() {
+            ctx.remember(p.clone());
+        }
+        let awaiting = self.conns.iter().any(|(_, c)| c.awaiting);
+        if awaiting {
+            for (key, c) in self.conns.iter_mut().filter(|(_, c)| c.awaiting) {
                 match c.proto {
                     Proto::Canvas1 => ctx.sync(c, NO_TICK),
                     Proto::Legacy => ctx.start_legacy(c),
@@ -70,39 +73,173 @@ impl Endpoint {
                 if !c.awaiting {
                     Self::mark_dirty(&mut self.dirty, key, c);
                 }
-                continue;
             }
-            if !c.ready {
-                continue;
-            }
-            let queued = match c.proto {
-                Proto::Canvas1 if !p.is_empty() => {
-                    c.outbox.push_back(Out::Parts(p.clone(), 0));
-                    true
-                }
-                Proto::Canvas1 if head => {
+        }
+        if p.sends_head() {
+            // Caught-up canvas/1 connections with nothing in flight learn that nothing changed since.
+            let ctx = &self.ctx;
+            for (key, c) in self.conns.iter_mut() {
+                if c.proto == Proto::Canvas1 && c.ready && c.outbox.is_empty() && c.sent >= ctx.last_change {
                     c.outbox.push_back(Out::Head(p.clone(), 0));
-                    true
+                    Self::mark_dirty(&mut self.dirty, key, c);
                 }
-                Proto::Legacy if full => {
-                    let s = p.snapshot.clone().expect("full tick has a snapshot");
-                    c.outbox.push_back(Out::LegacySnap(s, 0));
-                    ctx.stats.snapshots_sent += 1;
-                    true
-                }
-                Proto::Legacy if !p.is_empty() => {
-                    c.outbox.push_back(Out::Legacy(p.clone(), 0));
-                    true
-                }
-                _ => false,
+            }
+        }
+        if self.wave_left == 0 {
+            self.advance_frontier();
+        }
+    }
+
+    /// Offer everything up to the newest changing tick (and the newest full snapshot, to legacy
+    /// connections) to pulls, and wake every idle connection that lacks some of it. Called when the
+    /// previous wave has reached every connection it woke: while one is in progress, newer ticks wait in
+    /// the history and the next wave carries them coalesced, so the effective broadcast interval
+    /// stretches to the time one fan-out pass takes (never shorter than a tick).
+    pub(super) fn advance_frontier(&mut self) {
+        let ctx = &mut self.ctx;
+        let full_tick = ctx.full.as_ref().map_or(0, |f| f.tick);
+        if ctx.frontier >= ctx.last_change && ctx.full_frontier >= full_tick {
+            return;
+        }
+        ctx.frontier = ctx.last_change;
+        ctx.full_frontier = full_tick;
+        let frontier = ctx.frontier;
+        ctx.catchup.retain(|d| d.last >= frontier);
+        ctx.stats.waves += 1;
+        for (key, c) in self.conns.iter_mut() {
+            // A connection still handing a run to quiche pulls the rest when that run is drained.
+            if !c.ready || !c.outbox.is_empty() {
+                continue;
+            }
+            let wake = match c.proto {
+                Proto::Canvas1 => c.sent < frontier,
+                Proto::Legacy => c.sent < frontier || full_tick > c.sent,
+                Proto::Pending => false,
             };
-            if queued {
-                if c.outbox.len() > ctx.cfg.outbox_ticks {
-                    c.outbox.clear();
-                    ctx.stats.outbox_overflows += 1;
-                }
+            if wake {
                 Self::mark_dirty(&mut self.dirty, key, c);
             }
         }
+        self.wave_left = self.dirty.len();
     }
+}
+
+impl Ctx {
+    /// Keep a changing tick for catch-up. The history is bounded by `--history-ticks` and by its entries: a
+    /// delta from before more changes than the canvas has pixels is no smaller than a snapshot, and memory
+    /// stays O(canvas) per worker however far behind a connection is.
+    pub(super) fn remember(&mut self, p: Arc<Publication>) {
+        self.last_change = p.tick;
+        self.history_entries += p.entries.len();
+        self.history.push_back(p);
+        let budget = self.cfg.rules.dims.len();
+        while self.history.len() > self.cfg.history_ticks.max(1)
+            || (self.history.len() > 1 && self.history_entries > budget)
+        {
+            let old = self.history.pop_front().expect("non-empty");
+            self.history_entries -= old.entries.len();
+            self.lost_change = self.lost_change.max(old.tick);
+        }
+    }
+
+    /// Queue on `c` (whose outbox is drained) what it was not sent yet. Returns whether anything was queued.
+    pub(super) fn pull(&mut self, c: &mut Conn) -> bool {
+        if !c.ready || !c.outbox.is_empty() {
+            return false;
+        }
+        if c.proto == Proto::Legacy {
+            // The legacy rule: the whole canvas every `full_interval` ticks, instead of the diffs before it.
+            if let Some(f) = self.full.as_ref().filter(|f| f.tick > c.sent && f.tick <= self.full_frontier) {
+                c.outbox.push_back(Out::LegacySnap(f.clone(), 0));
+                c.sent = f.tick;
+                self.stats.snapshots_sent += 1;
+            }
+        }
+        if c.sent < self.frontier && c.sent < self.lost_change {
+            // The history no longer reaches this connection's tick. canvas/1: skip ahead; the client sees
+            // the gap at the next diff or HEAD and repairs with SYNC (snapshot or delta, whichever is
+            // smaller). Legacy: the newest usable snapshot at once (it has no other repair).
+            self.stats.catchup_lost += 1;
+            let snap = self.snapshot.as_ref().filter(|s| s.tick >= self.lost_change && s.tick > c.sent);
+            match (c.proto, snap) {
+                (Proto::Legacy, Some(s)) => {
+                    c.outbox.push_back(Out::LegacySnap(s.clone(), 0));
+                    c.sent = s.tick;
+                    self.stats.snapshots_sent += 1;
+                }
+                _ => c.sent = self.frontier,
+            }
+        }
+        if c.sent < self.frontier {
+            let d =
+                self.delta(c.sent, self.frontier, true).expect("history holds a tick in (sent, frontier]");
+            c.outbox.push_back(match c.proto {
+                Proto::Legacy => Out::Legacy(d.publication, 0),
+                _ => Out::Parts(d.publication, 0),
+            });
+            c.sent = self.frontier;
+        }
+        !c.outbox.is_empty()
+    }
+
+    /// Everything that changed after tick `from` up to changing tick `to`, from the history (which must
+    /// reach back to `from`); None when nothing did. One tick alone is that tick's own publication; several
+    /// are coalesced into one (base: the base of the first of them, which is ≤ `from`, so it chains onto a
+    /// replica at `from`), built once and shared through `catchup` by every connection and SYNC reply that
+    /// asks for the same span. `pull` says whether a broadcast pull (rather than a SYNC reply) asked.
+    pub(super) fn delta(&mut self, from: u64, to: u64, pull: bool) -> Option<Delta> {
+        let i = self.history.partition_point(|p| p.tick <= from);
+        let j = self.history.partition_point(|p| p.tick <= to);
+        if i >= j {
+            return None;
+        }
+        let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
+        if j - i == 1 {
+            return Some(Delta { ticks: 1, publication: self.history[i].clone() });
+        }
+        if pull {
+            self.stats.catchups += 1;
+        }
+        if let Some(d) = self.catchup.iter().find(|d| d.first == first && d.last == last) {
+            return Some(Delta { ticks: j - i, publication: d.publication.clone() });
+        }
+        let entries = publish::coalesce(self.history.range(i..j).map(|p| p.entries.as_slice()));
+        self.stats.catchup_deltas += 1;
+        self.stats.catchup_ticks += (j - i) as u64;
+        self.stats.catchup_entries += entries.len() as u64;
+        let l = &self.history[j - 1];
+        let publication = Arc::new(Publication::encode(
+            l.tick,
+            self.history[i].base,
+            l.hash,
+            &entries,
+            self.cfg.max_datagram,
+            Vec::new(),
+            None,
+        ));
+        if self.catchup.len() >= MAX_CATCHUP_CACHE {
+            self.catchup.pop_front();
+        }
+        self.catchup.push_back(CatchUp { first, last, publication: publication.clone() });
+        Some(Delta { ticks: j - i, publication })
+    }
+}
+
+/// Coalesced deltas kept for sharing at most (those ending before the frontier are dropped when it moves).
+const MAX_CATCHUP_CACHE: usize = 32;
+
+/// A coalesced delta spanning changing ticks `first..=last`, shared by whoever asks for that span.
+#[derive(Debug)]
+pub(super) struct CatchUp {
+    first: u64,
+    pub(super) last: u64,
+    publication: Arc<Publication>,
+}
+
+/// What [`Ctx::delta`] found.
+pub(super) struct Delta {
+    /// Changing ticks it spans.
+    pub(super) ticks: usize,
+    /// The tick's own publication, or the shared coalesced one.
+    pub(super) publication: Arc<Publication>,
 }

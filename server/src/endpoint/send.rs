@@ -7,12 +7,16 @@ use std::time::Instant;
 use datapath::seam::{Addrs, Datapath};
 
 use super::{
-    Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, MAX_STREAM_CHUNKS, PACING_SLACK, TIMER_PURGE_SLACK,
+    Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS, PACING_SLACK,
+    TIMER_PURGE_SLACK,
 };
 
 impl Endpoint {
-    /// Produce packets for every connection with something to send, into `tx`. Connections that could not
-    /// finish (transmit side full, send budget used) stay queued for the next call.
+    /// Produce packets for connections with something to send, into `tx`. Connections that could not
+    /// finish (transmit side full, send budget used) stay queued for the next call. One call produces at
+    /// most [`FLUSH_BUDGET`] packets and then returns, so that the worker loop receives (client ACKs, pixel
+    /// writes) and turns publications into ACKs between slices of a long fan-out: ingest is never starved
+    /// behind the broadcast. Connections not reached keep their place at the front of the next pass.
     pub fn flush<B: Datapath>(&mut self, now: Instant, tx: &mut B) {
         while let Some((addrs, pkt)) = self.ctx.tx_now.pop() {
             let Some(slot) = tx.tx_slot() else {
@@ -25,43 +29,62 @@ impl Endpoint {
         // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
         // vectors swap roles every pass, so the steady state allocates nothing.
         let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
-        let mut blocked = false;
-        for &key in &pending {
+        let packets_before = self.ctx.stats.packets_out;
+        let mut reached = pending.len();
+        for (n, &key) in pending.iter().enumerate() {
+            if self.ctx.stats.packets_out - packets_before >= FLUSH_BUDGET {
+                reached = n;
+                break;
+            }
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
             c.dirty = false;
-            if blocked {
-                c.dirty = true;
-                self.dirty.push(key);
-                continue;
-            }
             let (more, full) = self.ctx.flush_conn(c, now, tx);
-            blocked = full;
             if c.q.is_closed() {
                 self.remove(key);
-                continue;
-            }
-            // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap entry:
-            // quiche moves its idle deadline on every packet, and pushing each move would grow the heap by
-            // one stale entry per packet. A later deadline is picked up when the armed entry fires.
-            let t = match &c.paced {
-                Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
-                None => c.q.timeout_instant(),
-            };
-            if let Some(t) = t {
-                if c.timer.is_none_or(|armed| t < armed) {
-                    c.timer = Some(t);
-                    self.timers.push(Reverse((t, key, c.gen)));
+            } else {
+                // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap
+                // entry: quiche moves its idle deadline on every packet, and pushing each move would grow the
+                // heap by one stale entry per packet. A later deadline is picked up when the armed entry fires.
+                let t = match &c.paced {
+                    Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
+                    None => c.q.timeout_instant(),
+                };
+                if let Some(t) = t {
+                    if c.timer.is_none_or(|armed| t < armed) {
+                        c.timer = Some(t);
+                        self.timers.push(Reverse((t, key, c.gen)));
+                    }
+                }
+                if more || full {
+                    c.dirty = true;
+                    self.dirty.push(key);
                 }
             }
-            if more || full {
-                c.dirty = true;
-                self.dirty.push(key);
+            if full {
+                // The transmit side is full: the rest wait for the next call.
+                reached = n + 1;
+                break;
             }
         }
-        pending.clear();
-        self.dirty_spare = pending;
+        if reached < pending.len() {
+            // Not reached this time (still flagged dirty): first in line next time, then the ones served.
+            let mut served = std::mem::take(&mut self.dirty);
+            pending.drain(..reached);
+            pending.append(&mut served);
+            self.dirty = pending;
+            self.dirty_spare = served;
+        } else {
+            pending.clear();
+            self.dirty_spare = pending;
+        }
+        // The wave in progress has reached this many more of the connections it woke; when it has reached
+        // them all, the changes published meanwhile go out as the next wave.
+        self.wave_left = self.wave_left.saturating_sub(reached);
+        if self.wave_left == 0 {
+            self.advance_frontier();
+        }
         // Superseded heap entries are skipped when they fire; purge them once they outnumber live ones.
         if self.timers.len() > TIMER_PURGE_SLACK + 2 * self.conns.len() {
             let conns = &self.conns;
@@ -98,10 +121,14 @@ impl Ctx {
         total
     }
 
-    /// Keep quiche's DATAGRAM queue topped up from the shared broadcast backlog. Returns datagrams queued.
+    /// Keep quiche's DATAGRAM queue topped up from the connection's shared runs, pulling the next one
+    /// (everything that changed since it was last sent) when they are drained. Returns datagrams queued.
     fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
         let mut n = 0;
         while c.q.dgram_send_queue_len() < self.cfg.dgram_queue {
+            if c.outbox.is_empty() && !self.pull(c) {
+                break;
+            }
             let Some(o) = c.outbox.front_mut() else { break };
             let (d, i) = o.cursor();
             let Some(g) = d.get(*i) else {

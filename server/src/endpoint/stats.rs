@@ -59,8 +59,20 @@ pub struct EndpointStats {
     pub broadcast_dgrams: u64,
     /// Their payload bytes.
     pub broadcast_bytes: u64,
-    /// Connection backlogs dropped for exceeding outbox_ticks.
-    pub outbox_overflows: u64,
+    /// Broadcast waves: times the newest changes were offered to every connection (at most one per
+    /// publication; fewer when a fan-out pass takes longer than a tick).
+    pub waves: u64,
+    /// Broadcast pulls that took a coalesced delta (the connection lacked two or more changing ticks).
+    pub catchups: u64,
+    /// Coalesced deltas built, for pulls and SYNC replies (each shared by all that ask for the same span).
+    pub catchup_deltas: u64,
+    /// Ticks those deltas spanned.
+    pub catchup_ticks: u64,
+    /// Entries (pixels) those deltas carried.
+    pub catchup_entries: u64,
+    /// Pulls from a tick the history no longer reaches (canvas/1 clients then repair with SYNC; legacy
+    /// connections get the newest snapshot).
+    pub catchup_lost: u64,
     /// Publications received from the master.
     pub publications: u64,
     /// Publications missed (the worker fell behind the master's queue).

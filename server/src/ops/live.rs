@@ -294,6 +294,30 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         "Broadcast DATAGRAM frames queued.",
         &mut per(|w| w.endpoint.broadcast_dgrams).into_iter(),
     );
+    family(
+        "broadcast_waves_total",
+        "counter",
+        "Broadcast waves (fewer than publications when a fan-out pass takes longer than a tick).",
+        &mut per(|w| w.endpoint.waves).into_iter(),
+    );
+    family(
+        "publications_total",
+        "counter",
+        "Publications (ticks) received from the master.",
+        &mut per(|w| w.endpoint.publications).into_iter(),
+    );
+    family(
+        "broadcast_catchups_total",
+        "counter",
+        "Broadcast pulls that took a coalesced delta of several ticks.",
+        &mut per(|w| w.endpoint.catchups).into_iter(),
+    );
+    family(
+        "broadcast_catchup_lost_total",
+        "counter",
+        "Broadcast pulls from a tick the history no longer reaches.",
+        &mut per(|w| w.endpoint.catchup_lost).into_iter(),
+    );
     let depths: Vec<(String, u64)> = src
         .shared
         .links

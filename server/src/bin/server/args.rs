@@ -171,11 +171,9 @@ pub(crate) struct Args {
     /// quiche DATAGRAM send-queue entries per connection.
     #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue)]
     pub(crate) dgram_queue: usize,
-    /// Ticks of broadcast backlog per connection before it is dropped (clients then resync).
-    #[arg(long, default_value_t = 64)]
-    pub(crate) outbox_ticks: usize,
-    /// Changing ticks kept per worker for catch-up (older gaps get a snapshot).
-    #[arg(long, default_value_t = 128)]
+    /// Changing ticks kept per worker for catch-up, at most (also bounded to as many entries as the canvas
+    /// has pixels); a connection or SYNC older than that gets a snapshot.
+    #[arg(long, default_value_t = 1024)]
     pub(crate) history_ticks: usize,
     /// Packets per connection per flush pass.
     #[arg(long, default_value_t = 64)]

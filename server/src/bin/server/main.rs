@@ -336,7 +336,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             tick_ms: tick.as_millis() as u32,
             full_interval: mcfg.full_interval,
             dgram_queue: a.dgram_queue,
-            outbox_ticks: a.outbox_ticks,
+            max_datagram: a.max_datagram,
             history_ticks: a.history_ticks,
             send_budget: a.send_budget,
         };
