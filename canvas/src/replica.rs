@@ -20,8 +20,9 @@ use std::sync::Arc;
 pub const DEFAULT_GAP_GRACE: Duration = Duration::from_millis(250);
 /// Most ticks buffered ahead of the replica before it gives up waiting and syncs.
 pub const DEFAULT_MAX_PENDING: usize = 64;
-/// The patience ([`Replica::patience`]) is at most this many gap graces (2 s at the default 250 ms).
-pub const MAX_PATIENCE_GRACES: u32 = 8;
+/// The patience ([`Replica::patience`]) is at most this many gap graces (10 s at the default 250 ms): a
+/// loss under a broadcast that slow is repaired that late, and only then.
+pub const MAX_PATIENCE_GRACES: u32 = 40;
 
 #[derive(Debug)]
 struct Pending {
@@ -46,8 +47,16 @@ pub struct ReplicaStats {
     pub parts: u64,
     /// Parts received twice or for ticks already applied.
     pub stale_parts: u64,
-    /// SYNCs requested.
+    /// SYNCs requested (the hello excluded), and why: ...
     pub syncs: u64,
+    /// ... the lowest pending tick stayed incomplete or unchained for the patience (a loss),
+    pub syncs_gap: u64,
+    /// ... the replica stayed behind a tick the server named (ACK, HEAD) without progress for the patience,
+    pub syncs_lag: u64,
+    /// ... more than `max_pending` ticks were buffered,
+    pub syncs_overfull: u64,
+    /// ... or it had no usable state (diverged: a hash mismatch).
+    pub syncs_fresh: u64,
     /// Hash mismatches after applying a diff (each forces a snapshot).
     pub hash_mismatches: u64,
 }
@@ -72,6 +81,10 @@ pub struct Replica {
     /// past its capacity and sends fewer, larger deltas).
     last_advance: Option<Instant>,
     advance_gap: Duration,
+    /// When the first message of the SYNC reply in flight arrived.
+    reply_started: Option<Instant>,
+    /// The transport's smoothed round-trip time, when the caller reports it ([`Replica::observe_rtt`]).
+    rtt: Duration,
     max_pending: usize,
     stats: ReplicaStats,
 }
@@ -98,6 +111,8 @@ impl Replica {
             grace,
             last_advance: None,
             advance_gap: Duration::ZERO,
+            reply_started: None,
+            rtt: Duration::ZERO,
             max_pending: max_pending.max(1),
             stats: ReplicaStats::default(),
         }
@@ -198,6 +213,11 @@ impl Replica {
         *slot = true;
         e.missing -= 1;
         e.progress_at = now;
+        // A new part is progress towards a tick the server named, too: a large delta arriving part by part
+        // through a slow path is late, not lost (a SYNC would only send the same changes again).
+        if let Some((target, _)) = self.behind {
+            self.behind = Some((target, now));
+        }
         e.entries.extend_from_slice(p.diff.entries);
         self.advance(now)
     }
@@ -214,6 +234,9 @@ impl Replica {
 
     /// Consume a control-stream message (SNAPSHOT, DIFF and SYNCED matter; others are ignored).
     pub fn on_message(&mut self, m: &ServerMsg<'_>, now: Instant) -> Result<(), ProtoError> {
+        if self.sync_outstanding && self.reply_started.is_none() {
+            self.reply_started = Some(now);
+        }
         match *m {
             ServerMsg::Snapshot { tick, hash, dims, encoding, data } => {
                 if dims.len() != self.len {
@@ -261,6 +284,13 @@ impl Replica {
             }
             ServerMsg::Synced { tick } => {
                 self.sync_outstanding = false;
+                // How long the reply took to arrive is the pace of this path right now (a join under
+                // overload can take seconds): the broadcast that follows will not be faster, so the
+                // patience starts from it rather than from the 250 ms grace.
+                if let Some(started) = self.reply_started.take() {
+                    self.advance_gap = self.advance_gap.max(now.saturating_duration_since(started));
+                    self.last_advance = Some(now);
+                }
                 // The reply carried every change up to `tick`: once applied, the replica is at `tick`.
                 if let Some(t) = self.tick.filter(|_| !self.diverged) {
                     if self.pending.first_key_value().is_none_or(|(&k, _)| k > tick) || t >= tick {
@@ -345,11 +375,18 @@ impl Replica {
         Ok(())
     }
 
-    /// How long a gap or a lag may last before it counts as a loss: the configured grace, or twice the pace
-    /// at which the replica has been advancing when that is slower (a broadcast stretched by overload is
+    /// How long a gap or a lag may last before it counts as a loss: the configured grace, or four RTTs, or
+    /// twice the pace at which the replica has been advancing when that is slower (a broadcast stretched by overload is
     /// late, not lost), at most [`MAX_PATIENCE_GRACES`] graces.
     pub fn patience(&self) -> Duration {
-        (self.advance_gap * 2).clamp(self.grace, self.grace * MAX_PATIENCE_GRACES)
+        (self.advance_gap * 2).max(self.rtt * 4).clamp(self.grace, self.grace * MAX_PATIENCE_GRACES)
+    }
+
+    /// Report the connection's smoothed RTT: the patience is at least four of them. Parts of one tick
+    /// that a congestion window spreads over several round trips (a loaded server's RTT is its fan-out
+    /// pass, hundreds of milliseconds) are late, not lost; QUIC's own loss detection waits for RTTs too.
+    pub fn observe_rtt(&mut self, rtt: Duration) {
+        self.rtt = rtt;
     }
 
     /// When the caller must send `SYNC{have_tick}` now, returns the tick (and counts the SYNC as sent).
@@ -359,8 +396,14 @@ impl Replica {
             return None;
         }
         let have = match self.tick {
-            None => NO_TICK,
-            Some(_) if self.diverged => NO_TICK,
+            None => {
+                self.stats.syncs_fresh += 1;
+                NO_TICK
+            }
+            Some(_) if self.diverged => {
+                self.stats.syncs_fresh += 1;
+                NO_TICK
+            }
             Some(t) => {
                 let overfull = self.pending.len() > self.max_pending;
                 let stuck = self.pending.values().next().is_some_and(|p| {
@@ -372,6 +415,13 @@ impl Replica {
                 if !(overfull || stuck || lagging) {
                     return None;
                 }
+                *if overfull {
+                    &mut self.stats.syncs_overfull
+                } else if stuck {
+                    &mut self.stats.syncs_gap
+                } else {
+                    &mut self.stats.syncs_lag
+                } += 1;
                 t
             }
         };
@@ -705,5 +755,58 @@ mod tests {
         r.note_tick(s.tick + 1, now); // an ACK names a tick the next wave will bring
         assert_eq!(r.poll_sync(now + Duration::from_secs(1)), None, "between two waves");
         assert_eq!(r.poll_sync(now + p), Some(12), "stopped advancing");
+    }
+
+    /// A replica behind an ACKed tick while the delta that brings it arrives part by part over longer than
+    /// the patience does not SYNC (the reply would send the same changes again); once parts stop, it does.
+    #[test]
+    fn parts_arriving_for_a_named_tick_are_progress() {
+        let (t0, mut s, mut r) = joined();
+        let writes: Vec<(u32, u8)> = (0..200u32).map(|i| (i * 5 % DIMS.len() as u32, 4)).collect();
+        let d = s.tick(&writes);
+        let parts: Vec<&[u8]> = d.iter().collect();
+        r.note_tick(s.tick, t0); // the ACK arrived first
+        let step = DEFAULT_GAP_GRACE * 3 / 4;
+        let mut now = t0;
+        for part in &parts[..parts.len() - 1] {
+            now += step;
+            r.on_datagram(part, now).unwrap();
+            assert_eq!(r.poll_sync(now), None, "parts keep arriving");
+        }
+        assert!(now - t0 > 2 * DEFAULT_GAP_GRACE);
+        assert_eq!(r.poll_sync(now + r.patience()), Some(0), "parts stopped");
+    }
+
+    /// A SYNC reply that took a second to arrive (a join on a loaded path) sets the patience from that
+    /// pace at once, before any broadcast has advanced the replica; a quick reply leaves it at the grace.
+    #[test]
+    fn a_slow_reply_sets_the_patience() {
+        let t0 = Instant::now();
+        let s = Server::new();
+        let mut quick = Replica::new(DIMS);
+        feed_stream(&mut quick, &s.sync_reply(NO_TICK), t0);
+        assert_eq!(quick.patience(), DEFAULT_GAP_GRACE);
+        let reply = s.sync_reply(NO_TICK);
+        let (snapshot, synced) = reply.split_at(reply.len() - 14); // SYNCED is the last 14 bytes
+        let mut slow = Replica::new(DIMS);
+        feed_stream(&mut slow, snapshot, t0);
+        feed_stream(&mut slow, synced, t0 + Duration::from_secs(1));
+        assert_eq!(slow.patience(), Duration::from_secs(2));
+        slow.note_tick(3, t0 + Duration::from_secs(1));
+        assert_eq!(slow.poll_sync(t0 + Duration::from_millis(2500)), None);
+        assert_eq!(slow.poll_sync(t0 + Duration::from_secs(3)), Some(0));
+    }
+
+    /// The patience is at least four round trips of the transport: parts a congestion window spreads over
+    /// a few RTTs are not a gap.
+    #[test]
+    fn patience_is_at_least_four_round_trips() {
+        let (_, _, mut r) = joined();
+        r.observe_rtt(Duration::from_millis(1));
+        assert_eq!(r.patience(), DEFAULT_GAP_GRACE);
+        r.observe_rtt(Duration::from_millis(300));
+        assert_eq!(r.patience(), Duration::from_millis(1200));
+        r.observe_rtt(Duration::from_secs(60));
+        assert_eq!(r.patience(), DEFAULT_GAP_GRACE * MAX_PATIENCE_GRACES);
     }
 }

@@ -297,6 +297,12 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         rx_datagrams: c.rx_datagrams.load(Relaxed),
         rx_bytes: c.rx_bytes.load(Relaxed),
         syncs: c.syncs.load(Relaxed),
+        sync_reasons: crate::summary::SyncReasons {
+            gap: c.sync_reasons[0].load(Relaxed),
+            lag: c.sync_reasons[1].load(Relaxed),
+            overfull: c.sync_reasons[2].load(Relaxed),
+            fresh: c.sync_reasons[3].load(Relaxed),
+        },
         snapshots: c.snapshots.load(Relaxed),
         hash_mismatches: c.hash_mismatches.load(Relaxed),
         interrupted,

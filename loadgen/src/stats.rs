@@ -114,6 +114,8 @@ pub struct Counters {
     pub rx_bytes: AtomicU64,
     /// SYNC requests sent to repair replicas (not counting the hello).
     pub syncs: AtomicU64,
+    /// SYNCs by reason: gap (loss), lag (behind a named tick without progress), overfull, fresh (no state).
+    pub sync_reasons: [AtomicU64; 4],
     /// Snapshots installed in replicas.
     pub snapshots: AtomicU64,
     /// Replica hash mismatches after applying a diff or snapshot.

@@ -76,6 +76,9 @@ pub struct Summary {
     pub rx_bytes: u64,
     /// Repair SYNCs sent (not counting the hello).
     pub syncs: u64,
+    /// SYNCs by reason (canvas/1): gap (a loss), lag (behind an ACKed or announced tick with no progress),
+    /// overfull (too many ticks buffered), fresh (no usable state).
+    pub sync_reasons: SyncReasons,
     /// Snapshots installed in replicas.
     pub snapshots: u64,
     /// Replica hash mismatches.
@@ -166,7 +169,15 @@ impl Summary {
         row(
             "hash mismatches",
             self.hash_mismatches.to_string(),
-            format!("replica repair: syncs {}, snapshots {}", self.syncs, self.snapshots),
+            format!(
+                "replica repair: syncs {} (gap {}, lag {}, overfull {}, fresh {}), snapshots {}",
+                self.syncs,
+                self.sync_reasons.gap,
+                self.sync_reasons.lag,
+                self.sync_reasons.overfull,
+                self.sync_reasons.fresh,
+                self.snapshots
+            ),
         );
         match (&self.verify.error, self.verify.snapshot_tick) {
             (Some(e), None) => {
@@ -224,6 +235,19 @@ impl Summary {
     }
 }
 
+/// Why replicas sent SYNC (see `canvas::replica::ReplicaStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReasons {
+    /// A pending tick stayed incomplete or unchained (loss).
+    pub gap: u64,
+    /// Behind a tick the server named, without progress.
+    pub lag: u64,
+    /// Too many ticks buffered.
+    pub overfull: u64,
+    /// No usable state (hash mismatch).
+    pub fresh: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +291,7 @@ mod tests {
             rx_datagrams: 98765,
             rx_bytes: 12_345_678,
             syncs: 11,
+            sync_reasons: SyncReasons { gap: 6, lag: 3, overfull: 1, fresh: 1 },
             snapshots: 52,
             hash_mismatches: 3,
             interrupted: false,
@@ -311,7 +336,7 @@ mod tests {
             "98765",
             "12.3 MB",
             "13.62 Mbit/s",
-            "syncs 11, snapshots 52",
+            "syncs 11 (gap 6, lag 3, overfull 1, fresh 1), snapshots 52",
             "47/48",
             "canvas tick 91, 2 fetches",
             "1.2 s user + 0.5 s sys (24% of one core), peak RSS 80 MiB",

@@ -60,6 +60,8 @@ pub struct Publication {
     pub applied: Vec<u64>,
     /// A snapshot taken at this tick (every full-broadcast tick, and when a worker asked).
     pub snapshot: Option<std::sync::Arc<Snapshot>>,
+    /// The change set as one framed canvas/1 DIFF, encoded the first time a SYNC reply needs it.
+    diff: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Publication {
@@ -83,7 +85,28 @@ impl Publication {
         let mut head = Datagrams::new();
         head.begin();
         head.extend(&proto::encode_head(tick, if entries.is_empty() { base } else { tick }, hash));
-        Self { tick, base, hash, legacy: legacy_d, parts, entries: entries.to_vec(), head, applied, snapshot }
+        Self {
+            tick,
+            base,
+            hash,
+            legacy: legacy_d,
+            parts,
+            entries: entries.to_vec(),
+            head,
+            applied,
+            snapshot,
+            diff: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The change set as a framed DIFF (tick, base, hash, entries), encoded once and shared by every SYNC
+    /// reply that sends it.
+    pub fn diff_frame(&self) -> &[u8] {
+        self.diff.get_or_init(|| {
+            let mut f = Vec::with_capacity(30 + 5 * self.entries.len());
+            proto::encode_diff(self.tick, self.base, self.hash, &self.entries, &mut f);
+            f
+        })
     }
 
     /// True when the tick changed nothing.

@@ -221,6 +221,18 @@ impl<'a> Session<'a> {
             if st != self.seen {
                 let d = |new: u64, old: u64| new.saturating_sub(old);
                 c.syncs.fetch_add(d(st.syncs, self.seen.syncs), Relaxed);
+                let (new, old) = (&st, &self.seen);
+                for (n, (a, b)) in [
+                    (new.syncs_gap, old.syncs_gap),
+                    (new.syncs_lag, old.syncs_lag),
+                    (new.syncs_overfull, old.syncs_overfull),
+                    (new.syncs_fresh, old.syncs_fresh),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    c.sync_reasons[n].fetch_add(d(a, b), Relaxed);
+                }
                 c.snapshots.fetch_add(d(st.snapshots, self.seen.snapshots), Relaxed);
                 c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
                 self.seen = st;
@@ -357,6 +369,9 @@ pub async fn drive(
                 Ev::Phase(_) | Ev::Wrote => {}
             }
             if s.dims.is_some() {
+                if let Some(r) = replica(&mut rep) {
+                    r.observe_rtt(conn.rtt());
+                }
                 s.settle(replica(&mut rep), now, &mut out);
             }
         }

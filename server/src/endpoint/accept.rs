@@ -96,6 +96,7 @@ impl Endpoint {
             ready: false,
             awaiting: false,
             dirty: false,
+            urgent: false,
             paced: None,
         });
         self.ids.insert(scid, key);

@@ -105,7 +105,7 @@ impl Ctx {
                         id,
                         reason,
                         wait.as_millis().min(u128::from(u32::MAX)) as u32,
-                        c.small(),
+                        c.answers(),
                     );
                 }
             }
@@ -157,15 +157,14 @@ impl Ctx {
         };
         if let Some(d) = delta {
             let p = &d.publication;
+            p.diff_frame(); // encoded once per span, shared by every reply that sends it
             self.stats.diffs_resent += 1;
             if d.ticks > 1 {
                 self.stats.deltas_coalesced += 1;
                 self.stats.delta_ticks += d.ticks as u64;
                 self.stats.delta_entries += p.entries.len() as u64;
             }
-            let mut frame = Vec::with_capacity(30 + 5 * p.entries.len());
-            proto::encode_diff(p.tick, p.base, p.hash, &p.entries, &mut frame);
-            c.stream_out.push_back(Chunk::Bytes(frame, 0));
+            c.stream_out.push_back(Chunk::Diff(d.publication, 0));
         }
         proto::encode_synced(self.tick, c.small());
         self.stats.syncs += 1;

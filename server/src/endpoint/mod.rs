@@ -33,6 +33,9 @@ pub const PACING_SLACK: Duration = Duration::from_millis(1);
 /// Packets one [`Endpoint::flush`] call produces at most before it returns to the worker loop (≈ 2–5 ms
 /// of sealing at 2–5 µs a packet): receiving and acknowledging writes interleave with a long fan-out.
 pub const FLUSH_BUDGET: u64 = 1024;
+/// Packets a connection with answers (ACK, REJECT) to send may produce in its visit ahead of the fan-out
+/// pass (quiche alternates stream and DATAGRAM frames, so the answers leave in the first one or two).
+pub const URGENT_BUDGET: usize = 4;
 /// Superseded timer entries tolerated beyond two per connection before the heap is purged.
 pub const TIMER_PURGE_SLACK: usize = 64;
 /// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
@@ -107,15 +110,29 @@ impl Out {
 /// Control-stream bytes still to hand to quiche (shared frames are not copied until quiche takes them).
 #[derive(Debug)]
 enum Chunk {
+    /// Small control frames in order (WELCOME, SYNCED).
     Bytes(Vec<u8>, usize),
+    /// ACK and REJECT frames: they go ahead of any reply not yet started (see [`Conn::answers`]).
+    Answers(Vec<u8>, usize),
+    /// A shared SNAPSHOT frame.
     Snap(Arc<Snapshot>, usize),
+    /// A shared DIFF frame (a SYNC reply's delta, encoded once per span).
+    Diff(Arc<Publication>, usize),
 }
 
 impl Chunk {
     fn cursor(&mut self) -> (&[u8], &mut usize) {
         match self {
-            Chunk::Bytes(b, i) => (b, i),
+            Chunk::Bytes(b, i) | Chunk::Answers(b, i) => (b, i),
             Chunk::Snap(s, i) => (&s.frame, i),
+            Chunk::Diff(p, i) => (p.diff_frame(), i),
+        }
+    }
+
+    /// quiche has taken part of it: what follows must wait until it is whole on the stream.
+    fn started(&self) -> bool {
+        match self {
+            Chunk::Bytes(_, i) | Chunk::Answers(_, i) | Chunk::Snap(_, i) | Chunk::Diff(_, i) => *i > 0,
         }
     }
 }
@@ -149,6 +166,8 @@ struct Conn {
     /// Waiting for a snapshot new enough to catch it up (canvas/1: a SYNC; legacy: its first snapshot).
     awaiting: bool,
     dirty: bool,
+    /// Queued in `Endpoint::urgent` (it has answers to send).
+    urgent: bool,
     paced: Option<Paced>,
 }
 
@@ -159,6 +178,26 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
+    /// The Vec to append ACK and REJECT frames to: a chunk right after the one quiche is taking, ahead of
+    /// queued replies not yet started (a SYNC reply may be a megabyte of SNAPSHOT and DIFF; an answer to a
+    /// write must not wait behind it). Answers stay in order among themselves; each is a whole frame.
+    fn answers(&mut self) -> &mut Vec<u8> {
+        let at = usize::from(self.stream_out.front().is_some_and(Chunk::started));
+        let reuse = matches!(self.stream_out.get(at), Some(Chunk::Answers(b, 0)) if b.len() < 16 * 1024);
+        if !reuse {
+            self.stream_out.insert(at, Chunk::Answers(Vec::with_capacity(64), 0));
+        }
+        match self.stream_out.get_mut(at) {
+            Some(Chunk::Answers(b, _)) => b,
+            _ => unreachable!("just inserted"),
+        }
+    }
+
+    /// ACK or REJECT bytes wait to be handed to quiche (they sit at the front, see [`Conn::answers`]).
+    fn has_answers(&self) -> bool {
+        self.stream_out.iter().take(2).any(|ch| matches!(ch, Chunk::Answers(b, i) if *i < b.len()))
+    }
+
     /// The Vec to append small control messages to.
     fn small(&mut self) -> &mut Vec<u8> {
         let reuse = matches!(self.stream_out.back(), Some(Chunk::Bytes(b, 0)) if b.len() < 16 * 1024);
@@ -194,6 +233,9 @@ struct Ctx {
     frontier: u64,
     /// Tick of the newest full snapshot offered to legacy pulls.
     full_frontier: u64,
+    /// The frontier of each of the last [`publication::WAVES_KEPT`] waves, oldest first: the anchors pulls
+    /// start from (see `Ctx::anchor`).
+    wave_frontiers: VecDeque<u64>,
     /// Coalesced deltas, shared by every pull and SYNC reply asking for the same span.
     catchup: VecDeque<publication::CatchUp>,
     snapshot: Option<Arc<Snapshot>>,
@@ -212,6 +254,8 @@ pub struct Endpoint {
     dirty: Vec<usize>,
     /// The other half of `dirty`'s double buffer (empty between passes; see `flush`).
     dirty_spare: Vec<usize>,
+    /// Connections with answers (ACK, REJECT) to send, visited ahead of the fan-out pass.
+    urgent: Vec<usize>,
     /// Entries at the front of `dirty` that the current broadcast wave has not reached yet (0: no wave in
     /// progress, the next publication is offered at once).
     wave_left: usize,
@@ -240,6 +284,7 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
+            urgent: Vec::new(),
             wave_left: 0,
             next_gen: 0,
             buf: vec![0; 64 * 1024],
@@ -258,6 +303,7 @@ impl Endpoint {
                 last_change: 0,
                 frontier: 0,
                 full_frontier: 0,
+                wave_frontiers: VecDeque::new(),
                 catchup: VecDeque::new(),
                 snapshot: None,
                 full: None,
@@ -302,6 +348,15 @@ impl Endpoint {
         tag.as_ref()[..LOCAL_CID_LEN].try_into().expect("SHA-256 tag is 32 bytes")
     }
 
+    /// Queue `c` for a visit ahead of the fan-out pass (it has answers to send), and for the pass too.
+    fn mark_urgent(urgent: &mut Vec<usize>, dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
+        if !c.urgent {
+            c.urgent = true;
+            urgent.push(key);
+        }
+        Self::mark_dirty(dirty, key, c);
+    }
+
     fn mark_dirty(dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
         if !c.dirty {
             c.dirty = true;
@@ -341,7 +396,11 @@ impl Endpoint {
             }
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
-        Self::mark_dirty(&mut self.dirty, key, c);
+        if c.has_answers() {
+            Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
+        } else {
+            Self::mark_dirty(&mut self.dirty, key, c);
+        }
     }
 
     /// Fire expired quiche timers and pacing releases.

@@ -47,8 +47,8 @@ impl Endpoint {
             match ctx.acks.pop_front() {
                 Some(Some((key, gen, id))) => {
                     if let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen) {
-                        proto::encode_ack(id, p.tick, c.small());
-                        Self::mark_dirty(&mut self.dirty, key, c);
+                        proto::encode_ack(id, p.tick, c.answers());
+                        Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
                     }
                 }
                 Some(None) => {}
@@ -104,6 +104,10 @@ impl Endpoint {
         ctx.frontier = ctx.last_change;
         ctx.full_frontier = full_tick;
         let frontier = ctx.frontier;
+        if ctx.wave_frontiers.len() == WAVES_KEPT {
+            ctx.wave_frontiers.pop_front();
+        }
+        ctx.wave_frontiers.push_back(frontier);
         ctx.catchup.retain(|d| d.last >= frontier);
         ctx.stats.waves += 1;
         for (key, c) in self.conns.iter_mut() {
@@ -171,8 +175,8 @@ impl Ctx {
             }
         }
         if c.sent < self.frontier {
-            let d =
-                self.delta(c.sent, self.frontier, true).expect("history holds a tick in (sent, frontier]");
+            let from = self.anchor(c.sent);
+            let d = self.delta(from, self.frontier, true).expect("history holds a tick in (from, frontier]");
             c.outbox.push_back(match c.proto {
                 Proto::Legacy => Out::Legacy(d.publication, 0),
                 _ => Out::Parts(d.publication, 0),
@@ -180,6 +184,25 @@ impl Ctx {
             c.sent = self.frontier;
         }
         !c.outbox.is_empty()
+    }
+
+    /// Where a pull from tick `sent` starts: the newest of the frontiers 1, 2, 4, … 64 waves back that is
+    /// ≤ `sent` and still in the history, else `sent` itself. Connections that keep up start exactly where
+    /// they are; the others, whose ticks spread over many waves when their paths drain at different speeds,
+    /// share one of a few deltas (at most ~7 built per wave instead of one per distinct tick) at the price of
+    /// re-sending at most about as many changes as they lack. The delta's base is ≤ the anchor ≤ `sent`, so
+    /// it still chains.
+    fn anchor(&self, sent: u64) -> u64 {
+        let n = self.wave_frontiers.len();
+        let mut back = 1;
+        while back <= n {
+            let f = self.wave_frontiers[n - back];
+            if f <= sent {
+                return if f >= self.lost_change { f } else { sent };
+            }
+            back *= 2;
+        }
+        sent
     }
 
     /// Everything that changed after tick `from` up to changing tick `to`, from the history (which must
@@ -224,6 +247,9 @@ impl Ctx {
         Some(Delta { ticks: j - i, publication })
     }
 }
+
+/// Wave frontiers remembered as pull anchors.
+pub(super) const WAVES_KEPT: usize = 65;
 
 /// Coalesced deltas kept for sharing at most (those ending before the frontier are dropped when it moves).
 const MAX_CATCHUP_CACHE: usize = 32;

@@ -8,7 +8,7 @@ use datapath::seam::{Addrs, Datapath};
 
 use super::{
     Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS, PACING_SLACK,
-    TIMER_PURGE_SLACK,
+    TIMER_PURGE_SLACK, URGENT_BUDGET,
 };
 
 impl Endpoint {
@@ -26,6 +26,27 @@ impl Endpoint {
             slot[..pkt.len()].copy_from_slice(&pkt);
             tx.tx_commit(pkt.len(), addrs);
         }
+        // Answers first: connections with ACKs or REJECTs to send get a short visit ahead of the fan-out
+        // pass, so that an answer waits for one loop iteration, not for a pass over every connection.
+        let mut urgent = std::mem::take(&mut self.urgent);
+        for &key in &urgent {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            c.urgent = false;
+            let (more, full) = self.ctx.flush_conn(c, now, tx, URGENT_BUDGET);
+            self.after_visit(key, more);
+            if full {
+                break;
+            }
+        }
+        for &key in &urgent {
+            if let Some(c) = self.conns.get_mut(key).filter(|c| c.urgent) {
+                c.urgent = false; // not reached (transmit side full): the fan-out pass will send it
+            }
+        }
+        urgent.clear();
+        self.urgent = urgent;
         // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
         // vectors swap roles every pass, so the steady state allocates nothing.
         let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
@@ -40,28 +61,9 @@ impl Endpoint {
                 continue;
             };
             c.dirty = false;
-            let (more, full) = self.ctx.flush_conn(c, now, tx);
-            if c.q.is_closed() {
-                self.remove(key);
-            } else {
-                // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap
-                // entry: quiche moves its idle deadline on every packet, and pushing each move would grow the
-                // heap by one stale entry per packet. A later deadline is picked up when the armed entry fires.
-                let t = match &c.paced {
-                    Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
-                    None => c.q.timeout_instant(),
-                };
-                if let Some(t) = t {
-                    if c.timer.is_none_or(|armed| t < armed) {
-                        c.timer = Some(t);
-                        self.timers.push(Reverse((t, key, c.gen)));
-                    }
-                }
-                if more || full {
-                    c.dirty = true;
-                    self.dirty.push(key);
-                }
-            }
+            let budget = self.ctx.cfg.send_budget;
+            let (more, full) = self.ctx.flush_conn(c, now, tx, budget);
+            self.after_visit(key, more || full);
             if full {
                 // The transmit side is full: the rest wait for the next call.
                 reached = n + 1;
@@ -91,6 +93,34 @@ impl Endpoint {
             self.timers.retain(|Reverse((t, k, g))| {
                 conns.get(*k).is_some_and(|c| c.gen == *g && c.timer == Some(*t))
             });
+        }
+    }
+}
+
+impl Endpoint {
+    /// After `key` was given a chance to send: drop it if closed, arm its timer, and keep it queued when
+    /// it has more to send.
+    fn after_visit(&mut self, key: usize, requeue: bool) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.q.is_closed() {
+            self.remove(key);
+            return;
+        }
+        // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap entry:
+        // quiche moves its idle deadline on every packet, and pushing each move would grow the heap by one
+        // stale entry per packet. A later deadline is picked up when the armed entry fires.
+        let t = match &c.paced {
+            Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
+            None => c.q.timeout_instant(),
+        };
+        if let Some(t) = t {
+            if c.timer.is_none_or(|armed| t < armed) {
+                c.timer = Some(t);
+                self.timers.push(Reverse((t, key, c.gen)));
+            }
+        }
+        if requeue {
+            Self::mark_dirty(&mut self.dirty, key, c);
         }
     }
 }
@@ -158,8 +188,14 @@ impl Ctx {
         n
     }
 
-    /// Send what `c` has, up to the send budget. Returns (has more to send, transmit side full).
-    fn flush_conn<B: Datapath>(&mut self, c: &mut Conn, now: Instant, tx: &mut B) -> (bool, bool) {
+    /// Send what `c` has, up to `budget` packets. Returns (has more to send, transmit side full).
+    fn flush_conn<B: Datapath>(
+        &mut self,
+        c: &mut Conn,
+        now: Instant,
+        tx: &mut B,
+        budget: usize,
+    ) -> (bool, bool) {
         // quiche stamps `SendInfo.at` from its own reading of the monotonic clock (with its default
         // recovery, `at` is simply quiche's "now"), so release times are compared with a fresh reading, once
         // per connection: the loop's `now` can be tens of milliseconds old by the end of a flush pass over
@@ -186,7 +222,7 @@ impl Ctx {
         self.feed_dgrams(c);
         let mut sent = 0;
         loop {
-            if sent >= self.cfg.send_budget {
+            if sent >= budget {
                 return (true, false);
             }
             let Some(slot) = tx.tx_slot() else {
