@@ -241,6 +241,8 @@ struct Ctx {
     snapshot: Option<Arc<Snapshot>>,
     /// The newest full-broadcast snapshot (legacy connections get it instead of the diffs before it).
     full: Option<Arc<Snapshot>>,
+    /// The newest quiet tick that sends a HEAD (`Publication::sends_head`).
+    head: Option<Arc<Publication>>,
     tick: u64,
     tx_now: Vec<(Addrs, Vec<u8>)>,
 }
@@ -307,6 +309,7 @@ impl Endpoint {
                 catchup: VecDeque::new(),
                 snapshot: None,
                 full: None,
+                head: None,
                 tick: 0,
                 tx_now: Vec::new(),
             },

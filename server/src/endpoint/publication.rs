@@ -76,11 +76,12 @@ impl Endpoint {
             }
         }
         if p.sends_head() {
-            // Caught-up canvas/1 connections with nothing in flight learn that nothing changed since.
+            // Caught-up canvas/1 connections learn that nothing changed since: idle ones now, busy ones when
+            // they next pull (`pull` sends the newest HEAD to a connection that has every change before it).
+            self.ctx.head = Some(p.clone());
             let ctx = &self.ctx;
             for (key, c) in self.conns.iter_mut() {
                 if c.proto == Proto::Canvas1 && c.ready && c.outbox.is_empty() && c.sent >= ctx.last_change {
-                    c.outbox.push_back(Out::Head(p.clone(), 0));
                     Self::mark_dirty(&mut self.dirty, key, c);
                 }
             }
@@ -182,6 +183,14 @@ impl Ctx {
                 _ => Out::Parts(d.publication, 0),
             });
             c.sent = self.frontier;
+        }
+        if c.proto == Proto::Canvas1 && c.outbox.is_empty() {
+            // HEAD(Q, L) tells a connection that has every change up to L that nothing changed in (L, Q]:
+            // it then has everything up to Q.
+            if let Some(h) = self.head.as_ref().filter(|h| h.base <= c.sent && c.sent < h.tick) {
+                c.outbox.push_back(Out::Head(h.clone(), 0));
+                c.sent = h.tick;
+            }
         }
         !c.outbox.is_empty()
     }
