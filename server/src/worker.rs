@@ -21,6 +21,9 @@ pub struct LoopConfig {
     pub drain: Duration,
 }
 
+/// Receive batches taken per loop iteration at most (when full batches keep coming).
+pub const RX_BATCHES_PER_LOOP: usize = 8;
+
 /// Idle wait of a worker that has no connections.
 pub const NO_CONN_WAIT: Duration = Duration::from_millis(50);
 
@@ -64,7 +67,16 @@ pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
             report(ep, backend);
             last_report = now;
         }
-        let n = backend.recv(cfg.rx_batch, |addrs, pkt| ep.on_datagram(now, addrs, pkt))?;
+        // Drain what has arrived (up to RX_BATCHES_PER_LOOP batches) before the next slice of fan-out: client
+        // ACKs and writes arrive at a rate proportional to what is sent, and a socket left to fill drops them.
+        let mut n = 0;
+        for _ in 0..RX_BATCHES_PER_LOOP {
+            let got = backend.recv(cfg.rx_batch, |addrs, pkt| ep.on_datagram(now, addrs, pkt))?;
+            n += got;
+            if got < cfg.rx_batch {
+                break;
+            }
+        }
         ep.poll_publications(now);
         ep.on_timers(now);
         ep.flush(now, backend);
