@@ -213,12 +213,10 @@ impl Replica {
         *slot = true;
         e.missing -= 1;
         e.progress_at = now;
+        e.entries.extend_from_slice(p.diff.entries);
         // A new part is progress towards a tick the server named, too: a large delta arriving part by part
         // through a slow path is late, not lost (a SYNC would only send the same changes again).
-        if let Some((target, _)) = self.behind {
-            self.behind = Some((target, now));
-        }
-        e.entries.extend_from_slice(p.diff.entries);
+        self.progressed(now);
         self.advance(now)
     }
 
@@ -322,15 +320,20 @@ impl Replica {
                 self.advance_gap = (self.advance_gap * 3 + now.saturating_duration_since(prev)) / 4;
             }
             self.last_advance = Some(now);
+            self.progressed(now);
         }
-        if let (Some(t), Some((target, _))) = (self.tick, self.behind) {
-            if t >= target {
-                self.behind = None;
-            } else if before.is_some_and(|b| t > b) {
-                self.behind = Some((target, now));
-            }
+        if self.behind.is_some_and(|(target, _)| self.tick.is_some_and(|t| t >= target)) {
+            self.behind = None;
         }
         res
+    }
+
+    /// The replica moved towards the tick it is behind (a new part, or an applied diff): the lag's
+    /// patience starts again.
+    fn progressed(&mut self, now: Instant) {
+        if let Some((target, _)) = self.behind {
+            self.behind = Some((target, now));
+        }
     }
 
     fn advance_inner(&mut self) -> Result<(), ProtoError> {
@@ -376,8 +379,8 @@ impl Replica {
     }
 
     /// How long a gap or a lag may last before it counts as a loss: the configured grace, or four RTTs, or
-    /// twice the pace at which the replica has been advancing when that is slower (a broadcast stretched by overload is
-    /// late, not lost), at most [`MAX_PATIENCE_GRACES`] graces.
+    /// twice the pace at which the replica has been advancing, whichever is longest (a broadcast stretched
+    /// by overload is late, not lost), at most [`MAX_PATIENCE_GRACES`] graces.
     pub fn patience(&self) -> Duration {
         (self.advance_gap * 2).max(self.rtt * 4).clamp(self.grace, self.grace * MAX_PATIENCE_GRACES)
     }
@@ -391,20 +394,12 @@ impl Replica {
 
     /// When the caller must send `SYNC{have_tick}` now, returns the tick (and counts the SYNC as sent).
     pub fn poll_sync(&mut self, now: Instant) -> Option<u64> {
-        let patience = self.patience();
         if self.sync_outstanding {
             return None;
         }
+        let patience = self.patience();
         let have = match self.tick {
-            None => {
-                self.stats.syncs_fresh += 1;
-                NO_TICK
-            }
-            Some(_) if self.diverged => {
-                self.stats.syncs_fresh += 1;
-                NO_TICK
-            }
-            Some(t) => {
+            Some(t) if !self.diverged => {
                 let overfull = self.pending.len() > self.max_pending;
                 let stuck = self.pending.values().next().is_some_and(|p| {
                     now.saturating_duration_since(p.progress_at) >= patience && (p.missing > 0 || p.base > t)
@@ -423,6 +418,10 @@ impl Replica {
                     &mut self.stats.syncs_lag
                 } += 1;
                 t
+            }
+            _ => {
+                self.stats.syncs_fresh += 1;
+                NO_TICK
             }
         };
         // Keep the newest ticks: they are the ones that will chain after the SYNC reply.
@@ -523,6 +522,18 @@ mod tests {
         let mut r = Replica::new(DIMS);
         feed_stream(&mut r, &s.sync_reply(NO_TICK), t0);
         (t0, s, r)
+    }
+
+    /// Feed every part of `d` but the last, one every `step` after `t0`, checking that none of them leaves
+    /// the replica wanting a SYNC; returns when the last was fed.
+    fn trickle_all_but_last(r: &mut Replica, d: &Datagrams, t0: Instant, step: Duration) -> Instant {
+        let mut now = t0;
+        for part in d.iter().take(d.len() - 1) {
+            now += step;
+            r.on_datagram(part, now).unwrap();
+            assert_eq!(r.poll_sync(now), None, "parts keep arriving at {:?}", now - t0);
+        }
+        now
     }
 
     fn feed_stream(r: &mut Replica, bytes: &[u8], now: Instant) {
@@ -723,15 +734,9 @@ mod tests {
         let (t0, mut s, mut r) = joined();
         let writes: Vec<(u32, u8)> = (0..200u32).map(|i| (i * 7 % DIMS.len() as u32, 3)).collect();
         let d = s.tick(&writes);
-        let parts: Vec<&[u8]> = d.iter().collect();
-        assert!(parts.len() >= 4, "{} parts", parts.len());
+        assert!(d.len() >= 4, "{} parts", d.len());
         let step = DEFAULT_GAP_GRACE * 3 / 4;
-        let mut now = t0;
-        for part in &parts[..parts.len() - 1] {
-            now += step;
-            r.on_datagram(part, now).unwrap();
-            assert_eq!(r.poll_sync(now), None);
-        }
+        let now = trickle_all_but_last(&mut r, &d, t0, step);
         assert_eq!(r.poll_sync(now + step), None, "less than the grace since the last part");
         assert_eq!(r.poll_sync(now + DEFAULT_GAP_GRACE), Some(0), "stuck once parts stop");
     }
@@ -764,15 +769,8 @@ mod tests {
         let (t0, mut s, mut r) = joined();
         let writes: Vec<(u32, u8)> = (0..200u32).map(|i| (i * 5 % DIMS.len() as u32, 4)).collect();
         let d = s.tick(&writes);
-        let parts: Vec<&[u8]> = d.iter().collect();
         r.note_tick(s.tick, t0); // the ACK arrived first
-        let step = DEFAULT_GAP_GRACE * 3 / 4;
-        let mut now = t0;
-        for part in &parts[..parts.len() - 1] {
-            now += step;
-            r.on_datagram(part, now).unwrap();
-            assert_eq!(r.poll_sync(now), None, "parts keep arriving");
-        }
+        let now = trickle_all_but_last(&mut r, &d, t0, DEFAULT_GAP_GRACE * 3 / 4);
         assert!(now - t0 > 2 * DEFAULT_GAP_GRACE);
         assert_eq!(r.poll_sync(now + r.patience()), Some(0), "parts stopped");
     }

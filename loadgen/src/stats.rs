@@ -114,8 +114,14 @@ pub struct Counters {
     pub rx_bytes: AtomicU64,
     /// SYNC requests sent to repair replicas (not counting the hello).
     pub syncs: AtomicU64,
-    /// SYNCs by reason: gap (loss), lag (behind a named tick without progress), overfull, fresh (no state).
-    pub sync_reasons: [AtomicU64; 4],
+    /// SYNCs for a gap (a loss), see `canvas::replica::ReplicaStats`.
+    pub syncs_gap: AtomicU64,
+    /// SYNCs for a lag (behind a named tick without progress).
+    pub syncs_lag: AtomicU64,
+    /// SYNCs for too many buffered ticks.
+    pub syncs_overfull: AtomicU64,
+    /// SYNCs without usable state (a hash mismatch).
+    pub syncs_fresh: AtomicU64,
     /// Snapshots installed in replicas.
     pub snapshots: AtomicU64,
     /// Replica hash mismatches after applying a diff or snapshot.

@@ -119,6 +119,29 @@ fn heavy_loss_forces_resyncs_and_still_converges() {
     run(200, 0.05, 0.05, 11);
 }
 
+/// `rounds` rounds in which every client but the first writes `per_client(rng)` random pixels, each in the
+/// `w`×`h` corner of the canvas (small, so that later writes supersede earlier ones).
+fn busy_rounds(
+    sim: &mut Sim,
+    rng: &mut SmallRng,
+    rounds: u64,
+    (w, h): (u16, u16),
+    mut per_client: impl FnMut(&mut SmallRng) -> usize,
+) {
+    for _ in 0..rounds {
+        for c in sim.clients.iter_mut().skip(1) {
+            for _ in 0..per_client(rng) {
+                c.write(Pixel {
+                    x: rng.random_range(0..w),
+                    y: rng.random_range(0..h),
+                    color: rng.random_range(0..32),
+                });
+            }
+        }
+        sim.round();
+    }
+}
+
 /// A client whose downstream link loses everything for ten busy ticks falls behind; when the link returns it
 /// sees the gap, sends SYNC{have}, and gets one DIFF coalescing every tick since `have` (later writes to a
 /// pixel superseding earlier ones): no per-tick re-send, no snapshot.
@@ -141,19 +164,7 @@ fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
     sim.clients[0].deaf = true;
     let mut rng = SmallRng::seed_from_u64(3);
     // Ten ticks, every one changing pixels (fewer than the worker's history holds).
-    for _ in 0..10 * rounds_per_tick {
-        for c in sim.clients.iter_mut().skip(1) {
-            if rng.random_ratio(1, 2) {
-                // A small area, so that later writes supersede earlier ones.
-                c.write(Pixel {
-                    x: rng.random_range(0..8),
-                    y: rng.random_range(0..4),
-                    color: rng.random_range(0..32),
-                });
-            }
-        }
-        sim.round();
-    }
+    busy_rounds(&mut sim, &mut rng, 10 * rounds_per_tick, (8, 4), |r| usize::from(r.random_ratio(1, 2)));
     let behind = sim.master.tick() - tick_before;
     assert!(behind >= 10 && behind < history, "{behind} ticks behind, within the history of {history}");
     sim.clients[0].deaf = false;
@@ -194,34 +205,23 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
         let s = sim.workers[0].0.stats();
         (s.snapshots_sent, s.catchups, s.catchup_deltas, s.catchup_ticks, s.catchup_entries)
     };
-    let (snapshots_before, catchups_before, deltas_before, ticks_before, _) = stats(&sim);
+    let (snapshots_before, catchups_before, deltas_before, ticks_before, entries_before) = stats(&sim);
     let syncs_before = sim.clients[0].replica.stats().syncs;
     sim.clients[0].stalled = true;
     let mut rng = SmallRng::seed_from_u64(5);
     let tick_before = sim.master.tick();
     // Ten ticks of a few thousand writes each over a 60×40 area: several datagrams per tick, more than an
     // initial congestion window in all, and later writes supersede earlier ones.
-    for _ in 0..10 * rounds_per_tick {
-        for c in sim.clients.iter_mut().skip(1) {
-            for _ in 0..40 {
-                c.write(Pixel {
-                    x: rng.random_range(0..60),
-                    y: rng.random_range(0..40),
-                    color: rng.random_range(0..32),
-                });
-            }
-        }
-        sim.round();
-    }
-    eprintln!("ticks={} master={:?}", sim.master.tick() - tick_before, sim.master.stats());
+    busy_rounds(&mut sim, &mut rng, 10 * rounds_per_tick, (60, 40), |_| 40);
     assert!(sim.master.tick() - tick_before >= 10);
     sim.clients[0].stalled = false;
     assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "the stalled client converges");
     let (snapshots, catchups, deltas, ticks, entries) = stats(&sim);
     let syncs = sim.clients[0].replica.stats().syncs - syncs_before;
-    let (deltas, ticks) = (deltas - deltas_before, ticks - ticks_before);
+    let (deltas, ticks, entries) = (deltas - deltas_before, ticks - ticks_before, entries - entries_before);
     eprintln!(
-        "catch-up pulls={} deltas built={deltas} spanning {ticks} ticks with {entries} entries, syncs={syncs},          snapshots={}",
+        "catch-up pulls={} deltas built={deltas} spanning {ticks} ticks with {entries} entries, syncs={syncs}, \
+         snapshots={}",
         catchups - catchups_before,
         snapshots - snapshots_before
     );

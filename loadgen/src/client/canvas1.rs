@@ -221,18 +221,10 @@ impl<'a> Session<'a> {
             if st != self.seen {
                 let d = |new: u64, old: u64| new.saturating_sub(old);
                 c.syncs.fetch_add(d(st.syncs, self.seen.syncs), Relaxed);
-                let (new, old) = (&st, &self.seen);
-                for (n, (a, b)) in [
-                    (new.syncs_gap, old.syncs_gap),
-                    (new.syncs_lag, old.syncs_lag),
-                    (new.syncs_overfull, old.syncs_overfull),
-                    (new.syncs_fresh, old.syncs_fresh),
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    c.sync_reasons[n].fetch_add(d(a, b), Relaxed);
-                }
+                c.syncs_gap.fetch_add(d(st.syncs_gap, self.seen.syncs_gap), Relaxed);
+                c.syncs_lag.fetch_add(d(st.syncs_lag, self.seen.syncs_lag), Relaxed);
+                c.syncs_overfull.fetch_add(d(st.syncs_overfull, self.seen.syncs_overfull), Relaxed);
+                c.syncs_fresh.fetch_add(d(st.syncs_fresh, self.seen.syncs_fresh), Relaxed);
                 c.snapshots.fetch_add(d(st.snapshots, self.seen.snapshots), Relaxed);
                 c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
                 self.seen = st;

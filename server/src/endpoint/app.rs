@@ -137,14 +137,14 @@ impl Ctx {
         // From `have` when the history reaches it, unless a snapshot newer than `have` is smaller than the
         // delta (an entry is 5 bytes on the wire).
         let to = self.last_change;
-        let from_have = covered.then(|| self.delta(have, to, false)).filter(|d| match (d, &snapshot) {
+        let from_have = covered.then(|| self.delta(have, to)).filter(|d| match (d, &snapshot) {
             (Some(d), Some(s)) => s.tick <= have || d.publication.entries.len() * 5 <= s.frame.len(),
             _ => true,
         });
         let delta = match (from_have, snapshot) {
             (Some(d), _) => d,
             (None, Some(s)) => {
-                let d = self.delta(s.tick, to, false);
+                let d = self.delta(s.tick, to);
                 c.stream_out.push_back(Chunk::Snap(s, 0));
                 self.stats.snapshots_sent += 1;
                 d
@@ -157,7 +157,6 @@ impl Ctx {
         };
         if let Some(d) = delta {
             let p = &d.publication;
-            p.diff_frame(); // encoded once per span, shared by every reply that sends it
             self.stats.diffs_resent += 1;
             if d.ticks > 1 {
                 self.stats.deltas_coalesced += 1;

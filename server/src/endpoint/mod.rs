@@ -73,7 +73,7 @@ pub struct EndpointConfig {
     pub dgram_queue: usize,
     /// Largest broadcast datagram payload (coalesced catch-up deltas are cut into datagrams of this size).
     pub max_datagram: usize,
-    /// Changing ticks kept for catch-up at most (also bounded by their entries, see [`Ctx::remember`]);
+    /// Changing ticks kept for catch-up at most (also bounded by their entries: at most as many as the canvas has pixels);
     /// a connection or SYNC older than the history is answered with a snapshot.
     pub history_ticks: usize,
     /// Packets one connection may send per flush pass before the next connection's turn.

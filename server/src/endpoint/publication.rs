@@ -62,17 +62,14 @@ impl Endpoint {
         if !p.is_empty() {
             ctx.remember(p.clone());
         }
-        let awaiting = self.conns.iter().any(|(_, c)| c.awaiting);
-        if awaiting {
-            for (key, c) in self.conns.iter_mut().filter(|(_, c)| c.awaiting) {
-                match c.proto {
-                    Proto::Canvas1 => ctx.sync(c, NO_TICK),
-                    Proto::Legacy => ctx.start_legacy(c),
-                    Proto::Pending => {}
-                }
-                if !c.awaiting {
-                    Self::mark_dirty(&mut self.dirty, key, c);
-                }
+        for (key, c) in self.conns.iter_mut().filter(|(_, c)| c.awaiting) {
+            match c.proto {
+                Proto::Canvas1 => ctx.sync(c, NO_TICK),
+                Proto::Legacy => ctx.start_legacy(c),
+                Proto::Pending => {}
+            }
+            if !c.awaiting {
+                Self::mark_dirty(&mut self.dirty, key, c);
             }
         }
         if p.sends_head() {
@@ -177,7 +174,10 @@ impl Ctx {
         }
         if c.sent < self.frontier {
             let from = self.anchor(c.sent);
-            let d = self.delta(from, self.frontier, true).expect("history holds a tick in (from, frontier]");
+            let d = self.delta(from, self.frontier).expect("history holds a tick in (from, frontier]");
+            if d.ticks > 1 {
+                self.stats.catchups += 1;
+            }
             c.outbox.push_back(match c.proto {
                 Proto::Legacy => Out::Legacy(d.publication, 0),
                 _ => Out::Parts(d.publication, 0),
@@ -218,8 +218,8 @@ impl Ctx {
     /// reach back to `from`); None when nothing did. One tick alone is that tick's own publication; several
     /// are coalesced into one (base: the base of the first of them, which is ≤ `from`, so it chains onto a
     /// replica at `from`), built once and shared through `catchup` by every connection and SYNC reply that
-    /// asks for the same span. `pull` says whether a broadcast pull (rather than a SYNC reply) asked.
-    pub(super) fn delta(&mut self, from: u64, to: u64, pull: bool) -> Option<Delta> {
+    /// asks for the same span.
+    pub(super) fn delta(&mut self, from: u64, to: u64) -> Option<Delta> {
         let i = self.history.partition_point(|p| p.tick <= from);
         let j = self.history.partition_point(|p| p.tick <= to);
         if i >= j {
@@ -228,9 +228,6 @@ impl Ctx {
         let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
         if j - i == 1 {
             return Some(Delta { ticks: 1, publication: self.history[i].clone() });
-        }
-        if pull {
-            self.stats.catchups += 1;
         }
         if let Some(d) = self.catchup.iter().find(|d| d.first == first && d.last == last) {
             return Some(Delta { ticks: j - i, publication: d.publication.clone() });
@@ -267,7 +264,7 @@ const MAX_CATCHUP_CACHE: usize = 32;
 #[derive(Debug)]
 pub(super) struct CatchUp {
     first: u64,
-    pub(super) last: u64,
+    last: u64,
     publication: Arc<Publication>,
 }
 

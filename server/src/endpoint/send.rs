@@ -29,7 +29,8 @@ impl Endpoint {
         // Answers first: connections with ACKs or REJECTs to send get a short visit ahead of the fan-out
         // pass, so that an answer waits for one loop iteration, not for a pass over every connection.
         let mut urgent = std::mem::take(&mut self.urgent);
-        for &key in &urgent {
+        let mut visited = urgent.len();
+        for (n, &key) in urgent.iter().enumerate() {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -37,21 +38,20 @@ impl Endpoint {
             let (more, full) = self.ctx.flush_conn(c, now, tx, URGENT_BUDGET);
             self.after_visit(key, more);
             if full {
+                visited = n + 1;
                 break;
             }
         }
-        for &key in &urgent {
-            if let Some(c) = self.conns.get_mut(key).filter(|c| c.urgent) {
-                c.urgent = false; // not reached (transmit side full): the fan-out pass will send it
-            }
-        }
-        urgent.clear();
+        // Not reached (the transmit side is full): still first in line next call.
+        urgent.drain(..visited);
+        urgent.append(&mut self.urgent);
         self.urgent = urgent;
         // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
         // vectors swap roles every pass, so the steady state allocates nothing.
         let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
         let packets_before = self.ctx.stats.packets_out;
         let mut reached = pending.len();
+        let budget = self.ctx.cfg.send_budget;
         for (n, &key) in pending.iter().enumerate() {
             if self.ctx.stats.packets_out - packets_before >= FLUSH_BUDGET {
                 reached = n;
@@ -61,7 +61,6 @@ impl Endpoint {
                 continue;
             };
             c.dirty = false;
-            let budget = self.ctx.cfg.send_budget;
             let (more, full) = self.ctx.flush_conn(c, now, tx, budget);
             self.after_visit(key, more || full);
             if full {
