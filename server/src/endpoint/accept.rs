@@ -98,6 +98,7 @@ impl Endpoint {
             dirty: false,
             urgent: false,
             paced: None,
+            rx_unacked: 0,
         });
         self.ids.insert(scid, key);
         self.ctx.stats.accepted += 1;

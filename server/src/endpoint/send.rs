@@ -219,6 +219,8 @@ impl Ctx {
             self.stats.closed_not_reading += 1;
         }
         self.feed_dgrams(c);
+        // Whatever quiche sends now carries the acknowledgements held back (see `ACK_EVERY`).
+        c.rx_unacked = 0;
         let mut sent = 0;
         loop {
             if sent >= budget {
