@@ -148,6 +148,19 @@ impl Replica {
         self.pending.len()
     }
 
+    /// The newest tick the server is known to have that the replica lacks (from a HEAD or an ACK), if any.
+    pub fn behind_target(&self) -> Option<u64> {
+        self.behind.map(|(t, _)| t)
+    }
+
+    /// Whether [`Replica::poll_sync`] may yet ask for a repair without anything more arriving: ticks are
+    /// buffered ahead of the replica, or it knows of a tick it lacks. A client must keep calling
+    /// `poll_sync` (every ~100 ms) while this holds, also when the connection has gone quiet: the last
+    /// HEAD of a burst may be the only sign of a lost tail, and nothing else will wake it.
+    pub fn needs_poll(&self) -> bool {
+        !self.pending.is_empty() || self.behind.is_some()
+    }
+
     /// The server has a tick `tick` whose changes the replica must eventually hold (from a HEAD datagram or
     /// an ACK). If the replica stays behind it longer than the grace period, [`Replica::poll_sync`] syncs.
     pub fn note_tick(&mut self, tick: u64, now: Instant) {
@@ -651,11 +664,16 @@ mod tests {
         let (t0, mut s, mut r) = joined();
         s.tick(&[(1, 1)]); // every part lost, and nothing changes afterwards
         s.tick(&[]);
+        assert!(!r.needs_poll(), "current, nothing pending");
         r.on_datagram(&proto::encode_head(2, 1, s.canvas.hash()), t0).unwrap();
+        // Nothing is buffered, yet the HEAD is the only sign of the lost tick: the client must keep polling.
+        assert_eq!(r.pending_ticks(), 0);
+        assert!(r.needs_poll(), "a HEAD named a tick the replica lacks");
         assert_eq!(r.poll_sync(t0), None, "within grace");
         assert_eq!(r.poll_sync(t0 + DEFAULT_GAP_GRACE), Some(0));
         feed_stream(&mut r, &s.sync_reply(0), t0);
         assert_eq!(r.pixels(), s.canvas.pixels());
+        assert!(!r.needs_poll(), "repaired");
         // An ACK for a tick the replica already has does nothing.
         r.note_tick(1, t0);
         assert_eq!(r.poll_sync(t0 + Duration::from_secs(9)), None);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
-use canvas::{hash, Dims};
+use canvas::{hash, Dims, Replica};
 
 use crate::client::{Slot, Status};
 
@@ -108,6 +108,15 @@ pub struct Mismatch {
     pub replica_tick: Option<u64>,
     /// Pixels that differ from the last fetched canvas.
     pub differing_pixels: usize,
+    /// Why it may be behind: a SYNC sent and not answered yet, ticks buffered ahead of it, the newest
+    /// tick it knows the server has (HEAD or ACK), SYNCs it sent.
+    pub sync_outstanding: bool,
+    /// Ticks buffered ahead of the replica (waiting for a missing part or an earlier tick).
+    pub pending_ticks: usize,
+    /// The newest tick the replica knows the server has and it lacks.
+    pub behind_target: Option<u64>,
+    /// SYNCs this replica sent.
+    pub syncs: u64,
 }
 
 /// Outcome of the verification.
@@ -181,7 +190,15 @@ pub async fn verify(
             } else {
                 t.pixels.len()
             };
-            v.mismatches.push(Mismatch { client: i, replica_tick: rep.tick(), differing_pixels: differing });
+            v.mismatches.push(Mismatch {
+                client: i,
+                replica_tick: rep.tick(),
+                differing_pixels: differing,
+                sync_outstanding: rep.canvas1().is_some_and(Replica::sync_outstanding),
+                pending_ticks: rep.canvas1().map_or(0, Replica::pending_ticks),
+                behind_target: rep.canvas1().and_then(Replica::behind_target),
+                syncs: rep.canvas1().map_or(0, |r| r.stats().syncs),
+            });
         }
     }
     if let Some(t) = &last {

@@ -79,6 +79,8 @@ struct Session<'a> {
     /// Light clients: the highest tick the server announced.
     light_tick: Option<u64>,
     pending_ticks: usize,
+    /// The replica wants `poll_sync` called even if nothing arrives (`Replica::needs_poll`).
+    replica_polls: bool,
     seen: ReplicaStats,
     lat: Vec<u64>,
     ack_lat: Vec<u64>,
@@ -106,6 +108,7 @@ impl<'a> Session<'a> {
             light,
             light_tick: None,
             pending_ticks: 0,
+            replica_polls: false,
             seen: ReplicaStats::default(),
             lat: Vec::new(),
             ack_lat: Vec::new(),
@@ -230,15 +233,16 @@ impl<'a> Session<'a> {
                 self.seen = st;
             }
             self.pending_ticks = r.pending_ticks();
+            self.replica_polls = r.needs_poll();
         }
         self.slot.unresolved.store(self.writes.outstanding as u32, Relaxed);
         self.slot.invisible.store(self.acked.len() as u32, Relaxed);
     }
 
-    /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, or an
-    /// ACKed tick not reached yet). Light clients never sync.
+    /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, a tick a
+    /// HEAD said it lacks, or an ACKed tick not reached yet). Light clients never sync.
     fn needs_poll(&self) -> bool {
-        !self.light && (self.pending_ticks > 0 || !self.acked.is_empty())
+        !self.light && (self.replica_polls || self.pending_ticks > 0 || !self.acked.is_empty())
     }
 }
 

@@ -82,6 +82,14 @@ impl ReplicaSlot {
             _ => None,
         }
     }
+
+    /// The canvas/1 replica, if this is one.
+    pub fn canvas1(&self) -> Option<&Replica> {
+        match self {
+            Self::Canvas1(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// State of one client shared with the orchestrator.
