@@ -32,7 +32,7 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use datapath::backend::mem::NetConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use server::endpoint::EndpointConfig;
+use server::endpoint::{EndpointConfig, DEFAULT_BROADCAST_INFLIGHT};
 use server::master::MasterConfig;
 use server::publish::PixelWrite;
 use server::quic::{self, DEFAULT_QUIC};
@@ -65,6 +65,7 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             tick_ms: 100,
             full_interval: NO_PERIODIC_SNAPSHOT,
             dgram_queue: DEFAULT_QUIC.dgram_queue,
+            broadcast_inflight: DEFAULT_BROADCAST_INFLIGHT,
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 128,
             send_budget: 64,

@@ -28,6 +28,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             tick_ms: 100,
             full_interval: 60,
             dgram_queue: 64,
+            broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 16,
             send_budget: 64,
@@ -197,6 +198,9 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     let mut cfg = config(20, 0.0, 0.0, 5);
     cfg.workers = 1;
     cfg.endpoint.dgram_queue = 8;
+    // A small allowance, below the congestion window (13,482 bytes reached the stalled client without one).
+    let inflight = 4 * 1024;
+    cfg.endpoint.broadcast_inflight = inflight;
     let rounds_per_tick = cfg.rounds_per_tick;
     let mut sim = Sim::new(cfg, &cert, &key);
     assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
@@ -214,6 +218,11 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     // initial congestion window in all, and later writes supersede earlier ones.
     busy_rounds(&mut sim, &mut rng, 10 * rounds_per_tick, (60, 40), |_| 40);
     assert!(sim.master.tick() - tick_before >= 10);
+    // What the server sent the stalled client is bounded by the broadcast's in-flight allowance (plus the
+    // datagram that crossed it and packet overhead), not by its congestion window.
+    let held = sim.net.inbox_bytes(sim.clients[0].addr);
+    eprintln!("bytes waiting for the stalled client: {held} (allowance {inflight})");
+    assert!(held <= inflight + 2 * 1350, "{held} bytes sent past an allowance of {inflight}");
     sim.clients[0].stalled = false;
     assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "the stalled client converges");
     let (snapshots, catchups, deltas, ticks, entries) = stats(&sim);

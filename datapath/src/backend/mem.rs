@@ -106,6 +106,11 @@ impl Net {
         }
     }
 
+    /// Bytes delivered to `addr`'s inbox and not taken yet (what a receiver that stopped reading holds).
+    pub fn inbox_bytes(&self, addr: SocketAddr) -> usize {
+        self.inboxes.get(&addr).map_or(0, |q| q.iter().map(|p| p.data.len()).sum())
+    }
+
     /// Take the next datagram addressed to `addr`.
     pub fn take(&mut self, addr: SocketAddr) -> Option<Packet> {
         self.inboxes.get_mut(&addr)?.pop_front()

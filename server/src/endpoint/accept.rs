@@ -99,6 +99,8 @@ impl Endpoint {
             urgent: false,
             paced: None,
             rx_unacked: 0,
+            inflight: 0,
+            settled: 0,
         });
         self.ids.insert(scid, key);
         self.ctx.stats.accepted += 1;

@@ -46,6 +46,10 @@ pub const ACK_EVERY: u8 = 10;
 /// Longest an acknowledgement is held back (below quiche's advertised `max_ack_delay`, 25 ms, so the
 /// peer's probe timeout, which includes it, never fires for a held ACK).
 pub const ACK_DELAY: Duration = Duration::from_millis(10);
+/// Default of [`EndpointConfig::broadcast_inflight`]: 32 KiB, about 24 full datagrams. At 100 ms of
+/// round trip that is still ~320 KB/s per client, three times the fan-out of 20,000 writes/s to every
+/// client (5 bytes each); below that rate nothing changes, above it the client gets coalesced deltas.
+pub const DEFAULT_BROADCAST_INFLIGHT: usize = 32 * 1024;
 /// Superseded timer entries tolerated beyond two per connection before the heap is purged.
 pub const TIMER_PURGE_SLACK: usize = 64;
 /// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
@@ -81,6 +85,11 @@ pub struct EndpointConfig {
     pub full_interval: u64,
     /// Entries of quiche's per-connection DATAGRAM send queue we keep filled.
     pub dgram_queue: usize,
+    /// Broadcast bytes a connection may have sent and not yet acknowledged before it pulls more (see
+    /// `Conn::inflight`): past it the client waits and later gets one coalesced delta, instead of queueing
+    /// stale ticks in its receive buffer and holding a congestion window's worth of sent-packet records
+    /// in quiche.
+    pub broadcast_inflight: usize,
     /// Largest broadcast datagram payload (coalesced catch-up deltas are cut into datagrams of this size).
     pub max_datagram: usize,
     /// Changing ticks kept for catch-up at most (also bounded by their entries: at most as many as the canvas has pixels);
@@ -182,6 +191,12 @@ struct Conn {
     /// Packets received since the connection last sent, whose acknowledgement is held back (see
     /// [`ACK_EVERY`]).
     rx_unacked: u8,
+    /// Estimate of the bytes handed to quiche (DATAGRAMs and control-stream bytes) and not yet
+    /// acknowledged or declared lost: what was handed, less quiche's `acked_bytes + lost_bytes` since,
+    /// floored at 0. Packet overhead makes it read a little low, never high.
+    inflight: u64,
+    /// quiche's `acked_bytes + lost_bytes` when `inflight` was last updated.
+    settled: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -209,6 +224,17 @@ impl Conn {
     /// ACK or REJECT bytes wait to be handed to quiche (they sit at the front, see [`Conn::answers`]).
     fn has_answers(&self) -> bool {
         self.stream_out.iter().take(2).any(|ch| matches!(ch, Chunk::Answers(b, i) if *i < b.len()))
+    }
+
+    /// Bring `inflight` up to date with what quiche has seen acknowledged or lost. Returns whether
+    /// anything was.
+    fn settle_inflight(&mut self) -> bool {
+        let st = self.q.stats();
+        let settled = st.acked_bytes + st.lost_bytes;
+        let moved = settled != self.settled;
+        self.inflight = self.inflight.saturating_sub(settled.saturating_sub(self.settled));
+        self.settled = settled;
+        moved
     }
 
     /// Whether a packet just received must be answered by a visit now, rather than only acknowledged
@@ -419,13 +445,11 @@ impl Endpoint {
         };
         let c = &mut self.conns[key];
         let info = quiche::RecvInfo { from: addrs.peer, to: addrs.local };
-        let before = c.q.stats();
         let recv = c.q.recv(pkt, info);
-        let after = c.q.stats();
-        // The packet acknowledged (or declared lost) something of ours: the congestion window may have
-        // opened for what quiche holds (stream bytes it took but could not send yet), or there is a
-        // retransmission to make. Either way quiche may have more than an ACK to send.
-        let acked = after.acked_bytes != before.acked_bytes || after.lost_bytes != before.lost_bytes;
+        // The packet acknowledged (or declared lost) something of ours: the congestion window (and the
+        // broadcast's in-flight allowance) may have opened for what quiche holds or what we would pull, or
+        // there is a retransmission to make. Either way there may be more than an ACK to send.
+        let acked = c.settle_inflight();
         if recv.is_err() {
             self.ctx.stats.recv_errors += 1;
             if new {

@@ -135,6 +135,7 @@ impl Ctx {
                 Ok(n) => {
                     *off += n;
                     total += n;
+                    c.inflight += n as u64;
                     if *off < bytes.len() {
                         break;
                     }
@@ -151,10 +152,14 @@ impl Ctx {
     }
 
     /// Keep quiche's DATAGRAM queue topped up from the connection's shared runs, pulling the next one
-    /// (everything that changed since it was last sent) when they are drained. Returns datagrams queued.
+    /// (everything that changed since it was last sent) when they are drained, while less than
+    /// `broadcast_inflight` bytes are unacknowledged. Returns datagrams queued.
     fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
         let mut n = 0;
-        while c.q.dgram_send_queue_len() < self.cfg.dgram_queue {
+        c.settle_inflight();
+        while c.q.dgram_send_queue_len() < self.cfg.dgram_queue
+            && c.inflight < self.cfg.broadcast_inflight as u64
+        {
             if c.outbox.is_empty() && !self.pull(c) {
                 break;
             }
@@ -168,6 +173,7 @@ impl Ctx {
                 Ok(()) => {
                     *i += 1;
                     n += 1;
+                    c.inflight += g.len() as u64;
                     self.stats.broadcast_dgrams += 1;
                     self.stats.broadcast_bytes += g.len() as u64;
                 }

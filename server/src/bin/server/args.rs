@@ -168,6 +168,10 @@ pub(crate) struct Args {
     /// Largest broadcast datagram payload (the predecessor's 1200).
     #[arg(long, default_value_t = canvas::legacy::MAX_DATAGRAM)]
     pub(crate) max_datagram: usize,
+    /// Broadcast bytes (KiB) a connection may have unacknowledged before it pulls more: past it a slow
+    /// client gets coalesced deltas later instead of a queue of stale ticks.
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_BROADCAST_INFLIGHT / 1024)]
+    pub(crate) broadcast_inflight_kib: usize,
     /// quiche DATAGRAM send-queue entries per connection.
     #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue)]
     pub(crate) dgram_queue: usize,
