@@ -47,8 +47,6 @@ pub struct Publication {
     pub base: u64,
     /// Canvas hash after the tick.
     pub hash: u64,
-    /// Legacy diff datagrams.
-    pub legacy: Datagrams,
     /// canvas/1 DIFF_PART datagrams.
     pub parts: Datagrams,
     /// The change set itself, in the master's order (SYNC replies encode their DIFF from it: this tick's,
@@ -62,6 +60,10 @@ pub struct Publication {
     pub snapshot: Option<std::sync::Arc<Snapshot>>,
     /// The change set as one framed canvas/1 DIFF, encoded the first time a SYNC reply needs it.
     diff: std::sync::OnceLock<Vec<u8>>,
+    /// Legacy diff datagrams, encoded the first time a legacy connection pulls this publication (most
+    /// deployments have none, and a coalesced catch-up delta encoded for both protocols held a third more).
+    legacy: std::sync::OnceLock<Datagrams>,
+    max_dgram: usize,
 }
 
 impl Publication {
@@ -76,10 +78,8 @@ impl Publication {
         applied: Vec<u64>,
         snapshot: Option<std::sync::Arc<Snapshot>>,
     ) -> Self {
-        let mut legacy_d = Datagrams::new();
         let mut parts = Datagrams::new();
         if !entries.is_empty() {
-            legacy::encode_diff(entries, max_dgram, &mut legacy_d);
             proto::encode_diff_parts(tick, base, hash, entries, max_dgram, &mut parts);
         }
         let mut head = Datagrams::new();
@@ -89,14 +89,26 @@ impl Publication {
             tick,
             base,
             hash,
-            legacy: legacy_d,
             parts,
             entries: entries.to_vec(),
             head,
             applied,
             snapshot,
             diff: std::sync::OnceLock::new(),
+            legacy: std::sync::OnceLock::new(),
+            max_dgram,
         }
+    }
+
+    /// The change set as legacy diff datagrams, encoded once (on the first legacy pull) and shared.
+    pub fn legacy(&self) -> &Datagrams {
+        self.legacy.get_or_init(|| {
+            let mut d = Datagrams::new();
+            if !self.entries.is_empty() {
+                legacy::encode_diff(&self.entries, self.max_dgram, &mut d);
+            }
+            d
+        })
     }
 
     /// The change set as a framed DIFF (tick, base, hash, entries), encoded once and shared by every SYNC

@@ -119,7 +119,7 @@ impl Out {
     fn cursor(&mut self) -> (&Datagrams, &mut usize) {
         match self {
             Out::Head(p, i) => (&p.head, i),
-            Out::Legacy(p, i) => (&p.legacy, i),
+            Out::Legacy(p, i) => (p.legacy(), i),
             Out::Parts(p, i) => (&p.parts, i),
             Out::LegacySnap(s, i) => (&s.legacy, i),
         }
