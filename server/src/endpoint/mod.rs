@@ -311,7 +311,7 @@ pub struct Endpoint {
     dirty: Vec<usize>,
     /// The other half of `dirty`'s double buffer (empty between passes; see `flush`).
     dirty_spare: Vec<usize>,
-    /// Connections with answers (ACK, REJECT) to send, visited ahead of the fan-out pass.
+    /// Connections with answers (ACK, REJECT) to send or a handshake in progress, visited ahead of the fan-out pass.
     urgent: Vec<usize>,
     /// Entries at the front of `dirty` that the current broadcast wave has not reached yet (0: no wave in
     /// progress, the next publication is offered at once).
@@ -406,7 +406,7 @@ impl Endpoint {
         tag.as_ref()[..LOCAL_CID_LEN].try_into().expect("SHA-256 tag is 32 bytes")
     }
 
-    /// Queue `c` for a visit ahead of the fan-out pass (it has answers to send), and for the pass too.
+    /// Queue `c` for a visit ahead of the fan-out pass (it has answers to send, or a handshake in progress), and for the pass too.
     fn mark_urgent(urgent: &mut Vec<usize>, dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
         if !c.urgent {
             c.urgent = true;
@@ -459,7 +459,9 @@ impl Endpoint {
             }
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
-        if c.has_answers() {
+        if c.has_answers() || !c.q.is_established() {
+            // Answers to writes, and handshakes: a client whose handshake waited behind a fan-out pass over
+            // tens of thousands of connections timed out (14,111 of 50,000 joining a live broadcast).
             Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
         } else if c.dirty || new || acked || c.needs_visit() {
             Self::mark_dirty(&mut self.dirty, key, c);
@@ -502,7 +504,12 @@ impl Endpoint {
                 c.q.on_timeout();
                 self.ctx.stats.timeouts += 1;
             }
-            Self::mark_dirty(&mut self.dirty, key, c);
+            if c.q.is_established() {
+                Self::mark_dirty(&mut self.dirty, key, c);
+            } else {
+                // A handshake retransmission: ahead of the fan-out pass, like the first flight.
+                Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
+            }
         }
     }
 
