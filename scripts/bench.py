@@ -8,7 +8,14 @@ seeded canvas/1 load from both client namespaces:
   * a handshake phase (connections only, no writes): handshakes/s, server CPU per handshake, RSS per connection;
   * fixed offered loads (REPEATS times each; the tables show medians);
   * one ramp to saturation (connections arrive over the whole run while each writes every 20-50 ms; the
-    per-second client CSVs give offered vs acknowledged writes).
+    per-second client CSVs give offered vs acknowledged writes);
+  * overload: the knee (the largest of 2 x 250, 375, 500, 750, 1000 clients writing every 20-50 ms whose p99 stays
+    within 3 ticks), then 1.5x, 2x and 4x its clients: p50/p99 write->visible and write->ACK, SYNCs and
+    snapshots per client after the join, RSS per connection, server CPU per delivered broadcast datagram, the
+    bytes clients receive per second, and the load generators' own CPU (a saturated loadgen is a limit of the
+    box, not of the server); replicas: 250 full ones per namespace, the rest latency-only;
+  * scale: 2 x 10,000 connections arriving over 40 s, each writing one pixel every 25-35 s (the r/place pace)
+    for 90 s: connected/failed, RSS per connection, broadcast waves per second, p50/p99.
 
 Measured per run: writes ingested/s (server's pixels_received over the write phase), server CPU per ingested
 write and per datagram (user+sys of the server process from /proc/PID/stat over the run), softirq (box-wide,
@@ -43,6 +50,13 @@ SERVER = ROOT / "target/release/server"
 CLIENT = ROOT / "target/release/client"
 TESTBED = ROOT / "scripts/testbed.sh"
 TARGET = "https://10.0.1.10:4433"
+# The server's default tick (--tick-ms); the knee is the largest load whose p99 stays within KNEE_TICKS of it.
+TICK_MS = 100
+KNEE_TICKS = 3
+# Overload: clients per namespace tried for the knee, and the multiples of it run after.
+KNEE_LADDER = [250, 375, 500, 750, 1000]
+OVERLOAD_MULTIPLES = [1.5, 2, 4]
+OVERLOAD_REPLICAS = 250
 
 MODES = {
     "xdp-native": ["--mode", "xdp", "--iface", "eth1", "--vlan", "4000", "--xdp-attach", "native"],
@@ -101,8 +115,8 @@ class Bench:
     def down(self):
         sh([str(TESTBED), "down", "--prefix", self.prefix], timeout=120, check=False)
 
-    def run(self, mode, phase, clients, jitter_ms, wait, secs, rep):
-        tag = f"{mode}-{phase}-{rep}"
+    def run(self, mode, phase, clients, jitter_ms, wait, secs, rep, replicas=None, tag=None):
+        tag = tag or f"{mode}-{phase}-{rep}"
         stats = self.out / f"{tag}-server.json"
         log = open(self.out / f"{tag}-server.log", "w")
         args = ["ip", "netns", "exec", self.ns("server"), str(SERVER), *MODES[mode], "-w", str(self.a.queues)]
@@ -127,6 +141,8 @@ class Bench:
                        "--id", h, "--protocol", "canvas1", "--seed", str(7 + rep), "--max-conn-jitter", str(jitter_ms),
                        "--min-pixel-wait", str(wait[0]), "--max-pixel-wait", str(wait[1]), "--duration", str(secs),
                        "--metrics-dir", str(mdir), "--summary-json", str(mdir / "summary.json"), "--threads", "1"]
+                if replicas is not None:
+                    cmd += ["--replicas", str(replicas), "--verify-timeout", "60"]
                 clis.append(subprocess.Popen(cmd, stdout=open(mdir / "client.log", "w"), stderr=subprocess.STDOUT))
             # RSS at the end of the write phase (all connections up, before verification and close).
             time.sleep(max(secs - 0.5, 0.5))
@@ -140,6 +156,10 @@ class Bench:
             srv.wait(timeout=60)
             log.close()
         st = json.load(open(stats))
+        for h in ("client1", "client2"):
+            if not (self.out / f"{tag}-{h}" / "summary.json").exists():
+                log = (self.out / f"{tag}-{h}" / "client.log").read_text()[-2000:]
+                raise RuntimeError(f"{tag}: the {h} load generator wrote no summary:\n{log}")
         sums = [json.load(open(self.out / f"{tag}-{h}" / "summary.json")) for h in ("client1", "client2")]
         tot = st["totals"]
         user, sys_ = (u1 - u0) / 100, (k1 - k0) / 100
@@ -173,6 +193,17 @@ class Bench:
             "rcvbuf_errors": sum(snmp1[h]["RcvbufErrors"] - snmp0[h]["RcvbufErrors"] for h in snmp0),
             "xdp_drops": xdp_drops,
             "tripwire": (st.get("xdp") or {}).get("tripwire_packets", 0),
+            "ack_p50_ms": round(statistics.mean(s["ack_latency_ms"]["p50"] for s in sums), 1),
+            "ack_p99_ms": round(max(s["ack_latency_ms"]["p99"] for s in sums), 1),
+            "syncs_per_client": round(sum(s["syncs"] for s in sums) / max(conns, 1), 3),
+            # Every client installs one snapshot when it joins; the rest are repairs.
+            "snapshots_after_join_per_client": round(sum(max(s["snapshots"] - s["connected"], 0) for s in sums) / max(conns, 1), 3),
+            "cpu_us_per_bcast_datagram": round(cpu * 1e6 / max(tot["broadcast_datagrams"], 1), 2),
+            "rx_mbit_per_s": round(sum(s["rx_bytes"] for s in sums) * 8 / 1e6 / max(t1 - t0, 1e-9), 1),
+            "loadgen_cpu_pct": round(sum(s["usage"]["user_s"] + s["usage"]["sys_s"] for s in sums) * 100 / max(t1 - t0, 1e-9), 1),
+            "waves_per_s": round(sum(w["endpoint"]["waves"] for w in st["per_worker"]) / max(len(st["per_worker"]), 1) / max(t1 - t0, 1e-9), 2),
+            "replicas_checked": sum(s["replicas_checked"] for s in sums),
+            "replicas_matching": sum(s["replicas_matching"] for s in sums),
         }
         self.rows.append(row)
         print(f"  {tag}: {row['writes_per_s']} writes/s, {row['cpu_us_per_write']} us CPU/write, "
@@ -184,6 +215,30 @@ class Bench:
                     for r in csv.DictReader(open(f)):
                         self.ramp_rows.append({"mode": mode, "host": h, **r})
         return row
+
+
+def overload(b, mode, secs):
+    """The knee, then 1.5x, 2x and 4x its clients (writes every 20-50 ms). Returns the rows."""
+    rows, knee = [], None
+    for n in KNEE_LADDER:
+        r = b.run(mode, "overload", n, 2000, (20, 50), secs, 0, OVERLOAD_REPLICAS, tag=f"{mode}-knee-{n}")
+        r["multiple"] = None
+        rows.append(r)
+        if r["p99_ms"] > KNEE_TICKS * TICK_MS or r["failed"] or not r["replicas_ok"]:
+            break
+        knee = r
+    if knee is None:
+        print(f"  {mode}: even {KNEE_LADDER[0]} clients per namespace exceed p99 <= {KNEE_TICKS} ticks: "
+              "the knee is below the ladder; multiples are taken of its first step", flush=True)
+        knee = rows[0]
+    knee["multiple"] = 1.0
+    base = knee["clients"] // 2
+    for m in OVERLOAD_MULTIPLES:
+        r = b.run(mode, "overload", int(base * m), int(2000 * m), (20, 50), secs, 0, OVERLOAD_REPLICAS,
+                  tag=f"{mode}-overload-{m}x")
+        r["multiple"] = m
+        rows.append(r)
+    return rows
 
 
 def median_rows(rows):
@@ -204,7 +259,8 @@ def median_rows(rows):
 
 def write_reports(b, phases, modes):
     with open(b.out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(b.rows[0].keys()))
+        keys = list(dict.fromkeys(k for r in b.rows for k in r))
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
         w.writeheader()
         w.writerows(b.rows)
     if b.ramp_rows:
@@ -213,7 +269,7 @@ def write_reports(b, phases, modes):
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(b.ramp_rows)
-    med = median_rows(b.rows)
+    med = median_rows([r for r in b.rows if r["phase"] != "overload"])
     cols = [("writes_per_s", "writes/s"), ("cpu_us_per_write", "CPU µs/write"), ("cpu_us_per_datagram", "CPU µs/dgram"),
             ("cpu_us_per_datagram_incl_half_softirq", "µs/dgram +½ softirq"), ("bcast_dgrams_per_s", "bcast dgrams/s"),
             ("bytes_out_per_s", "bytes/s out"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
@@ -221,11 +277,12 @@ def write_reports(b, phases, modes):
     lines = [f"# bench {b.out.name}", "",
              f"Machine: {machine()}. Testbed: veth + bridge in namespaces, {b.a.queues} server queue(s), AF_XDP in copy "
              f"mode (veth has no zero-copy). Medians of {b.a.repeats} runs per fixed load; canvas/1 from both client "
-             "namespaces, seeded.", "",
-             "| mode | phase | clients | " + " | ".join(c[1] for c in cols) + " | failed | replicas |",
-             "|---|---|---|" + "---|" * len(cols) + "---|---|"]
+             "namespaces, seeded."]
+    if any(m["phase"] not in ("handshake", "overload", "scale") for m in med):
+        lines += ["", "| mode | phase | clients | " + " | ".join(c[1] for c in cols) + " | failed | replicas |",
+                  "|---|---|---|" + "---|" * len(cols) + "---|---|"]
     for m in sorted(med, key=lambda m: (phases.index(m["phase"]), modes.index(m["mode"]))):
-        if m["phase"] == "handshake":
+        if m["phase"] in ("handshake", "overload", "scale"):
             continue
         lines.append(f"| {m['mode']} | {m['phase']} | {m['clients']:.0f} | "
                      + " | ".join(f"{m[c[0]]:,.2f}".rstrip("0").rstrip(".") for c in cols)
@@ -236,12 +293,35 @@ def write_reports(b, phases, modes):
                   "| mode | connections | handshakes/s | server CPU ms/handshake | RSS KiB/connection |", "|---|---|---|---|---|"]
         for m in sorted(hs, key=lambda m: modes.index(m["mode"])):
             lines.append(f"| {m['mode']} | {m['accepted']:.0f} | {m['handshakes_per_s']:.0f} | {m['cpu_ms_per_handshake']:.3f} | {m['rss_kib_per_conn']:.1f} |")
-    if "uring" in modes:
+    ov = [r for r in b.rows if r["phase"] == "overload"]
+    if ov:
+        lines += ["", f"Overload (clients writing every 20-50 ms; knee = the largest load of the ladder with p99 <= "
+                  f"{KNEE_TICKS} ticks = {KNEE_TICKS * TICK_MS} ms; {OVERLOAD_REPLICAS} full replicas per namespace):", "",
+                  "| mode | × knee | clients | writes/s | p50 / p99 ms | ACK p50 / p99 ms | SYNCs/client | snapshots/client after join "
+                  "| RSS KiB/conn | server CPU µs/bcast dgram | client rx Mbit/s | loadgen CPU % of a core | failed | replicas |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(ov, key=lambda r: (modes.index(r["mode"]), r["clients"])):
+            mult = "-" if r.get("multiple") is None else f"{r['multiple']:g}"
+            lines.append(f"| {r['mode']} | {mult} | {r['clients']} | {r['writes_per_s']:,.0f} | {r['p50_ms']:,.0f} / {r['p99_ms']:,.0f} | "
+                         f"{r['ack_p50_ms']:,.0f} / {r['ack_p99_ms']:,.0f} | {r['syncs_per_client']:.3f} | "
+                         f"{r['snapshots_after_join_per_client']:.3f} | {r['rss_kib_per_conn']:.0f} | {r['cpu_us_per_bcast_datagram']:.2f} | "
+                         f"{r['rx_mbit_per_s']:,.0f} | {r['loadgen_cpu_pct']:.0f} | {r['failed']} | "
+                         f"{r['replicas_matching']}/{r['replicas_checked']} |")
+    sc = [r for r in b.rows if r["phase"] == "scale"]
+    if sc:
+        lines += ["", "Scale (connections arriving over 40 s, each writing one pixel every 25-35 s):", "",
+                  "| mode | connected | failed | writes/s | broadcast waves/s per worker | p50 / p99 ms | RSS KiB/conn | loadgen CPU % | replicas |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sc:
+            lines.append(f"| {r['mode']} | {r['clients']} | {r['failed']} | {r['writes_per_s']:,.0f} | {r['waves_per_s']:.2f} | "
+                         f"{r['p50_ms']:,.0f} / {r['p99_ms']:,.0f} | {r['rss_kib_per_conn']:.0f} | {r['loadgen_cpu_pct']:.0f} | "
+                         f"{r['replicas_matching']}/{r['replicas_checked']} |")
+    if "uring" in modes and any(m["phase"].startswith("load") or m["phase"] == "ramp" for m in med):
         lines += ["", "Ratios to uring (same phase, medians; < 1 means cheaper / lower than uring):", "",
                   "| mode | phase | CPU/write | CPU/dgram | CPU/dgram +½ softirq | p99 |", "|---|---|---|---|---|---|"]
         base = {m["phase"]: m for m in med if m["mode"] == "uring"}
         for m in sorted(med, key=lambda m: (phases.index(m["phase"]), modes.index(m["mode"]))):
-            if m["mode"] == "uring" or m["phase"] not in base or m["phase"] == "handshake":
+            if m["mode"] == "uring" or m["phase"] not in base or m["phase"] in ("handshake", "overload", "scale"):
                 continue
             u = base[m["phase"]]
             r = lambda k: f"{m[k] / u[k]:.2f}" if u[k] else "-"
@@ -273,7 +353,30 @@ def plots(b, med, phases, modes):
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    ov = [r for r in b.rows if r["phase"] == "overload" and r.get("multiple") is not None]
+    if ov:
+        fig, axs = plt.subplots(1, 3, figsize=(16, 4.5))
+        for mode in modes:
+            rs = sorted((r for r in ov if r["mode"] == mode), key=lambda r: r["multiple"])
+            if not rs:
+                continue
+            x = [r["multiple"] for r in rs]
+            axs[0].plot(x, [r["p99_ms"] for r in rs], marker="o", label=f"{mode} visible p99")
+            axs[0].plot(x, [r["p50_ms"] for r in rs], marker=".", linestyle="--", label=f"{mode} visible p50")
+            axs[1].plot(x, [r["ack_p99_ms"] for r in rs], marker="o", label=f"{mode} ACK p99")
+            axs[2].plot(x, [r["rx_mbit_per_s"] for r in rs], marker="o", label=mode)
+        for ax, (yl, title) in zip(axs, [("ms", "write→visible"), ("ms", "write→ACK"), ("Mbit/s", "bytes clients receive")]):
+            ax.set_xlabel("× knee (clients)")
+            ax.set_ylabel(yl)
+            ax.set_title(f"overload: {title}")
+            ax.legend(fontsize=8)
+        axs[0].set_yscale("log")
+        axs[1].set_yscale("log")
+        fig.tight_layout()
+        fig.savefig(b.out / "overload.png", dpi=110)
     fixed = [p for p in phases if p.startswith("load")]
+    if not fixed:
+        return
     fig, axs = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (k, title) in zip(axs, [("cpu_us_per_datagram", "server CPU µs per datagram"),
                                     ("cpu_us_per_write", "server CPU µs per ingested write"), ("p99_ms", "write→visible p99 ms")]):
@@ -333,8 +436,8 @@ def main():
     p.add_argument("--secs", type=positive, default=10, help="write phase per fixed-load run")
     p.add_argument("--queues", type=positive, default=1, help="server NIC queues = workers (at most 256)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp"],
-                   choices=["handshake", "load1", "load2", "load3", "ramp"], help="which phases to run")
+    p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale"],
+                   choices=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale"], help="which phases to run")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, XDP)")
@@ -348,7 +451,9 @@ def main():
              ("load1", 250, 1000, (100, 400), a.secs),
              ("load2", 500, 1000, (50, 150), a.secs),
              ("load3", 500, 1000, (20, 50), a.secs),
-             ("ramp", 1000 if a.quick else 1500, (a.secs + 10) * 1000, (20, 50), a.secs + 10)]
+             ("ramp", 1000 if a.quick else 1500, (a.secs + 10) * 1000, (20, 50), a.secs + 10),
+             ("overload", 0, 0, (20, 50), a.secs),
+             ("scale", 2000 if a.quick else 10000, 40000, (25000, 35000), 45 if a.quick else 90)]
     if a.quick:
         loads = [l for l in loads if l[0] != "load2"]
     loads = [l for l in loads if l[0] in a.phases]
@@ -362,9 +467,12 @@ def main():
         for mode in a.modes:
             print(f"== {mode}", flush=True)
             for phase, clients, jitter, wait, secs in loads:
+                if phase == "overload":
+                    overload(b, mode, secs)
+                    continue
                 reps = a.repeats if phase.startswith("load") else 1
                 for rep in range(reps):
-                    b.run(mode, phase, clients, jitter, wait, secs, rep)
+                    b.run(mode, phase, clients, jitter, wait, secs, rep, OVERLOAD_REPLICAS if phase == "scale" else None)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         sys.exit(f"bench: {e}\n(the testbed is removed; the files so far are in {b.out})")
     finally:
