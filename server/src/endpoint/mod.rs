@@ -460,8 +460,8 @@ impl Endpoint {
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
         if c.has_answers() || !c.q.is_established() {
-            // Answers to writes, and handshakes: a client whose handshake waited behind a fan-out pass over
-            // tens of thousands of connections timed out (14,111 of 50,000 joining a live broadcast).
+            // Answers to writes, and handshakes: neither should wait behind a fan-out pass over tens of
+            // thousands of connections (a client gives up on a handshake after seconds).
             Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
         } else if c.dirty || new || acked || c.needs_visit() {
             Self::mark_dirty(&mut self.dirty, key, c);
