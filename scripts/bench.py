@@ -56,7 +56,7 @@ KNEE_TICKS = 3
 # Overload: clients per namespace tried for the knee, and the multiples of it run after.
 KNEE_LADDER = [250, 375, 500, 750, 1000]
 OVERLOAD_MULTIPLES = [1.5, 2, 4]
-OVERLOAD_REPLICAS = 250
+SAMPLED_REPLICAS = 250
 
 MODES = {
     "xdp-native": ["--mode", "xdp", "--iface", "eth1", "--vlan", "4000", "--xdp-attach", "native"],
@@ -218,27 +218,24 @@ class Bench:
 
 
 def overload(b, mode, secs):
-    """The knee, then 1.5x, 2x and 4x its clients (writes every 20-50 ms). Returns the rows."""
-    rows, knee = [], None
+    """The knee, then 1.5x, 2x and 4x its clients (writes every 20-50 ms); the rows go to b.rows."""
+    knee = None  # (clients per namespace, row)
     for n in KNEE_LADDER:
-        r = b.run(mode, "overload", n, 2000, (20, 50), secs, 0, OVERLOAD_REPLICAS, tag=f"{mode}-knee-{n}")
+        r = b.run(mode, "overload", n, 2000, (20, 50), secs, 0, SAMPLED_REPLICAS, tag=f"{mode}-knee-{n}")
         r["multiple"] = None
-        rows.append(r)
         if r["p99_ms"] > KNEE_TICKS * TICK_MS or r["failed"] or not r["replicas_ok"]:
+            if knee is None:
+                print(f"  {mode}: even {n} clients per namespace exceed p99 <= {KNEE_TICKS} ticks: the knee is "
+                      "below the ladder; the multiples are taken of this first step", flush=True)
+                knee = (n, r)
             break
-        knee = r
-    if knee is None:
-        print(f"  {mode}: even {KNEE_LADDER[0]} clients per namespace exceed p99 <= {KNEE_TICKS} ticks: "
-              "the knee is below the ladder; multiples are taken of its first step", flush=True)
-        knee = rows[0]
-    knee["multiple"] = 1.0
-    base = knee["clients"] // 2
+        knee = (n, r)
+    base, row = knee
+    row["multiple"] = 1.0
     for m in OVERLOAD_MULTIPLES:
-        r = b.run(mode, "overload", int(base * m), int(2000 * m), (20, 50), secs, 0, OVERLOAD_REPLICAS,
+        r = b.run(mode, "overload", int(base * m), int(2000 * m), (20, 50), secs, 0, SAMPLED_REPLICAS,
                   tag=f"{mode}-overload-{m}x")
         r["multiple"] = m
-        rows.append(r)
-    return rows
 
 
 def median_rows(rows):
@@ -296,7 +293,7 @@ def write_reports(b, phases, modes):
     ov = [r for r in b.rows if r["phase"] == "overload"]
     if ov:
         lines += ["", f"Overload (clients writing every 20-50 ms; knee = the largest load of the ladder with p99 <= "
-                  f"{KNEE_TICKS} ticks = {KNEE_TICKS * TICK_MS} ms; {OVERLOAD_REPLICAS} full replicas per namespace):", "",
+                  f"{KNEE_TICKS} ticks = {KNEE_TICKS * TICK_MS} ms; {SAMPLED_REPLICAS} full replicas per namespace):", "",
                   "| mode | × knee | clients | writes/s | p50 / p99 ms | ACK p50 / p99 ms | SYNCs/client | snapshots/client after join "
                   "| RSS KiB/conn | server CPU µs/bcast dgram | client rx Mbit/s | loadgen CPU % of a core | failed | replicas |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -452,7 +449,7 @@ def main():
              ("load2", 500, 1000, (50, 150), a.secs),
              ("load3", 500, 1000, (20, 50), a.secs),
              ("ramp", 1000 if a.quick else 1500, (a.secs + 10) * 1000, (20, 50), a.secs + 10),
-             ("overload", 0, 0, (20, 50), a.secs),
+             ("overload", 0, 0, (20, 50), a.secs),  # clients and jitter: see overload()
              ("scale", 2000 if a.quick else 10000, 40000, (25000, 35000), 45 if a.quick else 90)]
     if a.quick:
         loads = [l for l in loads if l[0] != "load2"]
@@ -472,7 +469,7 @@ def main():
                     continue
                 reps = a.repeats if phase.startswith("load") else 1
                 for rep in range(reps):
-                    b.run(mode, phase, clients, jitter, wait, secs, rep, OVERLOAD_REPLICAS if phase == "scale" else None)
+                    b.run(mode, phase, clients, jitter, wait, secs, rep, SAMPLED_REPLICAS if phase == "scale" else None)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         sys.exit(f"bench: {e}\n(the testbed is removed; the files so far are in {b.out})")
     finally:

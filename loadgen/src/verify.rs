@@ -108,8 +108,7 @@ pub struct Mismatch {
     pub replica_tick: Option<u64>,
     /// Pixels that differ from the last fetched canvas.
     pub differing_pixels: usize,
-    /// Why it may be behind: a SYNC sent and not answered yet, ticks buffered ahead of it, the newest
-    /// tick it knows the server has (HEAD or ACK), SYNCs it sent.
+    /// A SYNC sent and not answered yet (this and the next three say why a replica may be behind).
     pub sync_outstanding: bool,
     /// Ticks buffered ahead of the replica (waiting for a missing part or an earlier tick).
     pub pending_ticks: usize,
@@ -190,14 +189,15 @@ pub async fn verify(
             } else {
                 t.pixels.len()
             };
+            let r = rep.canvas1();
             v.mismatches.push(Mismatch {
                 client: i,
                 replica_tick: rep.tick(),
                 differing_pixels: differing,
-                sync_outstanding: rep.canvas1().is_some_and(Replica::sync_outstanding),
-                pending_ticks: rep.canvas1().map_or(0, Replica::pending_ticks),
-                behind_target: rep.canvas1().and_then(Replica::behind_target),
-                syncs: rep.canvas1().map_or(0, |r| r.stats().syncs),
+                sync_outstanding: r.is_some_and(Replica::sync_outstanding),
+                pending_ticks: r.map_or(0, Replica::pending_ticks),
+                behind_target: r.and_then(Replica::behind_target),
+                syncs: r.map_or(0, |r| r.stats().syncs),
             });
         }
     }

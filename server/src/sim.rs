@@ -269,7 +269,12 @@ impl Sim {
 
     /// One round: deliver, run the servers (master ticks every `rounds_per_tick`), run the clients.
     pub fn round(&mut self) {
-        let now = Instant::now();
+        self.round_at(Instant::now());
+    }
+
+    /// One round with the endpoints' and clients' timers read against `now` (a test that must not depend on
+    /// how fast rounds run passes the same instant to every round: no timer of ours fires).
+    pub fn round_at(&mut self, now: Instant) {
         self.net.step();
         let tick = self.round.is_multiple_of(self.rounds_per_tick);
         self.serve(now, |_| tick);

@@ -78,8 +78,8 @@ struct Session<'a> {
     light: bool,
     /// Light clients: the highest tick the server announced.
     light_tick: Option<u64>,
-    pending_ticks: usize,
-    /// The replica wants `poll_sync` called even if nothing arrives (`Replica::needs_poll`).
+    /// The replica wants `poll_sync` called even if nothing arrives (`Replica::needs_poll`: ticks buffered,
+    /// or a tick an ACK or HEAD named that it lacks).
     replica_polls: bool,
     seen: ReplicaStats,
     lat: Vec<u64>,
@@ -107,7 +107,6 @@ impl<'a> Session<'a> {
             acked: Vec::new(),
             light,
             light_tick: None,
-            pending_ticks: 0,
             replica_polls: false,
             seen: ReplicaStats::default(),
             lat: Vec::new(),
@@ -232,17 +231,17 @@ impl<'a> Session<'a> {
                 c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
                 self.seen = st;
             }
-            self.pending_ticks = r.pending_ticks();
             self.replica_polls = r.needs_poll();
         }
         self.slot.unresolved.store(self.writes.outstanding as u32, Relaxed);
         self.slot.invisible.store(self.acked.len() as u32, Relaxed);
     }
 
-    /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, a tick a
-    /// HEAD said it lacks, or an ACKed tick not reached yet). Light clients never sync.
+    /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, or a tick
+    /// an ACK or HEAD named that it lacks: an ACKed write not visible yet is one, see `note_tick` above).
+    /// Light clients never sync.
     fn needs_poll(&self) -> bool {
-        !self.light && (self.replica_polls || self.pending_ticks > 0 || !self.acked.is_empty())
+        !self.light && self.replica_polls
     }
 }
 

@@ -77,10 +77,7 @@ impl ReplicaSlot {
 
     /// The canvas/1 replica's tick.
     pub fn tick(&self) -> Option<u64> {
-        match self {
-            Self::Canvas1(r) => r.tick(),
-            _ => None,
-        }
+        self.canvas1().and_then(Replica::tick)
     }
 
     /// The canvas/1 replica, if this is one.

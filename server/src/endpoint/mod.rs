@@ -48,8 +48,8 @@ pub const ACK_EVERY: u8 = 10;
 /// of it (5–10 ms after the packet) so that held ACKs share wake-ups. At light load holding gains nothing
 /// (nothing else is sent within the delay) and costs wake-ups: 500 clients writing every 100–400 ms cost
 /// 3.75–3.99 s of server CPU with the grid (3.96–3.97 s with one deadline per ACK: the grid is no clear
-/// gain), 3.2–3.4 s without holding; at
-/// 200 clients writing every 1–2 ms it saves 10–15 % (9.0–9.7 vs 10.8 µs per write).
+/// gain), 3.2–3.4 s without holding; at 200 clients writing every 1–2 ms holding saves 10–15 % (9.0–9.7
+/// vs 10.8 µs per write).
 pub const ACK_DELAY: Duration = Duration::from_millis(10);
 /// Default of [`EndpointConfig::broadcast_inflight`]: 32 KiB, about 24 full datagrams. At 100 ms of
 /// round trip that is still ~320 KB/s per client, three times the fan-out of 20,000 writes/s to every
@@ -242,14 +242,13 @@ impl Conn {
         moved
     }
 
-    /// Whether a packet just received must be answered by a visit now, rather than only acknowledged
-    /// within [`ACK_DELAY`]: the handshake is not done, the connection is closing, or it has something of
-    /// its own to send (control bytes, a broadcast run, DATAGRAMs quiche holds for lack of congestion
-    /// window, a paced packet). A packet that acknowledged something of ours also wakes it (see
-    /// `on_datagram`).
+    /// Whether a packet just received by an established connection must be answered by a visit now,
+    /// rather than only acknowledged within [`ACK_DELAY`]: it is closing, or it has something of its own to
+    /// send (control bytes, a broadcast run, DATAGRAMs quiche holds for lack of congestion window, a paced
+    /// packet). A packet that acknowledged something of ours also wakes it (see `on_datagram`); one during
+    /// the handshake always does, ahead of the fan-out pass.
     fn needs_visit(&self) -> bool {
-        !self.q.is_established()
-            || self.q.is_closed()
+        self.q.is_closed()
             || self.q.is_draining()
             || self.proto == Proto::Pending
             || !self.stream_out.is_empty()
@@ -431,6 +430,16 @@ impl Endpoint {
         Self::mark_dirty(dirty, key, c);
     }
 
+    /// Arm `c`'s timer for `t` unless an earlier deadline is armed. Only an earlier deadline pushes a heap
+    /// entry: quiche moves its idle deadline on every packet, and pushing each move would grow the heap by
+    /// one stale entry per packet. A later deadline is picked up when the armed entry fires.
+    fn arm(timers: &mut BinaryHeap<Reverse<(Instant, usize, u32)>>, key: usize, c: &mut Conn, t: Instant) {
+        if c.timer.is_none_or(|armed| t < armed) {
+            c.timer = Some(t);
+            timers.push(Reverse((t, key, c.gen)));
+        }
+    }
+
     fn mark_dirty(dirty: &mut Vec<usize>, key: usize, c: &mut Conn) {
         if !c.dirty {
             c.dirty = true;
@@ -479,7 +488,7 @@ impl Endpoint {
             // Answers to writes, and handshakes: neither should wait behind a fan-out pass over tens of
             // thousands of connections (a client gives up on a handshake after seconds).
             Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
-        } else if c.dirty || new || acked || c.needs_visit() {
+        } else if c.dirty || acked || c.needs_visit() {
             Self::mark_dirty(&mut self.dirty, key, c);
         } else {
             // Only an acknowledgement to send: hold it (see `ACK_EVERY`).
@@ -488,14 +497,8 @@ impl Endpoint {
                 Self::mark_dirty(&mut self.dirty, key, c);
             } else {
                 // Also quiche's own deadline: this packet may have moved it earlier (a loss timer).
-                let mut t = self.ctx.ack_slot(now);
-                if let Some(q) = c.q.timeout_instant() {
-                    t = t.min(q);
-                }
-                if c.timer.is_none_or(|armed| t < armed) {
-                    c.timer = Some(t);
-                    self.timers.push(Reverse((t, key, c.gen)));
-                }
+                let t = self.ctx.ack_slot(now);
+                Self::arm(&mut self.timers, key, c, c.q.timeout_instant().map_or(t, |q| q.min(t)));
             }
         }
     }

@@ -105,18 +105,13 @@ impl Endpoint {
             self.remove(key);
             return;
         }
-        // Arm the timer (quiche timeout or pacing release). Only an earlier deadline pushes a heap entry:
-        // quiche moves its idle deadline on every packet, and pushing each move would grow the heap by one
-        // stale entry per packet. A later deadline is picked up when the armed entry fires.
+        // Arm the timer: quiche's timeout or the pacing release.
         let t = match &c.paced {
             Some(p) => Some(c.q.timeout_instant().map_or(p.at, |q| q.min(p.at))),
             None => c.q.timeout_instant(),
         };
         if let Some(t) = t {
-            if c.timer.is_none_or(|armed| t < armed) {
-                c.timer = Some(t);
-                self.timers.push(Reverse((t, key, c.gen)));
-            }
+            Self::arm(&mut self.timers, key, c, t);
         }
         if requeue {
             Self::mark_dirty(&mut self.dirty, key, c);

@@ -124,7 +124,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         dgram_queue: a.dgram_queue,
         ..DEFAULT_QUIC
     };
-    if a.broadcast_inflight_kib * 1024 < a.max_datagram {
+    if a.broadcast_inflight_kib.saturating_mul(1024) < a.max_datagram {
         return Err(format!(
             "--broadcast-inflight-kib {} is less than one broadcast datagram (--max-datagram {}): nothing could be sent",
             a.broadcast_inflight_kib, a.max_datagram
@@ -343,7 +343,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             tick_ms: tick.as_millis() as u32,
             full_interval: mcfg.full_interval,
             dgram_queue: a.dgram_queue,
-            broadcast_inflight: a.broadcast_inflight_kib * 1024,
+            broadcast_inflight: a.broadcast_inflight_kib.saturating_mul(1024),
             max_datagram: a.max_datagram,
             history_ticks: a.history_ticks,
             send_budget: a.send_budget,
