@@ -107,6 +107,10 @@ pub struct Args {
     /// Write the end-of-run summary as JSON here.
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+    /// canvas/1: record every write sent and every ACK here (CSV lines `W,session,id,x,y,color` and
+    /// `A,session,id,tick`), to check what a server promised against the canvas it restores.
+    #[arg(long, value_name = "PATH")]
+    pub write_log: Option<PathBuf>,
     /// Progress on stderr: `auto` draws one live bar when stderr is a terminal and prints one line per
     /// second otherwise (pipes, files, CI); `lines` always prints the lines.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
@@ -162,6 +166,9 @@ impl Args {
         }
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());
+        }
+        if self.write_log.is_some() && self.protocol != Protocol::Canvas1 {
+            return Err("--write-log records canvas/1 writes and ACKs: use it with --protocol canvas1".into());
         }
         if self.min_pixel_wait > self.max_pixel_wait {
             return Err(format!(

@@ -9,6 +9,7 @@
 //! only unsafe code (two libc calls).
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod net;

@@ -120,6 +120,12 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         counters: Default::default(),
         latency: Latency::default(),
         ack_latency: Latency::default(),
+        write_log: match &args.write_log {
+            Some(p) => Some(
+                crate::audit::WriteLog::create(p).map_err(|e| format!("--write-log {}: {e}", p.display()))?,
+            ),
+            None => None,
+        },
         first_error: Mutex::new(None),
         errors_printed: Default::default(),
     });
@@ -257,6 +263,9 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let _ = stop_tx.send(true);
     let _ = reporter_task.await;
     progress.finish();
+    if let (Some(l), Some(p)) = (&ctx.write_log, &args.write_log) {
+        l.flush().map_err(|e| format!("--write-log {}: {e}", p.display()))?;
+    }
 
     let c = &ctx.counters;
     let count = |st: Status| slots.iter().filter(|s| s.status() == st).count();

@@ -84,6 +84,8 @@ struct Session<'a> {
     seen: ReplicaStats,
     lat: Vec<u64>,
     ack_lat: Vec<u64>,
+    /// This connection's number in `--write-log`.
+    session: u64,
 }
 
 fn replica(rep: &mut ReplicaSlot) -> Option<&mut Replica> {
@@ -111,6 +113,7 @@ impl<'a> Session<'a> {
             seen: ReplicaStats::default(),
             lat: Vec::new(),
             ack_lat: Vec::new(),
+            session: ctx.write_log.as_ref().map_or(0, |l| l.session()),
         }
     }
 
@@ -151,6 +154,9 @@ impl<'a> Session<'a> {
                         .resolve(id)
                         .ok_or_else(|| Failure::protocol(format!("ACK for unknown write {id}")))?;
                     self.ctx.counters.applied.fetch_add(1, Relaxed);
+                    if let Some(l) = &self.ctx.write_log {
+                        l.acked(self.session, id, tick);
+                    }
                     self.ack_lat.push(micros(sent, now));
                     if self.visible_tick(r.as_deref()).is_some_and(|t| t >= tick) {
                         self.lat.push(micros(sent, now));
@@ -355,6 +361,9 @@ pub async fn drive(
                     if let Some(dims) = s.dims {
                         let pixel = random_pixel(rng, dims);
                         let id = s.writes.send(now);
+                        if let Some(l) = &ctx.write_log {
+                            l.sent(s.session, id, pixel);
+                        }
                         proto::encode_client(&ClientMsg::Write { id, pixel }, &mut out);
                         c.pixels_sent.fetch_add(1, Relaxed);
                     }

@@ -162,6 +162,8 @@ pub struct Ctx {
     pub latency: Latency,
     /// Write → ACK (canvas/1).
     pub ack_latency: Latency,
+    /// `--write-log`.
+    pub write_log: Option<crate::audit::WriteLog>,
     /// The first failure message (printed when nothing could connect).
     pub first_error: Mutex<Option<String>>,
     /// Failure messages printed so far (the first few are, the rest only counted).

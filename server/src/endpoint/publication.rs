@@ -31,7 +31,11 @@ impl Endpoint {
     pub fn on_publication(&mut self, _now: Instant, p: Arc<Publication>) {
         let ctx = &mut self.ctx;
         ctx.stats.publications += 1;
-        if ctx.snapshot.is_some() && p.tick != ctx.tick + 1 {
+        if ctx.snapshot.is_none() {
+            // The first publication: the snapshot this worker starts from. After a restart it is not tick
+            // 0, and ticks before it (a returning client's) are not in this worker's history.
+            ctx.lost_change = ctx.lost_change.max(p.tick);
+        } else if p.tick != ctx.tick + 1 {
             ctx.stats.publication_gaps += 1;
             ctx.lost_change = ctx.lost_change.max(p.tick.saturating_sub(1));
         }

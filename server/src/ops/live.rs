@@ -60,6 +60,10 @@ pub struct MasterLive {
     pub canvas_tick: u64,
     /// When it was taken.
     pub canvas_at: Option<Instant>,
+    /// The newest tick.
+    pub tick: u64,
+    /// The canvas hash at `tick` (compare across restarts and nodes).
+    pub hash: u64,
 }
 
 /// Everything the HTTP thread serves.
@@ -89,6 +93,8 @@ impl Live {
                 canvas: vec![0; dims.len()],
                 canvas_tick: 0,
                 canvas_at: None,
+                tick: 0,
+                hash: 0,
             }),
             dims,
             mode,
@@ -107,9 +113,11 @@ impl Live {
 impl TickObserver for Live {
     /// Record one tick (its duration and the master's counters); `pixels` are copied when the last copy is
     /// older than [`CANVAS_EVERY`].
-    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, pixels: &[u8]) {
+    fn record_tick(&self, stats: MasterStats, tick_us: u64, tick: u64, hash: u64, pixels: &[u8]) {
         let mut m = self.master.lock().unwrap_or_else(|e| e.into_inner());
         m.stats = stats;
+        m.tick = tick;
+        m.hash = hash;
         let b = TICK_BUCKETS_US.iter().position(|&ub| tick_us <= ub).unwrap_or(TICK_BUCKETS_US.len());
         m.tick_buckets[b] += 1;
         m.tick_sum_us += tick_us;
@@ -177,6 +185,12 @@ pub fn canvas_png(dims: Dims, pixels: &[u8]) -> io::Result<Vec<u8>> {
         w.write_image_data(pixels).map_err(io::Error::other)?;
     }
     Ok(out)
+}
+
+/// The newest tick and the canvas hash at it.
+fn state(live: &Live) -> (u64, u64) {
+    let m = live.master.lock().unwrap_or_else(|e| e.into_inner());
+    (m.tick, m.hash)
 }
 
 fn workers(live: &Live) -> Vec<WorkerLive> {
@@ -388,6 +402,27 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         family("xdp_frames_total", "counter", "XDP program outcomes, summed over CPUs.", &mut v.into_iter());
     }
     family("ticks_total", "counter", "Ticks published.", &mut std::iter::once((String::new(), stats.ticks)));
+    let (tick, hash) = state(live);
+    family("canvas_tick", "gauge", "Newest tick (its number).", &mut std::iter::once((String::new(), tick)));
+    // A 64-bit hash does not fit a float sample exactly: two exact 32-bit halves.
+    family(
+        "canvas_hash_high32",
+        "gauge",
+        "Canvas hash at canvas_tick, high 32 bits.",
+        &mut std::iter::once((String::new(), hash >> 32)),
+    );
+    family(
+        "canvas_hash_low32",
+        "gauge",
+        "Canvas hash at canvas_tick, low 32 bits.",
+        &mut std::iter::once((String::new(), hash & 0xffff_ffff)),
+    );
+    family(
+        "log_snapshots_total",
+        "counter",
+        "Snapshots written to the placement log (--data-dir).",
+        &mut std::iter::once((String::new(), stats.log_snapshots)),
+    );
     family(
         "master_pixels_applied_total",
         "counter",
@@ -417,7 +452,10 @@ fn json(live: &Live) -> String {
     let ws = workers(live);
     let (e, b) = sum_workers(&ws);
     let (stats, _, _, canvas_tick) = master(live);
+    let (tick, hash) = state(live);
     serde_json::json!({
+        "tick": tick,
+        "canvas_hash": format!("{hash:016x}"),
         "mode": live.mode,
         "uptime_s": live.started.elapsed().as_secs_f64(),
         "connections": ws.iter().map(|w| w.conns).sum::<usize>(),
@@ -551,7 +589,7 @@ mod tests {
     fn tick_histogram_is_cumulative() {
         let live = Live::new(1, Dims { width: 2, height: 2 }, "uring");
         for us in [10, 60, 60, 3_000, 1_000_000] {
-            live.record_tick(MasterStats::default(), us, 1, &[1; 4]);
+            live.record_tick(MasterStats::default(), us, 1, 7, &[1; 4]);
         }
         let shared = Arc::new(Shared {
             links: vec![crate::link::WorkerLink::new(4, 4)],
@@ -563,6 +601,10 @@ mod tests {
         assert!(text.contains("canvas_tick_duration_seconds_bucket{le=\"0.0001\"} 3"), "{text}");
         assert!(text.contains("canvas_tick_duration_seconds_bucket{le=\"+Inf\"} 5"), "{text}");
         assert!(text.contains("canvas_tick_duration_seconds_count 5"), "{text}");
+        assert!(text.contains("canvas_hash_low32 7\n") && text.contains("canvas_hash_high32 0\n"), "{text}");
+        assert!(text.contains("canvas_tick 1\n"), "{text}");
+        let j: serde_json::Value = serde_json::from_str(&json(&live)).unwrap();
+        assert_eq!((j["tick"].as_u64(), j["canvas_hash"].as_str()), (Some(1), Some("0000000000000007")));
         assert!(text.contains("canvas_queue_depth{worker=\"0\",queue=\"writes\"} 0"), "{text}");
         assert_eq!(live.master.lock().unwrap().canvas, vec![1; 4], "canvas copied on the first tick");
     }

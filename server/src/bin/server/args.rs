@@ -39,6 +39,16 @@ pub(crate) enum ZeroCopyArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogSync {
+    /// fdatasync each tick that changed something before it is published: every ACKed write survives a
+    /// crash, kill -9 and a power cut.
+    EveryTick,
+    /// Written before the tick is published, synced by the kernel: every ACKed write survives a crash or
+    /// kill -9 of the server; a power cut can lose the last seconds.
+    Os,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum HugePolicy {
     /// 2 MiB hugetlb, else THP, else 4 KiB pages.
     Auto,
@@ -56,7 +66,9 @@ pub(crate) enum HugePolicy {
     about = "QUIC canvas server (r/place style): io_uring or AF_XDP datapath, quiche, one master writing the canvas",
     after_help = "Subcommand: `server doctor [--mode uring|xdp] [--iface IF] [--vlan ID] [-w N] [--listen ADDR] [--json] ...` \
                   checks whether this box is ready to run the server with those options and prints the command that \
-                  fixes each finding (exit 1 on a blocker); see `server doctor --help`."
+                  fixes each finding (exit 1 on a blocker); see `server doctor --help`. \
+                  `server replay --data-dir DIR [--at TICK] [--png F] [--frames DIR] [--apng F] [--every N]` rebuilds \
+                  the canvas at any tick from the placement log and renders its history; see `server replay --help`."
 )]
 pub(crate) struct Args {
     /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
@@ -153,6 +165,18 @@ pub(crate) struct Args {
     /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
     #[arg(long, default_value_t = xdp::DEFAULT_RING)]
     pub(crate) xdp_ring: u32,
+
+    /// Keep the canvas here: every tick is committed to a placement log before it is published (so before
+    /// any write in it is ACKed) and the canvas is restored from it at start. Without it the canvas lives
+    /// only in memory.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// With --data-dir: when a committed tick reaches the disk.
+    #[arg(long, value_enum, default_value_t = LogSync::EveryTick, requires = "data_dir")]
+    pub(crate) log_sync: LogSync,
+    /// With --data-dir: snapshot the canvas every this many ticks (bounds the replay at restart; 0: never).
+    #[arg(long, default_value_t = 600, requires = "data_dir")]
+    pub(crate) snapshot_every_ticks: u64,
 
     /// Serve live metrics here (HTTP): Prometheus text at /metrics, the canvas at /canvas.png, a live page
     /// at /. E.g. `127.0.0.1:9100` (port 0 picks a free one; the address is printed).

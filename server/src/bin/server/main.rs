@@ -20,9 +20,10 @@ use server::quic::{self, QuicConfig, DEFAULT_QUIC};
 use server::worker::{self, LoopConfig, DEFAULT_LOOP};
 
 mod args;
+mod replay;
 mod report;
 
-use args::{Args, HugePolicy, Mode, XdpAttach, ZeroCopyArg};
+use args::{Args, HugePolicy, LogSync, Mode, XdpAttach, ZeroCopyArg};
 use report::{PinReport, Report, Totals, WorkerReport, XdpReport, XdpWorkerReport};
 
 /// Estimated quiche state per connection, measured on this kind of machine (DESIGN.md: ~25 KB idle).
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
         let d =
             server::ops::doctor::DoctorArgs::parse_from(std::iter::once("server doctor".into()).chain(rest));
         return server::ops::doctor::run(d);
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "replay") {
+        return replay::main(std::env::args_os().skip(2));
     }
     let args = Args::parse();
     match run(args) {
@@ -150,6 +154,36 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         format!("canvas memory: {e} (`--hugepages auto` falls back to THP, then 4 KiB pages)")
     })?;
     eprintln!("server: canvas {}x{}: {}", dims.width, dims.height, mem.report());
+    let mut mem = mem;
+    // The placement log: restore what it holds into the canvas memory before anything serves it.
+    let mut log = None;
+    let mut start_tick = 0;
+    if let Some(dir) = &a.data_dir {
+        let sync = match a.log_sync {
+            LogSync::EveryTick => placelog::SyncPolicy::EveryTick,
+            LogSync::Os => placelog::SyncPolicy::Os,
+        };
+        let t0 = std::time::Instant::now();
+        let (l, r) = placelog::local::LocalLog::open(dir, dims, sync)
+            .map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+        mem.as_mut()[..dims.len()].copy_from_slice(&r.pixels);
+        for n in &r.notes {
+            eprintln!("server: placement log: {n}");
+        }
+        eprintln!(
+            "server: placement log {}: restored tick {} ({}, {} ticks / {} changes replayed) in {:.1} ms; serving from tick {} ({:?})",
+            dir.display(),
+            r.tick,
+            r.snapshot_tick.map_or("no snapshot".to_string(), |t| format!("snapshot at tick {t}")),
+            r.replayed,
+            r.replayed_changes,
+            t0.elapsed().as_secs_f64() * 1e3,
+            r.next_tick,
+            a.log_sync,
+        );
+        start_tick = r.next_tick;
+        log = Some(l);
+    }
     let canvas = Canvas::new(dims, mem)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -308,7 +342,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         full_interval: a.full_broadcast_interval.max(1),
         max_dgram: a.max_datagram,
     };
-    let mut master = Master::new(canvas, mcfg, shared.clone());
+    let mut master = Master::starting_at(canvas, mcfg, shared.clone(), start_tick);
+    if let Some(l) = log {
+        master.set_log(Box::new(l), a.snapshot_every_ticks);
+    }
     let mode_name = match a.mode {
         Mode::Uring => "uring",
         Mode::Xdp => "xdp",
@@ -421,6 +458,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     master.run(Duration::from_micros(a.master_idle_us));
+    if let Some(f) = master.failure() {
+        // The log refused a tick: the workers close every connection (nothing more is ACKed).
+        eprintln!("server: {f}");
+        stop.store(true, Ordering::Release);
+    }
     let _ = watcher.join();
     let mut failed = false;
     for t in threads {
@@ -504,6 +546,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p) = &a.stats_json {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
             .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    if let Some(f) = master.failure() {
+        return Err(f.to_string().into());
     }
     if failed {
         return Err("a worker failed (see above)".into());
