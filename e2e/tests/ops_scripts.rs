@@ -493,14 +493,9 @@ fn ops_scripts_on_the_testbed() {
         assert!(o.stdout.contains("FAIL reach: 10.0.1.99"));
 
         // ---------------------------------------------------------------- monitor.sh (server running)
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let server = start_server_in(
             &srv,
-            &[
-                &words("--mode xdp --iface eth1 --vlan 4000 --listen 10.0.1.10:4433 --hugepages off")[..],
-                &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
-            ]
-            .concat(),
+            &words("--mode xdp --iface eth1 --vlan 4000 --listen 10.0.1.10:4433 --hugepages off"),
             Duration::from_secs(30),
         );
         let pid = server.pid().to_string();

@@ -230,6 +230,19 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
             .concat(),
             Duration::from_secs(30),
         );
+        // One server per port, in both modes: a second one is refused, naming the running one's pid (the
+        // tripwire socket holds the port without SO_REUSEPORT; the uring workers' probe bind finds it).
+        for second in [
+            "--mode uring -w 1 --listen 10.0.1.10:4433",
+            "--mode xdp --iface eth1.4000 --xdp-attach generic --listen 10.0.1.10:4433",
+        ] {
+            let mut c = command_in(&server_ns, "server");
+            c.args(words(second));
+            let o = run_bounded(&mut c, Duration::from_secs(30));
+            eprintln!("second server ({second}): exit {} stderr:\n{}", o.code, o.stderr);
+            assert_eq!(o.code, 1, "{second}");
+            assert!(o.stderr.contains(&format!("in use by pid {}", server.pid())), "{second}: {}", o.stderr);
+        }
         // 64 datagrams from 64 source ports (a new socket per redirection): the switch's veth picks its
         // transmit queue, and so the server's receive queue, by flow hash.
         exec_in(

@@ -6,7 +6,7 @@
 
 ALL_CELLS=(xdp-native xdp-generic uring v6)
 
-# The server's arguments for cell $1 (without --stats-json, --cert, --key) in SERVER_ARGS.
+# The server's arguments for cell $1 (without --stats-json) in SERVER_ARGS.
 cell_server_args() {
   case "$1" in
     xdp-native) SERVER_ARGS=(--mode xdp --iface eth1 --vlan "$VID" --listen "$GUEST4:4433" --zero-copy auto --pin irq --xdp-frames 8192) ;;

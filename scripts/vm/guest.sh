@@ -152,7 +152,7 @@ run_cell() {
   local cell=$1 dir=$RUNDIR/cell-$1 pid rc
   mkdir -p "$dir"
   cell_server_args "$cell"
-  local args=("${SERVER_ARGS[@]}" --stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem")
+  local args=("${SERVER_ARGS[@]}" --stats-json "$dir/stats.json")
   # Pinning is tested against IRQs that did not start where the round-robin fallback would put workers:
   # xdp-native gathers every queue IRQ on CPU 0 and lets pin_irqs.sh spread them (it must move queue 1's);
   # v6 crosses them (queue 0 -> CPU 1, queue 1 -> CPU 0), so worker q must follow its IRQ, not its index.

@@ -44,7 +44,7 @@ for cell in $CELLS; do
   cell_server_args "$cell" || { log "unknown cell $cell"; continue; }
   ip netns exec "$SRV" ethtool -S eth1 >"$dir/ethtool-before.txt" 2>&1
   ip netns exec "$SRV" timeout -k 5 "$((SECS + 120))" "$BIN/server" "${SERVER_ARGS[@]}" \
-    --stats-json "$dir/stats.json" --cert "$RUNDIR/cert.pem" --key "$RUNDIR/key.pem" \
+    --stats-json "$dir/stats.json" \
     >"$dir/server.out" 2>"$dir/server.err" </dev/null &
   pid=$!
   if wait_listening "$pid" "$dir/server.err" 60; then

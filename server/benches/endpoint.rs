@@ -83,7 +83,13 @@ fn config(rounds_per_tick: u64) -> SimConfig {
 
 fn cert() -> &'static (std::path::PathBuf, std::path::PathBuf) {
     static CERT: OnceLock<(std::path::PathBuf, std::path::PathBuf)> = OnceLock::new();
-    CERT.get_or_init(|| quic::ensure_cert(None, None, None).expect("self-signed certificate"))
+    CERT.get_or_init(|| {
+        let tls = quic::ensure_cert(None, None, None, None).expect("self-signed certificate");
+        let pair = (tls.cert.clone(), tls.key.clone());
+        // Every bench iteration loads it: kept (a static is never dropped anyway) in its 0700 directory.
+        std::mem::forget(tls);
+        pair
+    })
 }
 
 /// A sim whose clients are all established, hold a snapshot, and have processed the SYNC reply up to its

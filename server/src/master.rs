@@ -280,10 +280,12 @@ mod tests {
     use crate::link::WorkerLink;
     use crate::publish::PixelWrite;
 
+    type Committed = Arc<Mutex<Vec<TickBatch>>>;
+
     /// Records what was committed; refuses ticks from `fail_at` on.
     #[derive(Debug)]
     struct TestLog {
-        committed: Arc<Mutex<Vec<TickBatch>>>,
+        committed: Committed,
         fail_at: u64,
     }
 
@@ -306,7 +308,7 @@ mod tests {
         }
     }
 
-    fn master(start: u64, fail_at: u64) -> (Master<Vec<u8>>, Arc<Shared>, Arc<Mutex<Vec<TickBatch>>>) {
+    fn master(start: u64, fail_at: u64) -> (Master<Vec<u8>>, Arc<Shared>, Committed) {
         let shared = Arc::new(Shared {
             links: vec![WorkerLink::new(64, 64)],
             snapshot_wanted: AtomicBool::new(false),

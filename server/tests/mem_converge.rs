@@ -45,10 +45,11 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
 }
 
 fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
     let cfg = config(clients, loss, reorder, seed);
     let dims = cfg.endpoint.rules.dims;
-    let mut sim = Sim::new(cfg, &cert, &key);
+    let mut sim = Sim::new(cfg, cert, key);
     assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut bad = 0;
@@ -148,11 +149,12 @@ fn busy_rounds(
 /// pixel superseding earlier ones): no per-tick re-send, no snapshot.
 #[test]
 fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
     let cfg = config(20, 0.0, 0.0, 3);
     let history = cfg.endpoint.history_ticks as u64;
     let rounds_per_tick = cfg.rounds_per_tick;
-    let mut sim = Sim::new(cfg, &cert, &key);
+    let mut sim = Sim::new(cfg, cert, key);
     assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
     let stats = |sim: &Sim| {
         sim.workers.iter().fold((0, 0, 0, 0), |a, (e, _)| {
@@ -194,7 +196,8 @@ fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
 /// client's replica with no SYNC and no snapshot.
 #[test]
 fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
     let mut cfg = config(20, 0.0, 0.0, 5);
     cfg.workers = 1;
     cfg.endpoint.dgram_queue = 8;
@@ -202,7 +205,7 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     let inflight = 4 * 1024;
     cfg.endpoint.broadcast_inflight = inflight;
     let rounds_per_tick = cfg.rounds_per_tick;
-    let mut sim = Sim::new(cfg, &cert, &key);
+    let mut sim = Sim::new(cfg, cert, key);
     assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
     assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the stall");
     let stats = |sim: &Sim| {
@@ -246,11 +249,12 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
 /// the rest are refused with REJECT{cooldown} and a retry time.
 #[test]
 fn retry_and_cooldown_through_the_endpoint() {
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
     let mut cfg = config(50, 0.0, 0.0, 3);
     cfg.endpoint.retry = true;
     cfg.endpoint.cooldown = Cooldown::new(canvas::cooldown::RPLACE_PERIOD);
-    let mut sim = Sim::new(cfg, &cert, &key);
+    let mut sim = Sim::new(cfg, cert, key);
     assert!(sim.run_until(Duration::from_secs(30), Sim::all_ready));
     for (i, c) in sim.clients.iter_mut().enumerate() {
         for k in 0..3u16 {
@@ -278,8 +282,9 @@ fn retry_and_cooldown_through_the_endpoint() {
 #[test]
 fn small_or_garbage_initials_leave_no_state() {
     use datapath::seam::{Addrs, Datapath};
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
-    let mut sim = Sim::new(config(1, 0.0, 0.0, 5), &cert, &key);
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
+    let mut sim = Sim::new(config(1, 0.0, 0.0, 5), cert, key);
     let mut buf = vec![0u8; 1500];
     let (n, info) = sim.clients[0].q.send(&mut buf).expect("client Initial");
     assert!(n >= 1200);
@@ -312,10 +317,11 @@ fn small_or_garbage_initials_leave_no_state() {
 /// however slowly the rounds run (33 server packets; 70 when every packet woke the connection).
 #[test]
 fn acknowledgements_ride_on_the_ticks_packets() {
-    let (cert, key) = quic::ensure_cert(None, None, None).unwrap();
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
     let mut cfg = config(1, 0.0, 0.0, 7);
     cfg.workers = 1;
-    let mut sim = Sim::new(cfg, &cert, &key);
+    let mut sim = Sim::new(cfg, cert, key);
     assert!(sim.run_until(Duration::from_secs(30), Sim::all_ready));
     assert!(sim.run_until(Duration::from_secs(30), Sim::converged));
     let out_before = sim.workers[0].0.stats().packets_out;

@@ -18,6 +18,54 @@ pub fn dual_stack(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// Make sure no other socket serves `addr`'s port before the workers bind it with `SO_REUSEPORT` (which
+/// would let a second server of the same user share the port silently, splitting clients between two
+/// canvases): bind it once without `SO_REUSEPORT`, which fails while any socket holds the port, and let go.
+/// The error names the processes holding the port. Port 0 (pick one) is never shared.
+pub fn claim_port(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| context(e, format!("creating UDP socket for {addr}")))?;
+    dual_stack(&socket, addr)?;
+    socket.bind(&addr.into()).map_err(|e| bind_error(e, addr))
+}
+
+/// Processes with a UDP socket bound to local `port` (IPv4 or IPv6), as "pid N (comm)"; empty when
+/// nothing is found (or /proc cannot be read: another user's processes need root).
+pub fn port_users(port: u16) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            let Some(local) = f.get(1) else { continue };
+            let p = local.rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok());
+            if p == Some(port) {
+                if let Some(inode) = f.get(9).filter(|i| **i != "0") {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    let mut users = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return users };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            users.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    users
+}
+
 /// Create, tune and bind the worker's UDP socket.
 pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
     let addr = cfg.listen;
@@ -40,7 +88,12 @@ pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
 fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
     let msg = match e.raw_os_error() {
         Some(libc::EADDRINUSE) => {
-            format!("UDP {addr} is already in use: stop the other server or pick --listen")
+            let users = port_users(addr.port());
+            let by = if users.is_empty() { String::new() } else { format!(" by {}", users.join(", ")) };
+            format!(
+                "UDP {addr} is already in use{by}: stop that server, or pick another --listen (two servers \
+                 on one port would split the clients between two canvases)"
+            )
         }
         Some(libc::EADDRNOTAVAIL) => {
             format!("UDP {addr}: no such local address on this host: pick --listen")

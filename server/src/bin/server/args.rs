@@ -73,7 +73,7 @@ pub(crate) enum HugePolicy {
 pub(crate) struct Args {
     /// Worker threads, one socket each (uring: default 1; xdp: one per NIC queue by default, each serving
     /// the queue of its index).
-    #[arg(short = 'w', long = "workers")]
+    #[arg(short = 'w', long = "workers", value_parser = usize_in(1, 1024))]
     pub(crate) workers: Option<usize>,
     /// Datapath.
     #[arg(long, value_enum, default_value_t = Mode::Uring)]
@@ -92,28 +92,28 @@ pub(crate) struct Args {
     pub(crate) stats_json: Option<PathBuf>,
 
     /// Connections per worker (MAX_CONNECTIONS_PER_WORKER).
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 65_536, value_parser = usize_in(1, 1 << 22))]
     pub(crate) max_connections_per_worker: usize,
     /// SO_RCVBUF per socket in bytes (SOCKET_RECV_BUF_SIZE, 32 MiB).
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = 32 << 20, value_parser = usize_in(4096, i32::MAX as usize))]
     pub(crate) socket_recv_buf: usize,
     /// SO_SNDBUF per socket in bytes (SOCKET_SEND_BUF_SIZE, 32 MiB).
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = 32 << 20, value_parser = usize_in(4096, i32::MAX as usize))]
     pub(crate) socket_send_buf: usize,
     /// Capacity of each worker→master write queue (SPSC_CAPACITY).
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = 65_536, value_parser = usize_in(1, 1 << 26))]
     pub(crate) spsc_capacity: usize,
     /// Writes the master drains per worker per loop (MASTER_BATCH_DRAIN).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = usize_in(1, 1 << 26))]
     pub(crate) master_batch_drain: usize,
     /// Broadcast interval in ms (BROADCAST_INTERVAL_MS).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub(crate) broadcast_interval_ms: u64,
     /// Legacy clients get the whole canvas every N ticks (FULL_BROADCAST_INTERVAL).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) full_broadcast_interval: u64,
     /// io_uring submission queue entries (IO_URING_SQ_DEPTH; clamped to what the kernel allows).
-    #[arg(long, default_value_t = 32_768)]
+    #[arg(long, default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(1..=32_768))]
     pub(crate) io_uring_sq_depth: u32,
     /// Provided receive buffers per io_uring (power of two).
     #[arg(long, default_value_t = 4096)]
@@ -123,10 +123,10 @@ pub(crate) struct Args {
     pub(crate) no_gso: bool,
 
     /// Canvas width.
-    #[arg(long, default_value_t = canvas::grid::DEFAULT_WIDTH)]
+    #[arg(long, default_value_t = canvas::grid::DEFAULT_WIDTH, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) width: u16,
     /// Canvas height.
-    #[arg(long, default_value_t = canvas::grid::DEFAULT_HEIGHT)]
+    #[arg(long, default_value_t = canvas::grid::DEFAULT_HEIGHT, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) height: u16,
     /// Palette size: colors >= this are rejected.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -160,7 +160,7 @@ pub(crate) struct Args {
     #[arg(long, value_enum)]
     pub(crate) pin: Option<PinPolicy>,
     /// xdp: UMEM frames (2 KiB each) per socket.
-    #[arg(long, default_value_t = xdp::DEFAULT_FRAMES)]
+    #[arg(long, default_value_t = xdp::DEFAULT_FRAMES, value_parser = clap::value_parser!(u32).range(64..=(1 << 24)))]
     pub(crate) xdp_frames: u32,
     /// xdp: entries of each AF_XDP ring (fill, completion, RX, TX).
     #[arg(long, default_value_t = xdp::DEFAULT_RING)]
@@ -187,31 +187,31 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = DEFAULT_QUIC.idle_timeout.as_millis() as u64)]
     pub(crate) idle_timeout_ms: u64,
     /// Largest UDP payload (1350 fits a 1400-byte MTU).
-    #[arg(long, default_value_t = DEFAULT_QUIC.max_udp_payload)]
+    #[arg(long, default_value_t = DEFAULT_QUIC.max_udp_payload, value_parser = usize_in(1200, 65_527))]
     pub(crate) max_udp_payload: usize,
     /// Largest broadcast datagram payload (the predecessor's 1200).
-    #[arg(long, default_value_t = canvas::legacy::MAX_DATAGRAM)]
+    #[arg(long, default_value_t = canvas::legacy::MAX_DATAGRAM, value_parser = usize_in(16, 65_463))]
     pub(crate) max_datagram: usize,
     /// Broadcast bytes (KiB) a connection may have unacknowledged before it pulls more: past it a slow
     /// client gets coalesced deltas later instead of a queue of stale ticks.
     #[arg(long, default_value_t = server::endpoint::DEFAULT_BROADCAST_INFLIGHT / 1024)]
     pub(crate) broadcast_inflight_kib: usize,
     /// quiche DATAGRAM send-queue entries per connection.
-    #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue)]
+    #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue, value_parser = usize_in(1, 65_536))]
     pub(crate) dgram_queue: usize,
     /// Changing ticks kept per worker for catch-up, at most (also bounded to as many entries as the canvas
     /// has pixels); a connection or SYNC older than that gets a snapshot.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = usize_in(1, 1 << 20))]
     pub(crate) history_ticks: usize,
     /// Packets per connection per flush pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = usize_in(1, 65_536))]
     pub(crate) send_budget: usize,
     /// Validate client addresses with a stateless Retry before accepting.
     #[arg(long)]
     pub(crate) retry: bool,
 
     /// Datagrams taken per receive call.
-    #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch)]
+    #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch, value_parser = usize_in(1, 65_536))]
     pub(crate) rx_batch: usize,
     /// Never sleep (dedicated cores on bare metal).
     #[arg(long)]
@@ -220,12 +220,21 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = DEFAULT_LOOP.spin.as_micros() as u64)]
     pub(crate) spin_us: u64,
     /// Longest idle sleep in µs (bounds publication latency when idle).
-    #[arg(long, default_value_t = DEFAULT_LOOP.idle_wait.as_micros() as u64)]
+    #[arg(long, default_value_t = DEFAULT_LOOP.idle_wait.as_micros() as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) idle_wait_us: u64,
     /// Master's sleep when a drain found no writes, in µs (bounds how long a write waits in its queue; a
     /// full queue of --spsc-capacity writes at 1 M writes/s lasts 65 ms).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) master_idle_us: u64,
+}
+
+/// A clap parser for a usize in `lo..=hi` whose error states the range.
+fn usize_in(lo: usize, hi: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match s.parse::<usize>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not in {lo}..={hi}")),
+        Err(e) => Err(format!("{e}; expected a whole number in {lo}..={hi}")),
+    }
 }
 
 impl Args {

@@ -79,6 +79,14 @@ fn tripwire(
         Ok(sock.into())
     };
     let sock = bind().map_err(|e| {
+        let users = datapath::backend::uring::port_users(listen.port());
+        if e.kind() == std::io::ErrorKind::AddrInUse && !users.is_empty() {
+            return format!(
+                "UDP {listen} is already in use by {}: stop that server, or pick another --listen (two servers on \
+                 one port would split the clients between two canvases)",
+                users.join(", ")
+            );
+        }
         format!("cannot bind the tripwire UDP socket on {listen}: {e} (is another server using the port? `ss -ulpn sport = :{}`)", listen.port())
     })?;
     sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
@@ -109,9 +117,6 @@ fn tripwire(
 }
 
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if a.workers == Some(0) {
-        return Err("-w/--workers must be at least 1".into());
-    }
     if a.mode == Mode::Uring && (a.iface.is_some() || a.vlan.is_some()) {
         return Err("--iface and --vlan belong to --mode xdp (the uring mode serves every interface through --listen)".into());
     }
@@ -142,7 +147,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let (cert, key) = quic::ensure_cert(a.cert.as_deref(), a.key.as_deref(), Some(a.listen.ip()))?;
+    let mut tls =
+        quic::ensure_cert(a.cert.as_deref(), a.key.as_deref(), a.data_dir.as_deref(), Some(a.listen.ip()))?;
+    for n in &tls.notes {
+        eprintln!("server: tls: {n}");
+    }
+    let (cert, key) = (tls.cert.clone(), tls.key.clone());
 
     // Canvas memory.
     let policy = match a.hugepages {
@@ -213,6 +223,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 max_payload: a.max_udp_payload,
                 ..UringConfig::default()
             };
+            datapath::backend::uring::claim_port(a.listen)?;
             for _ in 0..workers {
                 backends.push(Backend::Uring(Box::new(UringSocket::bind(&ucfg)?)));
             }
@@ -438,13 +449,20 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("server: warning: master: {e}");
         }
     }
+    // Every worker's quiche config has loaded the pair: a generated one is removed now, so no private key
+    // outlives this process however it ends.
+    let cert_shown = if tls.is_temporary() {
+        "self-signed, generated for this run".to_string()
+    } else {
+        cert.display().to_string()
+    };
+    tls.forget_temporary();
     eprintln!(
-        "server: listening on udp {listen} ({workers} workers, {}), ALPN canvas/1 and h3, cert {}",
+        "server: listening on udp {listen} ({workers} workers, {}), ALPN canvas/1 and h3, cert {cert_shown}",
         match &program {
             Some(p) => format!("AF_XDP on {} queues 0..{} ({} XDP)", p.interface(), workers, p.mode()),
             None => format!("io_uring, GSO {}", if a.no_gso { "off" } else { "on" }),
         },
-        cert.display()
     );
 
     // The master runs here until a signal; it watches `stop` through `shared.shutdown`.
