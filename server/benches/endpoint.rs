@@ -69,6 +69,8 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 128,
             send_budget: 64,
+            max_half_open: server::endpoint::DEFAULT_MAX_HALF_OPEN,
+            handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
         },
         master: MasterConfig {
             batch_drain: 4096,

@@ -32,6 +32,8 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 16,
             send_budget: 64,
+            max_half_open: server::endpoint::DEFAULT_MAX_HALF_OPEN,
+            handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
         },
         master: MasterConfig {
             batch_drain: 4096,

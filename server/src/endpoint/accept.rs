@@ -39,6 +39,10 @@ impl Endpoint {
             stats.refused += 1;
             return None;
         }
+        if self.half_open_count >= self.ctx.cfg.max_half_open {
+            stats.refused_half_open += 1;
+            return None;
+        }
         let (scid, odcid) = if self.ctx.cfg.retry {
             let token = hdr.token.as_deref().unwrap_or(&[]);
             if token.is_empty() {
@@ -101,9 +105,9 @@ impl Endpoint {
             rx_unacked: 0,
             inflight: 0,
             settled: 0,
+            half_open: false,
         });
         self.ids.insert(scid, key);
-        self.ctx.stats.accepted += 1;
         Some(key)
     }
 }

@@ -102,7 +102,17 @@ pub struct EndpointConfig {
     pub history_ticks: usize,
     /// Packets one connection may send per flush pass before the next connection's turn.
     pub send_budget: usize,
+    /// Connections with a handshake in progress, at most: a new Initial past it is dropped (the client
+    /// retransmits it), so a flood of spoofed Initials cannot fill the connection table.
+    pub max_half_open: usize,
+    /// A handshake not complete this long after the first Initial is abandoned (its state dropped).
+    pub handshake_timeout: Duration,
 }
+
+/// Default of [`EndpointConfig::max_half_open`].
+pub const DEFAULT_MAX_HALF_OPEN: usize = 16_384;
+/// Default of [`EndpointConfig::handshake_timeout`]: what the loadgen waits for a handshake too.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proto {
@@ -202,6 +212,8 @@ struct Conn {
     inflight: u64,
     /// quiche's `acked_bytes + lost_bytes` when `inflight` was last updated.
     settled: u64,
+    /// Accepted, handshake not complete (counted in `Endpoint::half_open_count`).
+    half_open: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -323,6 +335,11 @@ pub struct Endpoint {
     next_gen: u32,
     buf: Vec<u8>,
     closing: bool,
+    /// Connections accepted and not established yet, oldest first (entries of connections that completed
+    /// or went are skipped when they reach the front): the handshake deadline and the half-open cap.
+    half_open: VecDeque<(Instant, usize, u32)>,
+    /// Connections with `Conn::half_open` set.
+    half_open_count: usize,
     ctx: Ctx,
 }
 
@@ -361,6 +378,8 @@ impl Endpoint {
             next_gen: 0,
             buf: vec![0; 64 * 1024],
             closing: false,
+            half_open: VecDeque::new(),
+            half_open_count: 0,
             ctx: Ctx {
                 cfg,
                 shared,
@@ -475,13 +494,25 @@ impl Endpoint {
         // broadcast's in-flight allowance) may have opened for what quiche holds or what we would pull, or
         // there is a retransmission to make. Either way there may be more than an ACK to send.
         let acked = c.settle_inflight();
+        if new && (recv.is_err() || c.q.stats().recv == 0) {
+            // The first datagram did not authenticate (quiche refused it, or dropped every packet in it
+            // without an error): no state is kept for it.
+            self.ctx.stats.junk_initials += 1;
+            self.remove_unaccepted(key);
+            return;
+        }
+        if new {
+            self.ctx.stats.accepted += 1;
+            c.half_open = true;
+            self.half_open_count += 1;
+            self.half_open.push_back((now, key, c.gen));
+        }
+        if c.half_open && c.q.is_established() {
+            c.half_open = false;
+            self.half_open_count -= 1;
+        }
         if recv.is_err() {
             self.ctx.stats.recv_errors += 1;
-            if new {
-                // An Initial quiche refused: no state is kept for it.
-                self.remove(key);
-                return;
-            }
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
         if c.has_answers() || !c.q.is_established() {
@@ -505,6 +536,17 @@ impl Endpoint {
 
     /// Fire expired quiche timers and pacing releases.
     pub fn on_timers(&mut self, now: Instant) {
+        // Handshakes past their deadline: dropped (a client that is still there starts over).
+        while let Some(&(t, key, gen)) = self.half_open.front() {
+            if t + self.ctx.cfg.handshake_timeout > now {
+                break;
+            }
+            self.half_open.pop_front();
+            if self.conns.get(key).is_some_and(|c| c.gen == gen && c.half_open) {
+                self.ctx.stats.handshake_timeouts += 1;
+                self.remove(key);
+            }
+        }
         while let Some(Reverse((t, key, gen))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -541,8 +583,17 @@ impl Endpoint {
         }
     }
 
+    /// Drop a connection created for a first datagram that did not authenticate (never counted accepted).
+    fn remove_unaccepted(&mut self, key: usize) {
+        let c = self.conns.remove(key);
+        self.ids.remove(&c.scid);
+    }
+
     fn remove(&mut self, key: usize) {
         let c = self.conns.remove(key);
+        if c.half_open {
+            self.half_open_count -= 1;
+        }
         self.ids.remove(&c.scid);
         self.ctx.stats.closed += 1;
     }

@@ -5,12 +5,16 @@ use canvas::RejectReason;
 /// Endpoint counters (per worker), written to `--stats-json`.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct EndpointStats {
-    /// Connections accepted.
+    /// Connections accepted: their first datagram authenticated as a QUIC Initial.
     pub accepted: u64,
     /// Connections closed and removed.
     pub closed: u64,
     /// Connection attempts refused at max_conns.
     pub refused: u64,
+    /// Initials dropped because `max_half_open` handshakes were in progress.
+    pub refused_half_open: u64,
+    /// Handshakes abandoned at `handshake_timeout` (their state dropped).
+    pub handshake_timeouts: u64,
     /// Connections that negotiated canvas/1.
     pub conns_canvas1: u64,
     /// Connections that negotiated the legacy protocol.
@@ -25,6 +29,9 @@ pub struct EndpointStats {
     pub dropped_packets: u64,
     /// Packets quiche refused.
     pub recv_errors: u64,
+    /// First datagrams of would-be connections that did not authenticate as an Initial (junk, a wrong
+    /// key): dropped with no state kept.
+    pub junk_initials: u64,
     /// Pixel writes received.
     pub pixels_received: u64,
     /// Writes handed to the master.

@@ -206,6 +206,14 @@ pub(crate) struct Args {
     /// Packets per connection per flush pass.
     #[arg(long, default_value_t = 64, value_parser = usize_in(1, 65_536))]
     pub(crate) send_budget: usize,
+    /// Handshakes in progress per worker, at most: further Initials are dropped until some complete (the
+    /// clients retransmit), so a flood of spoofed Initials cannot fill the connection table.
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_MAX_HALF_OPEN, value_parser = usize_in(1, 1 << 22))]
+    pub(crate) max_half_open: usize,
+    /// A handshake not complete this long (ms) after the client's first Initial is abandoned.
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub(crate) handshake_timeout_ms: u64,
     /// Validate client addresses with a stateless Retry before accepting.
     #[arg(long)]
     pub(crate) retry: bool,

@@ -395,6 +395,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_datagram: a.max_datagram,
             history_ticks: a.history_ticks,
             send_budget: a.send_budget,
+            max_half_open: a.max_half_open,
+            handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
         let (shared, stop, reports, live) = (shared.clone(), stop.clone(), reports.clone(), live.clone());

@@ -1,0 +1,137 @@
+//! Junk at the endpoint: no datagram that does not authenticate as a QUIC Initial leaves connection state
+//! behind (a spoofed flood of them would otherwise exhaust the connection table).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use canvas::{Cooldown, Dims, Rules};
+use datapath::seam::Addrs;
+use rand::{Rng, SeedableRng};
+use server::endpoint::{Endpoint, EndpointConfig};
+use server::link::{Shared, WorkerLink};
+use server::quic::{self, DEFAULT_QUIC};
+
+fn endpoint(tls: &quic::CertPair) -> Endpoint {
+    endpoint_with(tls, server::endpoint::DEFAULT_MAX_HALF_OPEN)
+}
+
+fn endpoint_with(tls: &quic::CertPair, max_half_open: usize) -> Endpoint {
+    let cfg = EndpointConfig {
+        worker: 0,
+        rules: Rules { dims: Dims { width: 100, height: 100 }, palette: 32 },
+        cooldown: Cooldown::default(),
+        max_conns: 65536,
+        retry: false,
+        tick_ms: 100,
+        full_interval: 60,
+        dgram_queue: 8,
+        broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
+        max_datagram: canvas::legacy::MAX_DATAGRAM,
+        history_ticks: 16,
+        send_budget: 64,
+        max_half_open,
+        handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    let shared = Arc::new(Shared {
+        links: vec![WorkerLink::new(64, 64)],
+        snapshot_wanted: AtomicBool::new(false),
+        shutdown: AtomicBool::new(false),
+    });
+    let qcfg = quic::server_config(&DEFAULT_QUIC, &tls.cert, &tls.key).unwrap();
+    Endpoint::new(cfg, qcfg, shared, Instant::now())
+}
+
+/// A datagram with a well-formed QUIC v1 long header of packet type `ty` (0 = Initial) and random
+/// everything else, `len` bytes.
+fn long_header(rng: &mut impl Rng, ty: u8, len: usize) -> Vec<u8> {
+    let mut p = vec![0xc0 | (ty << 4) | rng.random_range(0..4u8), 0, 0, 0, 1];
+    let dcid = rng.random_range(0..=20usize);
+    p.push(dcid as u8);
+    p.extend((0..dcid).map(|_| rng.random::<u8>()));
+    let scid = rng.random_range(0..=20usize);
+    p.push(scid as u8);
+    p.extend((0..scid).map(|_| rng.random::<u8>()));
+    if ty == 0 {
+        p.push(0); // no token
+    }
+    // Length: the rest of the datagram (2-byte varint), or a random one.
+    let rest = len.saturating_sub(p.len() + 2);
+    let l = if rng.random_bool(0.7) { rest.min(16383) } else { rng.random_range(0..16384) };
+    p.extend_from_slice(&(0x4000u16 | l as u16).to_be_bytes());
+    while p.len() < len {
+        p.push(rng.random());
+    }
+    p
+}
+
+#[test]
+fn junk_never_leaves_connection_state() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let mut ep = endpoint(&tls);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    for i in 0..20_000u32 {
+        let peer: SocketAddr =
+            format!("10.{}.{}.{}:{}", i % 200, (i / 200) % 250, 1 + i % 250, 1024 + i % 60000)
+                .parse()
+                .unwrap();
+        let (len, ty) = (rng.random_range(1200..=1500), rng.random_range(1..4));
+        let mut pkt = match i % 5 {
+            0 | 1 => long_header(&mut rng, 0, len),
+            2 => long_header(&mut rng, ty, 1200),
+            3 => (0..rng.random_range(1200..=1500)).map(|_| rng.random()).collect(),
+            _ => (0..rng.random_range(1..64)).map(|_| rng.random()).collect(),
+        };
+        ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
+        assert_eq!(ep.conn_count(), 0, "datagram {i} left a connection: {pkt:02x?}");
+    }
+    let st = ep.stats();
+    assert_eq!(st.accepted, 0);
+    eprintln!(
+        "20000 junk datagrams: dropped {}, unauthenticated initials {}, recv errors {}",
+        st.dropped_packets, st.junk_initials, st.recv_errors
+    );
+    assert!(st.junk_initials > 0);
+}
+
+/// The first flight (one padded Initial) of a fresh quiche client from `peer`.
+fn client_initial(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+    cfg.set_application_protos(&[b"canvas/1"]).unwrap();
+    cfg.verify_peer(false);
+    let scid: [u8; 16] = rand::random();
+    let mut c = quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
+        .unwrap();
+    let mut out = vec![0; 1500];
+    let (n, _) = c.send(&mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn half_open_connections_are_capped_and_time_out() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let mut ep = endpoint_with(&tls, 5);
+    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    let t0 = Instant::now();
+    for i in 0..8u16 {
+        let peer: SocketAddr = format!("10.0.0.{}:{}", i + 1, 5000 + i).parse().unwrap();
+        let mut pkt = client_initial(peer, local);
+        ep.on_datagram(t0, Addrs { local, peer }, &mut pkt);
+    }
+    // Five handshakes in progress (never completed: nobody answers the server), three Initials refused.
+    assert_eq!(ep.conn_count(), 5);
+    assert_eq!((ep.stats().accepted, ep.stats().refused_half_open), (5, 3));
+    ep.on_timers(t0 + server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT - std::time::Duration::from_millis(1));
+    assert_eq!(ep.conn_count(), 5, "not before the deadline");
+    ep.on_timers(t0 + server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT);
+    assert_eq!(ep.conn_count(), 0, "abandoned at the deadline");
+    assert_eq!(ep.stats().handshake_timeouts, 5);
+    // Room again.
+    let peer: SocketAddr = "10.0.1.1:6000".parse().unwrap();
+    let mut pkt = client_initial(peer, local);
+    ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
+    assert_eq!(ep.conn_count(), 1);
+}
