@@ -7,6 +7,8 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked 2>&1 | tee target/test.log
+# A short bounded pass of every fuzz target (scripts/fuzz.sh 1000000 for the long one).
+scripts/fuzz.sh 20000
 # The plotter, on the CSVs the loopback test just wrote.
 csvdir=$(find target/release/deps -maxdepth 2 -path '*/e2e-canvas1-*/metrics' -type d 2>/dev/null | sort | tail -1)
 if [ -n "$csvdir" ]; then

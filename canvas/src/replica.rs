@@ -55,8 +55,10 @@ pub struct ReplicaStats {
     pub syncs_lag: u64,
     /// ... more than `max_pending` ticks were buffered,
     pub syncs_overfull: u64,
-    /// ... or it had no usable state (diverged: a hash mismatch).
+    /// ... or it had no usable state (diverged: a hash mismatch),
     pub syncs_fresh: u64,
+    /// ... or a new connection resumed it from its tick ([`Replica::resume`]).
+    pub syncs_resume: u64,
     /// Hash mismatches after applying a diff (each forces a snapshot).
     pub hash_mismatches: u64,
 }
@@ -405,6 +407,40 @@ impl Replica {
         self.rtt = rtt;
     }
 
+    /// Pixels of the canvas it replicates.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the canvas it replicates has no pixel (never: dimensions come from a WELCOME).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A new connection replaces the one that fed this replica (the old one was lost, or its server
+    /// restarted): what was buffered from the old one is dropped, and the caller sends `SYNC{have_tick}`
+    /// with the tick returned as the new connection's first message, so that the replica resumes from its
+    /// tick instead of from zero (a server that still holds the history answers with a delta; one that
+    /// does not, with a snapshot). Counted in `syncs_resume` ([`NO_TICK`], counted as `syncs_fresh`, when
+    /// the replica has no usable state).
+    pub fn resume(&mut self) -> u64 {
+        self.pending.clear();
+        self.behind = None;
+        self.sync_outstanding = true;
+        self.reply_started = None;
+        self.stats.syncs += 1;
+        match self.tick {
+            Some(t) if !self.diverged => {
+                self.stats.syncs_resume += 1;
+                t
+            }
+            _ => {
+                self.stats.syncs_fresh += 1;
+                NO_TICK
+            }
+        }
+    }
+
     /// When the caller must send `SYNC{have_tick}` now, returns the tick (and counts the SYNC as sent).
     pub fn poll_sync(&mut self, now: Instant) -> Option<u64> {
         if self.sync_outstanding {
@@ -555,6 +591,30 @@ mod tests {
         while let Some(f) = fr.pop().unwrap() {
             r.on_message(&proto::decode_server(f).unwrap(), now).unwrap();
         }
+    }
+
+    #[test]
+    fn resume_on_a_new_connection_asks_from_its_tick_and_takes_a_delta() {
+        let now = Instant::now();
+        let mut s = Server::new();
+        s.tick(&[(1, 1)]);
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &s.sync_reply(NO_TICK), now);
+        // Ticks 2 and 3 are lost with the connection; part of tick 3 had arrived.
+        s.tick(&[(2, 2)]);
+        let d = s.tick(&[(3, 3); 1]);
+        r.on_datagram(d.iter().next().unwrap(), now).unwrap();
+        assert_eq!(r.resume(), 1, "from its tick, not from zero");
+        assert!(
+            r.sync_outstanding() && r.pending_ticks() == 0,
+            "what the old connection buffered is dropped"
+        );
+        feed_stream(&mut r, &s.coalesced_reply(1), now);
+        assert_eq!((r.tick(), r.pixels()), (Some(3), s.canvas.pixels()));
+        assert!(!r.sync_outstanding());
+        assert_eq!((r.stats().syncs_resume, r.stats().snapshots), (1, 1), "a delta, no second snapshot");
+        // Without usable state it starts over.
+        assert_eq!(Replica::new(DIMS).resume(), NO_TICK);
     }
 
     #[test]

@@ -64,7 +64,10 @@ fn echo_through_xdp_and_no_frame_leaks() {
     let (r, s) = (t.r.clone(), t.s.clone());
     bounded(LIMIT, move || {
         let prog = in_netns(&r, || {
-            XdpProgram::attach(R_IF, Config { port: PORT, vlan: None, mode: AttachMode::Native })
+            XdpProgram::attach(
+                R_IF,
+                Config { port: PORT, vlan: None, mode: AttachMode::Native, allow: Vec::new() },
+            )
         })
         .expect("attach");
         let mut cfg = XdpConfig::new(R_IF, 0, listen());

@@ -136,6 +136,13 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Wait (bounded) for the server to exit by itself; returns its exit code (-1 when killed by a signal).
+    pub fn stop_wait(mut self, timeout: Duration) -> i32 {
+        wait_bounded(&mut self.child, timeout, "server")
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

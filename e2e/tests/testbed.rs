@@ -260,6 +260,48 @@ fn testbed_xdp_generic_native_vlan_and_uring() {
         assert_eq!(trip, failed, "every datagram the program could not redirect reached the tripwire");
         assert_eq!(trip + x["counters"]["redirected"].as_u64().unwrap(), 64, "{x}");
         assert_no_xdp(&tb);
+
+        // --allow: in both modes, datagrams to the port from outside the allowlist never reach a worker
+        // (xdp: dropped in the program; uring: dropped by the backend before the endpoint), and are counted.
+        for mode in ["--mode xdp --iface eth1 --vlan 4000 -w 2", "--mode uring -w 2"] {
+            let stats = dir.join("allow.json");
+            let server = start_server_in(
+                &server_ns,
+                &[
+                    &words(mode)[..],
+                    &words("--listen 10.0.1.10:4433 --allow 10.0.1.21/32 --allow fd00:db8::/64"),
+                    &["--stats-json", stats.to_str().unwrap()],
+                ]
+                .concat(),
+                Duration::from_secs(30),
+            );
+            for host in ["client1", "client2"] {
+                exec_in(
+                    &tb.ns(host),
+                    &["bash", "-c", "for i in $(seq 20); do echo allow > /dev/udp/10.0.1.10/4433; done"],
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(server.stop(Duration::from_secs(20)), 0);
+            let st = json(&stats);
+            let workers = st["per_worker"].as_array().unwrap();
+            let rx: u64 = workers.iter().map(|w| w["backend"]["rx_datagrams"].as_u64().unwrap()).sum();
+            let not_allowed: u64 =
+                workers.iter().map(|w| w["backend"]["rx_not_allowed"].as_u64().unwrap()).sum();
+            eprintln!(
+                "--allow ({mode}): workers received {rx}, backend dropped {not_allowed}, xdp {}",
+                st["xdp"]
+            );
+            assert_eq!(rx, 20, "{mode}: only client1's datagrams reached the workers");
+            if mode.contains("xdp") {
+                let c = &st["xdp"]["counters"];
+                assert_eq!(c["dropped_not_allowed"].as_u64(), Some(20), "{mode}: {c}");
+                assert_eq!(not_allowed, 0);
+                assert_no_xdp(&tb);
+            } else {
+                assert_eq!(not_allowed, 20, "{mode}");
+            }
+        }
     } // Testbed dropped: `testbed.sh down`.
     let left = netns_with_prefix(&prefix);
     assert!(left.is_empty(), "namespaces left behind: {left:?}");

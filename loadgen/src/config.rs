@@ -132,6 +132,12 @@ pub struct Args {
     /// Bound on closing the connections at the end (each of two steps: clients closing, endpoints idle).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CLOSE_TIMEOUT_S)]
     pub close_timeout: f64,
+    /// canvas/1: when a connection is lost (the server closed it, restarted, went silent), keep trying
+    /// to connect again for up to this long and resume the replica from its tick (SYNC{have}, not from
+    /// zero). Writes in flight on the lost connection count as `writes_unknown`. Default: a lost
+    /// connection is a failed client.
+    #[arg(long, value_name = "SECS")]
+    pub reconnect: Option<f64>,
     /// A handshake not finished after this long counts as failed.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
     pub handshake_timeout: u64,
@@ -166,6 +172,14 @@ impl Args {
         }
         if self.threads == 0 {
             return Err("--threads must be at least 1".into());
+        }
+        if let Some(r) = self.reconnect {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("--reconnect must be a positive number of seconds, got {r}"));
+            }
+            if self.protocol != Protocol::Canvas1 {
+                return Err("--reconnect resumes canvas/1 replicas: use it with --protocol canvas1".into());
+            }
         }
         if self.write_log.is_some() && self.protocol != Protocol::Canvas1 {
             return Err("--write-log records canvas/1 writes and ACKs: use it with --protocol canvas1".into());

@@ -120,6 +120,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         counters: Default::default(),
         latency: Latency::default(),
         ack_latency: Latency::default(),
+        reconnect: args.reconnect.map(Duration::from_secs_f64),
         write_log: match &args.write_log {
             Some(p) => Some(
                 crate::audit::WriteLog::create(p).map_err(|e| format!("--write-log {}: {e}", p.display()))?,
@@ -311,7 +312,11 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
             lag: c.syncs_lag.load(Relaxed),
             overfull: c.syncs_overfull.load(Relaxed),
             fresh: c.syncs_fresh.load(Relaxed),
+            resume: c.syncs_resume.load(Relaxed),
         },
+        reconnects: c.reconnects.load(Relaxed),
+        writes_unknown: c.writes_unknown.load(Relaxed),
+        acked_unfollowed: c.acked_unfollowed.load(Relaxed),
         snapshots: c.snapshots.load(Relaxed),
         hash_mismatches: c.hash_mismatches.load(Relaxed),
         interrupted,

@@ -122,6 +122,15 @@ pub struct Counters {
     pub syncs_overfull: AtomicU64,
     /// SYNCs without usable state (a hash mismatch).
     pub syncs_fresh: AtomicU64,
+    /// SYNCs from the replica's tick on a new connection after `--reconnect`.
+    pub syncs_resume: AtomicU64,
+    /// Connections re-established after a lost one (`--reconnect`).
+    pub reconnects: AtomicU64,
+    /// Writes without an ACK or REJECT when their connection was lost: their outcome is unknown (applied
+    /// or not, the server decided; the resynced replica shows which).
+    pub writes_unknown: AtomicU64,
+    /// ACKed writes not visible yet when their connection was lost (no longer followed).
+    pub acked_unfollowed: AtomicU64,
     /// Snapshots installed in replicas.
     pub snapshots: AtomicU64,
     /// Replica hash mismatches after applying a diff or snapshot.

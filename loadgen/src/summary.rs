@@ -46,6 +46,15 @@ pub struct Summary {
     pub unresolved_writes: u64,
     /// canvas/1 writes ACKed at a tick their replica had not reached when verification began.
     pub acked_not_visible: u64,
+    /// Connections re-established after a lost one (`--reconnect`).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Writes in flight (no ACK or REJECT) when their connection was lost: outcome unknown.
+    #[serde(default)]
+    pub writes_unknown: u64,
+    /// ACKed writes not yet visible when their connection was lost (their visibility is not followed).
+    #[serde(default)]
+    pub acked_unfollowed: u64,
     /// Legacy writes of the color the replica already showed (nothing to observe).
     pub legacy_noop_writes: u64,
     /// Legacy writes never observed within the observation timeout.
@@ -170,13 +179,22 @@ impl Summary {
             "hash mismatches",
             self.hash_mismatches.to_string(),
             format!(
-                "replica repair: syncs {} (gap {}, lag {}, overfull {}, fresh {}), snapshots {}",
+                "replica repair: syncs {} (gap {}, lag {}, overfull {}, fresh {}, resume {}), snapshots {}{}",
                 self.syncs,
                 self.sync_reasons.gap,
                 self.sync_reasons.lag,
                 self.sync_reasons.overfull,
                 self.sync_reasons.fresh,
-                self.snapshots
+                self.sync_reasons.resume,
+                self.snapshots,
+                if self.reconnects > 0 {
+                    format!(
+                        "; {} reconnects, {} writes in flight lost with their connection",
+                        self.reconnects, self.writes_unknown
+                    )
+                } else {
+                    String::new()
+                }
             ),
         );
         match (&self.verify.error, self.verify.snapshot_tick) {
@@ -246,6 +264,9 @@ pub struct SyncReasons {
     pub overfull: u64,
     /// No usable state (hash mismatch).
     pub fresh: u64,
+    /// A new connection resumed the replica from its tick (`--reconnect`).
+    #[serde(default)]
+    pub resume: u64,
 }
 
 #[cfg(test)]
@@ -271,6 +292,9 @@ mod tests {
             applied_is_observed: protocol == Protocol::Legacy,
             unresolved_writes: 1,
             acked_not_visible: 2,
+            reconnects: 0,
+            writes_unknown: 0,
+            acked_unfollowed: 0,
             legacy_noop_writes: 7,
             legacy_unobserved: 3,
             legacy_datagram_errors: 0,
@@ -291,7 +315,7 @@ mod tests {
             rx_datagrams: 98765,
             rx_bytes: 12_345_678,
             syncs: 11,
-            sync_reasons: SyncReasons { gap: 6, lag: 3, overfull: 1, fresh: 1 },
+            sync_reasons: SyncReasons { gap: 6, lag: 3, overfull: 1, fresh: 1, resume: 0 },
             snapshots: 52,
             hash_mismatches: 3,
             interrupted: false,
@@ -336,7 +360,7 @@ mod tests {
             "98765",
             "12.3 MB",
             "13.62 Mbit/s",
-            "syncs 11 (gap 6, lag 3, overfull 1, fresh 1), snapshots 52",
+            "syncs 11 (gap 6, lag 3, overfull 1, fresh 1, resume 0), snapshots 52",
             "47/48",
             "canvas tick 91, 2 fetches",
             "1.2 s user + 0.5 s sys (24% of one core), peak RSS 80 MiB",

@@ -166,7 +166,10 @@ fn foreign_xdp_program_blocks_and_is_left_alone() {
     };
     bounded(LIMIT, move || {
         let prog = in_netns(&r, || {
-            XdpProgram::attach(R_IF, Config { port: 9999, vlan: None, mode: AttachMode::Generic })
+            XdpProgram::attach(
+                R_IF,
+                Config { port: 9999, vlan: None, mode: AttachMode::Generic, allow: Vec::new() },
+            )
         })
         .expect("attach the other program");
         let id = prog.prog_id();

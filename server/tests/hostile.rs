@@ -102,8 +102,9 @@ fn client_initial(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
     cfg.set_application_protos(&[b"canvas/1"]).unwrap();
     cfg.verify_peer(false);
     let scid: [u8; 16] = rand::random();
-    let mut c = quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
-        .unwrap();
+    let mut c =
+        quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
+            .unwrap();
     let mut out = vec![0; 1500];
     let (n, _) = c.send(&mut out).unwrap();
     out.truncate(n);

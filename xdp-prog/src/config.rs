@@ -59,8 +59,11 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Source prefixes the allowlist can hold per address family (the size of each LPM trie).
+pub const MAX_ALLOW: usize = 1024;
+
 /// What to steer and how to attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// UDP destination port, host byte order (the loader converts).
     pub port: u16,
@@ -70,12 +73,29 @@ pub struct Config {
     pub vlan: Option<u16>,
     /// Native, generic, or native-then-generic.
     pub mode: AttachMode,
+    /// Source allowlist as (network address, prefix length): when not empty, datagrams to the port from
+    /// any other source are dropped in XDP and counted ([`crate::Counter::DroppedNotAllowed`]).
+    pub allow: Vec<(std::net::IpAddr, u8)>,
 }
 
 impl Config {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.port == 0 {
             return Err(Error::InvalidConfig("UDP port 0 cannot be matched".into()));
+        }
+        for &(addr, len) in &self.allow {
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if len > max {
+                return Err(Error::InvalidConfig(format!("allow prefix {addr}/{len}: longer than {max}")));
+            }
+        }
+        for v4 in [true, false] {
+            let n = self.allow.iter().filter(|(a, _)| a.is_ipv4() == v4).count();
+            if n > MAX_ALLOW {
+                return Err(Error::InvalidConfig(format!(
+                    "{n} allow prefixes of one family: at most {MAX_ALLOW}"
+                )));
+            }
         }
         if let Some(vlan) = self.vlan {
             if !(1..=4094).contains(&vlan) {

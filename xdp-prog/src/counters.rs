@@ -34,6 +34,8 @@ pub enum Counter {
     MalformedUdp = C::COUNTER_MALFORMED_UDP.0,
     /// Not a disposition: frames to the port whose VLAN tag was read from receive metadata.
     VlanFromMetadata = C::COUNTER_VLAN_FROM_METADATA.0,
+    /// UDP to the port (and VLAN) from a source outside the allowlist: dropped.
+    DroppedNotAllowed = C::COUNTER_DROPPED_NOT_ALLOWED.0,
 }
 
 use crate::skel::plain::types::counter as C;
@@ -41,7 +43,7 @@ const _: () = assert!(Counter::ALL.len() == C::COUNTER_MAX.0 as usize, "a C coun
 
 impl Counter {
     /// All counters, in map order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Redirected,
         Counter::RedirectFailed,
         Counter::PassedNotUdpPort,
@@ -53,6 +55,7 @@ impl Counter {
         Counter::MalformedIp,
         Counter::MalformedUdp,
         Counter::VlanFromMetadata,
+        Counter::DroppedNotAllowed,
     ];
 
     /// The name of the C enumerator (`COUNTER_REDIRECTED`, ...).
@@ -74,6 +77,7 @@ impl Counter {
             Counter::MalformedIp => "COUNTER_MALFORMED_IP",
             Counter::MalformedUdp => "COUNTER_MALFORMED_UDP",
             Counter::VlanFromMetadata => "COUNTER_VLAN_FROM_METADATA",
+            Counter::DroppedNotAllowed => "COUNTER_DROPPED_NOT_ALLOWED",
         }
     }
 }

@@ -76,7 +76,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-pub use config::{AttachMode, Config, Interface, Mode};
+pub use config::{AttachMode, Config, Interface, Mode, MAX_ALLOW};
 pub use counters::{Counter, Counters};
 pub use error::Error;
 
@@ -528,6 +528,7 @@ macro_rules! load_skeleton {
         rodata.cfg.port = config.port.to_be();
         rodata.cfg.vlan_id = config.vlan.unwrap_or(0);
         rodata.cfg.vlan_match = u8::from(config.vlan.is_some());
+        rodata.cfg.allow_match = u8::from(!config.allow.is_empty());
         if let Some(ifindex) = dev_bound {
             open.progs.canvas_xdp.set_ifindex(ifindex);
             // SEC("xdp") sets no other load flag.
@@ -535,6 +536,24 @@ macro_rules! load_skeleton {
         }
         let skel = open.load().map_err(|e| load_error(e, &log))?;
         drop(log);
+        for &(addr, len) in &config.allow {
+            use libbpf_rs::MapCore as _;
+            let mut key = u32::from(len).to_ne_bytes().to_vec();
+            let map = match addr {
+                std::net::IpAddr::V4(a) => {
+                    key.extend_from_slice(&a.octets());
+                    &skel.maps.allow4
+                }
+                std::net::IpAddr::V6(a) => {
+                    key.extend_from_slice(&a.octets());
+                    &skel.maps.allow6
+                }
+            };
+            map.update(&key, &[1], libbpf_rs::MapFlags::ANY).map_err(|e| Error::Io {
+                operation: format!("adding {addr}/{len} to the allowlist map"),
+                source: io::Error::other(e),
+            })?;
+        }
         let dup = |fd: BorrowedFd<'_>, what: &str| {
             fd.try_clone_to_owned()
                 .map_err(|source| Error::Io { operation: format!("duplicating the {what} fd"), source })

@@ -4,18 +4,27 @@ use super::*;
 
 #[test]
 fn config_is_validated() {
-    let ok = Config { port: 4433, vlan: Some(4000), mode: AttachMode::Auto };
+    let ok = Config { port: 4433, vlan: Some(4000), mode: AttachMode::Auto, allow: Vec::new() };
     assert!(ok.validate().is_ok());
-    assert!(Config { port: 0, ..ok }.validate().is_err());
-    assert!(Config { vlan: Some(0), ..ok }.validate().is_err());
-    assert!(Config { vlan: Some(4095), ..ok }.validate().is_err());
-    assert!(Config { vlan: None, ..ok }.validate().is_ok());
+    assert!(Config { port: 0, ..ok.clone() }.validate().is_err());
+    assert!(Config { vlan: Some(0), ..ok.clone() }.validate().is_err());
+    assert!(Config { vlan: Some(4095), ..ok.clone() }.validate().is_err());
+    assert!(Config { vlan: None, ..ok.clone() }.validate().is_ok());
+    let v4: std::net::IpAddr = "10.0.1.0".parse().unwrap();
+    let v6: std::net::IpAddr = "fd00::".parse().unwrap();
+    assert!(Config { allow: vec![(v4, 24), (v6, 64)], ..ok.clone() }.validate().is_ok());
+    assert!(Config { allow: vec![(v4, 33)], ..ok.clone() }.validate().is_err());
+    assert!(Config { allow: vec![(v6, 129)], ..ok.clone() }.validate().is_err());
+    assert!(Config { allow: vec![(v4, 32); MAX_ALLOW + 1], ..ok.clone() }.validate().is_err());
 }
 
 #[test]
 fn missing_interface_is_reported_by_name() {
-    let err = XdpProgram::attach("nosuchif0", Config { port: 4433, vlan: None, mode: AttachMode::Auto })
-        .expect_err("no such interface");
+    let err = XdpProgram::attach(
+        "nosuchif0",
+        Config { port: 4433, vlan: None, mode: AttachMode::Auto, allow: Vec::new() },
+    )
+    .expect_err("no such interface");
     assert!(matches!(err, Error::InterfaceNotFound { .. }), "{err}");
     assert!(err.to_string().contains("nosuchif0"), "{err}");
 }

@@ -44,7 +44,7 @@ fn attached(ns: &str) -> Option<(u32, Mode)> {
 }
 
 fn config(vlan: Option<u16>, mode: AttachMode) -> Config {
-    Config { port: PORT, vlan, mode }
+    Config { port: PORT, vlan, mode, allow: Vec::new() }
 }
 
 fn counters(p: &XdpProgram) -> Counters {

@@ -137,7 +137,9 @@ impl<'a> Session<'a> {
                     return Err(Failure::protocol(format!("WELCOME with unusable dimensions {:?}", w.dims)));
                 }
                 self.dims = Some(w.dims);
-                if !self.light {
+                // A resumed replica of the same canvas is kept (its SYNC asked from its tick).
+                let resumed = matches!(rep, ReplicaSlot::Canvas1(r) if r.len() == w.dims.len());
+                if !self.light && !resumed {
                     *rep = ReplicaSlot::Canvas1(Box::new(Replica::new(w.dims)));
                 }
                 welcomed = true;
@@ -193,6 +195,24 @@ impl<'a> Session<'a> {
         Ok((welcomed, big))
     }
 
+    /// Add what the replica counted since last time to the shared counters.
+    fn count_syncs(&mut self, r: &Replica) {
+        let c = &self.ctx.counters;
+        let st = r.stats();
+        if st != self.seen {
+            let d = |new: u64, old: u64| new.saturating_sub(old);
+            c.syncs.fetch_add(d(st.syncs, self.seen.syncs), Relaxed);
+            c.syncs_gap.fetch_add(d(st.syncs_gap, self.seen.syncs_gap), Relaxed);
+            c.syncs_lag.fetch_add(d(st.syncs_lag, self.seen.syncs_lag), Relaxed);
+            c.syncs_overfull.fetch_add(d(st.syncs_overfull, self.seen.syncs_overfull), Relaxed);
+            c.syncs_fresh.fetch_add(d(st.syncs_fresh, self.seen.syncs_fresh), Relaxed);
+            c.syncs_resume.fetch_add(d(st.syncs_resume, self.seen.syncs_resume), Relaxed);
+            c.snapshots.fetch_add(d(st.snapshots, self.seen.snapshots), Relaxed);
+            c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
+            self.seen = st;
+        }
+    }
+
     /// The tick the client has seen: its replica's, or (light) the highest one announced.
     fn visible_tick(&self, r: Option<&Replica>) -> Option<u64> {
         r.map_or(self.light_tick, Replica::tick)
@@ -224,19 +244,7 @@ impl<'a> Session<'a> {
             if let Some(have_tick) = r.poll_sync(now) {
                 proto::encode_client(&ClientMsg::Sync { have_tick }, out);
             }
-            let c = &self.ctx.counters;
-            let st = r.stats();
-            if st != self.seen {
-                let d = |new: u64, old: u64| new.saturating_sub(old);
-                c.syncs.fetch_add(d(st.syncs, self.seen.syncs), Relaxed);
-                c.syncs_gap.fetch_add(d(st.syncs_gap, self.seen.syncs_gap), Relaxed);
-                c.syncs_lag.fetch_add(d(st.syncs_lag, self.seen.syncs_lag), Relaxed);
-                c.syncs_overfull.fetch_add(d(st.syncs_overfull, self.seen.syncs_overfull), Relaxed);
-                c.syncs_fresh.fetch_add(d(st.syncs_fresh, self.seen.syncs_fresh), Relaxed);
-                c.snapshots.fetch_add(d(st.snapshots, self.seen.snapshots), Relaxed);
-                c.hash_mismatches.fetch_add(d(st.hash_mismatches, self.seen.hash_mismatches), Relaxed);
-                self.seen = st;
-            }
+            self.count_syncs(r);
             self.replica_polls = r.needs_poll();
         }
         self.slot.unresolved.store(self.writes.outstanding as u32, Relaxed);
@@ -282,9 +290,19 @@ pub async fn drive(
     };
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut out_pos = 0usize;
-    proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK }, &mut out);
-    let mut fr = FrameReader::new();
     let mut s = Session::new(ctx, slot, !full);
+    // A replica from a connection that was lost resumes from its tick (`--reconnect`).
+    let have_tick = match &mut *slot.replica() {
+        ReplicaSlot::Canvas1(r) => {
+            s.seen = r.stats();
+            let have = r.resume();
+            s.count_syncs(r);
+            have
+        }
+        _ => NO_TICK,
+    };
+    proto::encode_client(&ClientMsg::Sync { have_tick }, &mut out);
+    let mut fr = FrameReader::new();
     let mut writing = false;
     let write_sleep = tokio::time::sleep_until(far_future());
     let sync_sleep = tokio::time::sleep_until(far_future());

@@ -164,6 +164,8 @@ pub struct Ctx {
     pub ack_latency: Latency,
     /// `--write-log`.
     pub write_log: Option<crate::audit::WriteLog>,
+    /// `--reconnect`.
+    pub reconnect: Option<Duration>,
     /// The first failure message (printed when nothing could connect).
     pub first_error: Mutex<Option<String>>,
     /// Failure messages printed so far (the first few are, the rest only counted).
@@ -327,28 +329,75 @@ pub async fn run(
         () = run_ended(&mut phase) => return,
     }
     slot.set_status(Status::Connecting);
-    let conn = match connect(&ctx, &endpoint, &mut phase).await {
+    let mut conn = match connect(&ctx, &endpoint, &mut phase).await {
         Ok(c) => c,
         Err(f) => return ctx.fail(idx, &slot, f),
     };
     ctx.counters.handshakes.fetch_add(1, Relaxed);
-    ctx.counters.active.fetch_add(1, Relaxed);
-    slot.set_status(Status::Open);
     let full = idx < ctx.full_replicas;
-    let r = match ctx.protocol {
-        Protocol::Canvas1 => canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
-        Protocol::Legacy => legacy::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
-    };
-    ctx.counters.active.fetch_sub(1, Relaxed);
-    match r {
-        Ok(()) => {
-            conn.close(0u32.into(), b"done");
-            slot.set_status(Status::Closed);
+    loop {
+        ctx.counters.active.fetch_add(1, Relaxed);
+        slot.set_status(Status::Open);
+        let r = match ctx.protocol {
+            Protocol::Canvas1 => canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
+            Protocol::Legacy => legacy::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
+        };
+        ctx.counters.active.fetch_sub(1, Relaxed);
+        let f = match r {
+            Ok(()) => {
+                conn.close(0u32.into(), b"done");
+                slot.set_status(Status::Closed);
+                return;
+            }
+            Err(f) => f,
+        };
+        conn.close(1u32.into(), b"client error");
+        let lost = matches!(f.kind, FailKind::ClosedByServer | FailKind::IdleTimeout | FailKind::Other);
+        let window = ctx.reconnect.filter(|_| lost && *phase.borrow() != Phase::Close);
+        let Some(window) = window else { return ctx.fail(idx, &slot, f) };
+        // What the lost connection left open is no longer followed: writes without an answer (their
+        // outcome is the server's; the resumed replica shows it) and ACKed writes not visible yet.
+        let c = &ctx.counters;
+        c.writes_unknown.fetch_add(u64::from(slot.unresolved.swap(0, Relaxed)), Relaxed);
+        c.acked_unfollowed.fetch_add(u64::from(slot.invisible.swap(0, Relaxed)), Relaxed);
+        slot.set_status(Status::Connecting);
+        match reconnect(&ctx, &endpoint, &mut phase, window).await {
+            Some(new) => {
+                conn = new;
+                c.reconnects.fetch_add(1, Relaxed);
+                c.handshakes.fetch_add(1, Relaxed);
+            }
+            None => return ctx.fail(idx, &slot, f),
         }
-        Err(f) => {
-            conn.close(1u32.into(), b"client error");
-            ctx.fail(idx, &slot, f);
+    }
+}
+
+/// Connect again after a lost connection, retrying (100 ms, doubling to 1 s between attempts) for up to
+/// `window` or until the run closes.
+async fn reconnect(
+    ctx: &Ctx,
+    endpoint: &quinn::Endpoint,
+    phase: &mut watch::Receiver<Phase>,
+    window: Duration,
+) -> Option<quinn::Connection> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = phase.wait_for(|p| *p == Phase::Close) => return None,
         }
+        let attempt = tokio::select! {
+            r = connect(ctx, endpoint, phase) => r.ok(),
+            () = tokio::time::sleep_until(deadline) => return None,
+        };
+        if attempt.is_some() {
+            return attempt;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

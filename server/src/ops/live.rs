@@ -285,6 +285,13 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         &mut per(|w| w.backend.rx_dropped + w.backend.tx_dropped).into_iter(),
     );
     family(
+        "packets_not_allowed_total",
+        "counter",
+        "Datagrams from sources outside --allow, dropped before the endpoint (uring mode; xdp mode: \
+         xdp_frames_total{outcome=\"dropped_not_allowed\"}).",
+        &mut per(|w| w.backend.rx_not_allowed).into_iter(),
+    );
+    family(
         "pixels_received_total",
         "counter",
         "Pixel writes received.",

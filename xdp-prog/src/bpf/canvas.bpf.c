@@ -3,7 +3,8 @@
 // canvas.bpf.c: the XDP program of the canvas server.
 //
 // Steers UDP datagrams addressed to the server's port into the AF_XDP socket bound to the receive
-// queue they arrived on (`xsks[rx_queue_index]`); everything else (SSH, ARP, ICMP, other ports,
+// queue they arrived on (`xsks[rx_queue_index]`), dropping those from sources outside the allowlist
+// when one is configured; everything else (SSH, ARP, ICMP, other ports,
 // fragments, malformed frames) goes on to the kernel stack untouched with XDP_PASS. Every frame is
 // counted exactly once, under one disposition, in the per-CPU `counters` map.
 //
@@ -90,7 +91,9 @@ enum counter {
 	COUNTER_MALFORMED_UDP = 9,
 	// Not a disposition: of the frames above, how many had their VLAN tag read from metadata.
 	COUNTER_VLAN_FROM_METADATA = 10,
-	COUNTER_MAX = 11,
+	// UDP to the port (and VLAN) from a source outside the allowlist (cfg.allow_match): dropped.
+	COUNTER_DROPPED_NOT_ALLOWED = 11,
+	COUNTER_MAX = 12,
 };
 
 // Set by the loader before load (read-only global: the verifier prunes the branches it disables).
@@ -102,7 +105,21 @@ struct canvas_config {
 	// 1: the frame's outermost tag must be vlan_id (program on the parent NIC of a VLAN).
 	// 0: the tag is not looked at (program on the VLAN sub-interface, or untagged network).
 	__u8 vlan_match;
-	__u8 _pad[3];
+	// 1: only sources in `allow4`/`allow6` may reach the port; the rest is dropped and counted.
+	__u8 allow_match;
+	__u8 _pad[2];
+};
+
+// The source allowlist (`server --allow CIDR`): longest-prefix-match tries keyed by prefix length
+// and address (network order); the value is unused.
+struct lpm_key4 {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct lpm_key6 {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 const volatile struct canvas_config cfg = {};
@@ -117,6 +134,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct lpm_key4);
+	__type(value, __u8);
+} allow4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct lpm_key6);
+	__type(value, __u8);
+} allow6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -170,7 +203,10 @@ int canvas_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
+	struct lpm_key4 src4 = { .prefixlen = 32 };
+	struct lpm_key6 src6 = { .prefixlen = 128 };
 	int inband_vid = -1;
+	int v6 = 0;
 	__be16 proto;
 	void *l3;
 
@@ -212,6 +248,7 @@ int canvas_xdp(struct xdp_md *ctx)
 			return pass(COUNTER_IP_FRAGMENT);
 		if (ip->protocol != IPPROTO_UDP)
 			return pass(COUNTER_PASSED_NOT_UDP);
+		src4.addr = ip->saddr;
 		udp = (void *)ip + hdr_len;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -225,6 +262,8 @@ int canvas_xdp(struct xdp_md *ctx)
 		// Hop-by-hop, routing, destination options: not walked; the kernel gets them.
 		if (ip6->nexthdr != IPPROTO_UDP)
 			return pass(COUNTER_PASSED_NOT_UDP);
+		__builtin_memcpy(src6.addr, &ip6->saddr, sizeof(src6.addr));
+		v6 = 1;
 		udp = (void *)(ip6 + 1);
 	} else {
 		return pass(COUNTER_PASSED_NOT_IP);
@@ -238,6 +277,13 @@ int canvas_xdp(struct xdp_md *ctx)
 		return pass(COUNTER_PASSED_NOT_UDP_PORT);
 	if (cfg.vlan_match && outer_vlan_id(ctx, inband_vid) != cfg.vlan_id)
 		return pass(COUNTER_PASSED_OTHER_VLAN);
+	// The allowlist: traffic to the port from anywhere else never reaches a worker (XDP runs
+	// before netfilter, so firewall rules on the host do not protect the port in xdp mode).
+	if (cfg.allow_match &&
+	    !(v6 ? bpf_map_lookup_elem(&allow6, &src6) : bpf_map_lookup_elem(&allow4, &src4))) {
+		count(COUNTER_DROPPED_NOT_ALLOWED);
+		return XDP_DROP;
+	}
 
 	// Low bits of the flags are the action when xsks[queue] holds no socket: XDP_PASS, so the
 	// datagram still reaches a kernel UDP socket (io_uring fallback) instead of being dropped.

@@ -111,6 +111,8 @@ pub struct UringConfig {
     pub max_segments: usize,
     /// Batch buffers in the transmit pool ([`DEFAULT_TX_BATCHES`]).
     pub tx_batches: usize,
+    /// Sources allowed to reach the endpoint (empty: all); others are dropped in `recv` and counted.
+    pub allow: crate::seam::Allowlist,
 }
 
 impl Default for UringConfig {
@@ -126,6 +128,7 @@ impl Default for UringConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_segments: DEFAULT_MAX_SEGMENTS,
             tx_batches: DEFAULT_TX_BATCHES,
+            allow: crate::seam::Allowlist::default(),
         }
     }
 }
@@ -170,6 +173,7 @@ pub struct UringSocket {
     rx: Rx,
     tx: Tx,
     stats: BackendStats,
+    allow: crate::seam::Allowlist,
 }
 
 // SAFETY: the raw pointers inside (mappings, msghdrs) point only into memory this value owns exclusively,
@@ -227,6 +231,7 @@ impl UringSocket {
             rx,
             tx: Tx::new(cfg)?,
             stats: BackendStats::default(),
+            allow: cfg.allow.clone(),
         })
     }
 
@@ -423,6 +428,7 @@ impl Datapath for UringSocket {
             let len = (res as usize).min(self.rx.bufs.size);
             let parsed = parse_datagram(&self.rx.bufs.buf_mut(bid)[..len], &self.rx.msghdr);
             match parsed {
+                Some((peer, _, _)) if !self.allow.allows(peer.ip()) => self.stats.rx_not_allowed += 1,
                 Some((peer, start, end)) => {
                     let payload = &mut self.rx.bufs.buf_mut(bid)[start..end];
                     self.stats.rx_datagrams += 1;

@@ -214,6 +214,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub(crate) handshake_timeout_ms: u64,
+    /// Only these sources may reach the port (repeatable; IPv4 or IPv6 CIDR, e.g. `10.0.1.0/24`,
+    /// `2001:db8::/32`, or a bare address): everything else is dropped and counted, in the XDP program in
+    /// xdp mode (`dropped_not_allowed`; XDP runs before netfilter, so host firewall rules do not protect
+    /// the port there) and before quiche in uring mode (`rx_not_allowed`). Default: every source.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub(crate) allow: Vec<ipnet::IpNet>,
     /// Validate client addresses with a stateless Retry before accepting.
     #[arg(long)]
     pub(crate) retry: bool,
@@ -234,6 +240,13 @@ pub(crate) struct Args {
     /// full queue of --spsc-capacity writes at 1 M writes/s lasts 65 ms).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) master_idle_us: u64,
+}
+
+/// A CIDR (`10.0.1.0/24`) or a bare address (a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>().or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
+        |_| format!("{s:?} is not an IPv4 or IPv6 address or CIDR (e.g. 10.0.1.0/24, 2001:db8::/32)"),
+    )
 }
 
 /// A clap parser for a usize in `lo..=hi` whose error states the range.

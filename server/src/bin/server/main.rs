@@ -197,9 +197,31 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let canvas = Canvas::new(dims, mem)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    // The first SIGINT/SIGTERM stops gracefully (no new connections, CONNECTION_CLOSE "server shutdown" to
+    // every client, the last tick committed and the log synced, XDP detached, huge pages given back); a
+    // second one while that runs exits at once with status 130 (every committed tick is already in the
+    // log; the kernel drops the XDP link and the mappings with the process).
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
 
+    let allow: Vec<(std::net::IpAddr, u8)> = a.allow.iter().map(|n| (n.network(), n.prefix_len())).collect();
+    if allow.len() > xdp_prog::MAX_ALLOW {
+        return Err(format!(
+            "{} --allow prefixes: at most {} per address family",
+            allow.len(),
+            xdp_prog::MAX_ALLOW
+        )
+        .into());
+    }
+    if !allow.is_empty() {
+        let list: Vec<String> = a.allow.iter().map(|n| n.trunc().to_string()).collect();
+        eprintln!(
+            "server: allow: only {} may reach the port; the rest is dropped and counted",
+            list.join(", ")
+        );
+    }
     // Backends first, so a bad address or interface fails before anything starts.
     let mut backends: Vec<Backend> = Vec::new();
     let mut program: Option<Arc<xdp_prog::XdpProgram>> = None;
@@ -221,6 +243,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                 buf_count: a.provided_buffers,
                 gso: !a.no_gso,
                 max_payload: a.max_udp_payload,
+                allow: datapath::seam::Allowlist::new(allow.clone()),
                 ..UringConfig::default()
             };
             datapath::backend::uring::claim_port(a.listen)?;
@@ -287,7 +310,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
             let prog = xdp_prog::XdpProgram::attach(
                 iface.as_str(),
-                xdp_prog::Config { port: listen.port(), vlan: a.vlan, mode },
+                xdp_prog::Config { port: listen.port(), vlan: a.vlan, mode, allow: allow.clone() },
             )?;
             xdp_notes.extend(prog.notes().iter().cloned());
             eprintln!(

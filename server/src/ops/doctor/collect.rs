@@ -70,7 +70,7 @@ fn try_attach(
     vlan: Option<u16>,
     mode: xdp_prog::AttachMode,
 ) -> Result<String, xdp_prog::Error> {
-    let prog = xdp_prog::XdpProgram::attach(iface, xdp_prog::Config { port, vlan, mode })?;
+    let prog = xdp_prog::XdpProgram::attach(iface, xdp_prog::Config { port, vlan, mode, allow: Vec::new() })?;
     let mut detail = format!("attached as prog {} in {} mode and detached", prog.prog_id(), prog.mode());
     if let Some(v) = vlan {
         let _ = write!(

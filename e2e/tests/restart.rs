@@ -1,0 +1,67 @@
+//! Graceful restart: SIGTERM a `--data-dir` server under load, start it again on the same port and data
+//! directory, and the clients (`client --reconnect`) come back by themselves and resume their replicas
+//! from their ticks; at the end nothing failed and every replica matches the restarted server's canvas.
+//! Then: a second SIGTERM while the first is being handled ends the server at once (exit status 130).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{bin, client_args, free_port, json, scratch, wait_bounded, Server};
+
+const CLIENTS: u64 = 30;
+
+fn start(listen: &str, data: &std::path::Path) -> Server {
+    Server::start(
+        &["-w", "1", "--listen", listen, "--data-dir", data.to_str().unwrap()],
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn clients_reconnect_and_resume_across_a_graceful_restart() {
+    let dir = scratch("restart");
+    let data = dir.join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = start(&listen, &data);
+    let summary = dir.join("summary.json");
+    let mut args = client_args(&format!("https://{listen}"), "resume", "canvas1", CLIENTS, 12, &summary);
+    args.extend(["--reconnect", "20", "--progress", "lines"].map(str::to_owned));
+    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = Instant::now();
+    assert_eq!(server.stop(Duration::from_secs(20)), 0, "graceful stop");
+    let server = start(&listen, &data);
+    eprintln!("restarted in {:.2?}", t0.elapsed());
+    assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
+    let s = json(&summary);
+    eprintln!("summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+    assert_eq!(n("failed"), 0, "{s}");
+    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
+    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
+    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the restarted server");
+    assert_eq!(
+        n("pixels_applied") + n("pixels_rejected") + n("writes_unknown"),
+        n("pixels_sent"),
+        "every write answered, or in flight when its connection closed"
+    );
+    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
+
+    // A second signal while the first is handled forces the exit. Clients are connected, so the graceful
+    // stop drains for at least three PTOs (quiche's closing period, > 75 ms) when the second one comes.
+    let summary2 = dir.join("summary2.json");
+    let args = client_args(&format!("https://{listen}"), "second", "canvas1", 10, 10, &summary2);
+    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = server.pid().to_string();
+    let st = Command::new("bash")
+        .args(["-c", &format!("kill -TERM {pid}; sleep 0.01; kill -TERM {pid}")])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let code = server.stop_wait(Duration::from_secs(10));
+    assert_eq!(code, 130, "the second SIGTERM exits at once");
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
