@@ -14,6 +14,9 @@ seeded canvas/1 load from both client namespaces:
     snapshots per client after the join, RSS per connection, server CPU per delivered broadcast datagram, the
     bytes clients receive per second, and the load generators' own CPU (a saturated loadgen is a limit of the
     box, not of the server); replicas: 250 full ones per namespace, the rest latency-only;
+  * flood: load1 (2 x 250 clients arriving over 1 s, writing every 100-400 ms) without and with a handshake
+    flood 3 s in (10,000 idle connections from client2 over 2 s, 10x load1's arrival rate): the share of their
+    ACKed writes/s the established clients keep, and the flood's own connected/failed and loadgen CPU;
   * scale: 2 x 10,000 connections arriving over 40 s, each writing one pixel every 25-35 s (the r/place pace)
     for 90 s: connected/failed, RSS per connection, broadcast waves per second, p50/p99.
 
@@ -57,6 +60,11 @@ KNEE_TICKS = 3
 KNEE_LADDER = [250, 375, 500, 750, 1000]
 OVERLOAD_MULTIPLES = [1.5, 2, 4]
 SAMPLED_REPLICAS = 250
+# Handshake flood: load1's established clients (2 x 250 arriving over 1 s: 500 handshakes/s) plus, 3 s in, a
+# third load generator whose FLOOD_CLIENTS connections arrive over FLOOD_JITTER_MS (10x that rate) and then
+# idle; the figure is the established clients' acknowledged writes/s against the same run without it.
+FLOOD_CLIENTS = 10000
+FLOOD_JITTER_MS = 2000
 
 MODES = {
     "xdp-native": ["--mode", "xdp", "--iface", "eth1", "--vlan", "4000", "--xdp-attach", "native"],
@@ -115,7 +123,7 @@ class Bench:
     def down(self):
         sh([str(TESTBED), "down", "--prefix", self.prefix], timeout=120, check=False)
 
-    def run(self, mode, phase, clients, jitter_ms, wait, secs, rep, replicas=None, tag=None):
+    def run(self, mode, phase, clients, jitter_ms, wait, secs, rep, replicas=None, tag=None, flood=None):
         tag = tag or f"{mode}-{phase}-{rep}"
         stats = self.out / f"{tag}-server.json"
         log = open(self.out / f"{tag}-server.log", "w")
@@ -144,10 +152,22 @@ class Bench:
                 if replicas is not None:
                     cmd += ["--replicas", str(replicas), "--verify-timeout", "60"]
                 clis.append(subprocess.Popen(cmd, stdout=open(mdir / "client.log", "w"), stderr=subprocess.STDOUT))
+            flooder = None
+            if flood:
+                # The flood: FLOOD_CLIENTS idle connections from client2, 3 s into the write phase.
+                time.sleep(3)
+                fdir = self.out / f"{tag}-flood"
+                fdir.mkdir(exist_ok=True)
+                cmd = ["ip", "netns", "exec", self.ns("client2"), str(CLIENT), "--target", TARGET, "--clients",
+                       str(flood[0]), "--id", "flood", "--protocol", "canvas1", "--seed", "99", "--max-conn-jitter",
+                       str(flood[1]), "--min-pixel-wait", "1000000", "--max-pixel-wait", "1000000", "--duration",
+                       str(max(secs - 4, 1)), "--replicas", "0", "--summary-json", str(fdir / "summary.json"),
+                       "--verify-timeout", "10", "--endpoints", "64"]
+                flooder = subprocess.Popen(cmd, stdout=open(fdir / "client.log", "w"), stderr=subprocess.STDOUT)
             # RSS at the end of the write phase (all connections up, before verification and close).
-            time.sleep(max(secs - 0.5, 0.5))
+            time.sleep(max(secs - 0.5 - (3 if flood else 0), 0.5))
             rss1 = rss_kib(srv.pid)
-            for c in clis:
+            for c in clis + ([flooder] if flooder else []):
                 c.wait(timeout=secs + 180)
             s1, (u1, k1), t1 = softirq_ticks(), proc_cpu_ticks(srv.pid), time.time()
             snmp1 = {h: snmp_udp(self.ns(h)) for h in ("server", "client1", "client2")}
@@ -202,9 +222,16 @@ class Bench:
             "rx_mbit_per_s": round(sum(s["rx_bytes"] for s in sums) * 8 / 1e6 / max(t1 - t0, 1e-9), 1),
             "loadgen_cpu_pct": round(sum(s["usage"]["user_s"] + s["usage"]["sys_s"] for s in sums) * 100 / max(t1 - t0, 1e-9), 1),
             "waves_per_s": round(sum(w["endpoint"]["waves"] for w in st["per_worker"]) / max(len(st["per_worker"]), 1) / max(t1 - t0, 1e-9), 2),
+            "acked_per_s": round(sum(s["pixels_applied"] for s in sums) / secs, 1),
             "replicas_checked": sum(s["replicas_checked"] for s in sums),
             "replicas_matching": sum(s["replicas_matching"] for s in sums),
         }
+        if flood:
+            fs = json.load(open(self.out / f"{tag}-flood" / "summary.json"))
+            row["flood_connected"] = fs["connected"]
+            row["flood_failed"] = fs["failed"]
+            row["flood_handshakes_per_s"] = round(fs["connected"] / (flood[1] / 1000), 1)
+            row["flood_loadgen_cpu_pct"] = round((fs["usage"]["user_s"] + fs["usage"]["sys_s"]) * 100 / max(t1 - t0, 1e-9), 1)
         self.rows.append(row)
         print(f"  {tag}: {row['writes_per_s']} writes/s, {row['cpu_us_per_write']} us CPU/write, "
               f"{row['cpu_us_per_datagram']} us/datagram, p50 {row['p50_ms']} p99 {row['p99_ms']} ms, "
@@ -266,7 +293,7 @@ def write_reports(b, phases, modes):
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(b.ramp_rows)
-    med = median_rows([r for r in b.rows if r["phase"] != "overload"])
+    med = median_rows([r for r in b.rows if r["phase"] not in ("overload", "flood")])
     cols = [("writes_per_s", "writes/s"), ("cpu_us_per_write", "CPU µs/write"), ("cpu_us_per_datagram", "CPU µs/dgram"),
             ("cpu_us_per_datagram_incl_half_softirq", "µs/dgram +½ softirq"), ("bcast_dgrams_per_s", "bcast dgrams/s"),
             ("bytes_out_per_s", "bytes/s out"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
@@ -312,6 +339,19 @@ def write_reports(b, phases, modes):
         for r in sc:
             lines.append(f"| {r['mode']} | {r['clients']} | {r['failed']} | {r['writes_per_s']:,.0f} | {r['waves_per_s']:.2f} | "
                          f"{r['p50_ms']:,.0f} / {r['p99_ms']:,.0f} | {r['rss_kib_per_conn']:.0f} | {r['loadgen_cpu_pct']:.0f} | "
+                         f"{r['replicas_matching']}/{r['replicas_checked']} |")
+    fl = [r for r in b.rows if r["phase"] == "flood" and r.get("flooded")]
+    if fl:
+        lines += ["", f"Handshake flood (load1's 2 x 250 clients; 3 s in, {FLOOD_CLIENTS} idle connections arrive over "
+                  f"{FLOOD_JITTER_MS} ms from client2, 10x load1's arrival rate):", "",
+                  "| mode | ACKed writes/s without / with | kept | p99 ms without / with | flood connected | flood failed "
+                  "| flood handshakes/s | flood loadgen CPU % | replicas |", "|---|---|---|---|---|---|---|---|---|"]
+        bases = {r["mode"]: r for r in b.rows if r["phase"] == "flood" and not r.get("flooded")}
+        for r in fl:
+            z = bases[r["mode"]]
+            lines.append(f"| {r['mode']} | {z['acked_per_s']:,.0f} / {r['acked_per_s']:,.0f} | {r['throughput_kept'] * 100:.1f} % | "
+                         f"{z['p99_ms']:,.0f} / {r['p99_ms']:,.0f} | {r['flood_connected']} | {r['flood_failed']} | "
+                         f"{r['flood_handshakes_per_s']:,.0f} | {r['flood_loadgen_cpu_pct']:.0f} | "
                          f"{r['replicas_matching']}/{r['replicas_checked']} |")
     if "uring" in modes and any(m["phase"].startswith("load") or m["phase"] == "ramp" for m in med):
         lines += ["", "Ratios to uring (same phase, medians; < 1 means cheaper / lower than uring):", "",
@@ -426,6 +466,20 @@ def positive(s):
     return n
 
 
+def flood(b, mode, secs):
+    """load1 without and with a 10x handshake flood; the ratio of the established clients' ACKed writes/s."""
+    base = b.run(mode, "flood", 250, 1000, (100, 400), secs, 0, tag=f"{mode}-flood-base")
+    base["flooded"] = False
+    r = b.run(mode, "flood", 250, 1000, (100, 400), secs, 0, tag=f"{mode}-flood-on",
+              flood=(FLOOD_CLIENTS, FLOOD_JITTER_MS))
+    r["flooded"] = True
+    r["throughput_kept"] = round(r["acked_per_s"] / max(base["acked_per_s"], 1e-9), 3)
+    print(f"  {mode}: handshake flood ({r['flood_connected']} of {FLOOD_CLIENTS} connected over "
+          f"{FLOOD_JITTER_MS} ms, {r['flood_failed']} failed, flood loadgen {r['flood_loadgen_cpu_pct']} % CPU): "
+          f"established clients kept {r['throughput_kept'] * 100:.1f} % of their ACKed writes/s "
+          f"({base['acked_per_s']} -> {r['acked_per_s']}), p99 {base['p99_ms']} -> {r['p99_ms']} ms", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one repeat, shorter runs (a smoke run)")
@@ -433,8 +487,8 @@ def main():
     p.add_argument("--secs", type=positive, default=10, help="write phase per fixed-load run")
     p.add_argument("--queues", type=positive, default=1, help="server NIC queues = workers (at most 256)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale"],
-                   choices=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale"], help="which phases to run")
+    p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"],
+                   choices=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"], help="which phases to run")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, XDP)")
@@ -450,7 +504,8 @@ def main():
              ("load3", 500, 1000, (20, 50), a.secs),
              ("ramp", 1000 if a.quick else 1500, (a.secs + 10) * 1000, (20, 50), a.secs + 10),
              ("overload", 0, 0, (20, 50), a.secs),  # clients and jitter: see overload()
-             ("scale", 2000 if a.quick else 10000, 40000, (25000, 35000), 45 if a.quick else 90)]
+             ("scale", 2000 if a.quick else 10000, 40000, (25000, 35000), 45 if a.quick else 90),
+             ("flood", 0, 0, (100, 400), max(a.secs, 10))]  # see flood()
     if a.quick:
         loads = [l for l in loads if l[0] != "load2"]
     loads = [l for l in loads if l[0] in a.phases]
@@ -466,6 +521,9 @@ def main():
             for phase, clients, jitter, wait, secs in loads:
                 if phase == "overload":
                     overload(b, mode, secs)
+                    continue
+                if phase == "flood":
+                    flood(b, mode, secs)
                     continue
                 reps = a.repeats if phase.startswith("load") else 1
                 for rep in range(reps):

@@ -1,6 +1,7 @@
 //! Graceful restart: SIGTERM a `--data-dir` server under load, start it again on the same port and data
 //! directory, and the clients (`client --reconnect`) come back by themselves and resume their replicas
-//! from their ticks; at the end nothing failed and every replica matches the restarted server's canvas.
+//! from their ticks, caught up with deltas from the ticks the restarted server replayed from its log; at the
+//! end nothing failed and every replica matches the restarted server's canvas.
 //! Then: a second SIGTERM while the first is being handled ends the server at once (exit status 130).
 
 use std::process::{Command, Stdio};
@@ -39,6 +40,9 @@ fn clients_reconnect_and_resume_across_a_graceful_restart() {
     assert_eq!(n("failed"), 0, "{s}");
     assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
     assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
+    // The restarted server replayed the ticks after its last snapshot from the log: the resumed replicas
+    // were caught up with deltas, not snapshots (one snapshot each: the one at the first join).
+    assert_eq!(n("snapshots"), CLIENTS, "resumed with a delta, not a second snapshot");
     assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the restarted server");
     assert_eq!(
         n("pixels_applied") + n("pixels_rejected") + n("writes_unknown"),

@@ -29,6 +29,8 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const RESERVE_AHEAD: u64 = 600;
 /// Snapshots kept.
 pub const KEEP_SNAPSHOTS: usize = 2;
+/// Replayed ticks kept in [`Restored::tail`], at most.
+pub const TAIL_MAX: usize = 512;
 
 /// What a restore found.
 #[derive(Debug)]
@@ -42,6 +44,14 @@ pub struct Restored {
     pub next_tick: u64,
     /// Tick of the snapshot the restore started from.
     pub snapshot_tick: Option<u64>,
+    /// Newest tick that changed something (0: none).
+    pub last_change: u64,
+    /// The ticks replayed on top of the snapshot, each with the canvas hash after it, oldest first (at most
+    /// [`TAIL_MAX`], the newest): what a restarted server can still send as deltas to a client that
+    /// returns with a tick from before the restart.
+    pub tail: Vec<(TickBatch, u64)>,
+    /// The changing tick before the first of `tail` (every change after it is in `tail`).
+    pub tail_base: u64,
     /// Tick batches replayed on top of it.
     pub replayed: u64,
     /// Changes (pixels) in them.
@@ -207,6 +217,9 @@ impl LocalLog {
             tick: 0,
             next_tick: 1,
             snapshot_tick: None,
+            last_change: 0,
+            tail: Vec::new(),
+            tail_base: 0,
             replayed: 0,
             replayed_changes: 0,
             notes: Vec::new(),
@@ -236,20 +249,33 @@ impl LocalLog {
         let mut last_tick = 0;
         if path.exists() {
             let base = restored.tick;
+            let mut hash = canvas::hash::full(&restored.pixels);
+            let mut tail: std::collections::VecDeque<(TickBatch, u64, u64)> =
+                std::collections::VecDeque::new();
             let (_, end) = scan(&path, Some(dims), |r| match r {
                 Record::Reserve(t) => reserved = reserved.max(t),
                 Record::Changes(b) => {
+                    let prev = last_tick;
                     last_tick = b.tick;
                     if b.tick > base {
                         for &(i, c) in &b.changes {
-                            restored.pixels[i as usize] = c;
+                            let px = &mut restored.pixels[i as usize];
+                            hash = canvas::hash::update(hash, i, *px, c);
+                            *px = c;
                         }
                         restored.replayed += 1;
                         restored.replayed_changes += b.changes.len() as u64;
                         restored.tick = b.tick;
+                        if tail.len() == TAIL_MAX {
+                            tail.pop_front();
+                        }
+                        tail.push_back((b, hash, prev));
                     }
                 }
             })?;
+            restored.last_change = last_tick;
+            restored.tail_base = tail.front().map_or(last_tick, |t| t.2);
+            restored.tail = tail.into_iter().map(|(b, h, _)| (b, h)).collect();
             if end.torn > 0 {
                 let f = OpenOptions::new()
                     .write(true)

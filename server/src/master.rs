@@ -43,6 +43,30 @@ pub struct MasterStats {
     pub log_snapshot_errors: u64,
 }
 
+/// What a master restored from a placement log starts from (see [`Master::resume`]).
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The first tick to publish (the snapshot every worker starts from).
+    pub start: u64,
+    /// The newest tick that changed something before the restart.
+    pub last_change: u64,
+    /// Changing ticks before the restart, oldest first, each chained to the one before (`base`).
+    pub history: Vec<ResumedTick>,
+}
+
+/// One changing tick from before a restart.
+#[derive(Debug)]
+pub struct ResumedTick {
+    /// The tick.
+    pub tick: u64,
+    /// The changing tick before it.
+    pub base: u64,
+    /// The canvas hash after it.
+    pub hash: u64,
+    /// Its net change set.
+    pub changes: Vec<(u32, u8)>,
+}
+
 /// Where the master reports each closed tick: its counters, how long closing it took, its number and the
 /// canvas (the live metrics implement it for `--metrics-addr`; defined here so that the master depends on
 /// no observer).
@@ -82,6 +106,15 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
     /// starts from, is tick `start`: after every tick published before the restart, so that no client's
     /// tick from before can be taken for one of the new ticks (workers answer older ticks with a snapshot).
     pub fn starting_at(canvas: Canvas<S>, cfg: MasterConfig, shared: Arc<Shared>, start: u64) -> Self {
+        Self::resume(canvas, cfg, shared, Resume { start, last_change: 0, history: Vec::new() })
+    }
+
+    /// [`Master::starting_at`] `r.start`, with what the log holds of the ticks before: the newest changing
+    /// tick (the first publication's base: a client that has it has everything up to `start`) and the
+    /// changing ticks replayed after the log's snapshot, handed to every worker with the first publication
+    /// so that a client returning with a tick they cover is caught up with a delta.
+    pub fn resume(canvas: Canvas<S>, cfg: MasterConfig, shared: Arc<Shared>, r: Resume) -> Self {
+        let start = r.start;
         let snap =
             Arc::new(Snapshot::encode(start, canvas.hash(), canvas.dims(), canvas.pixels(), cfg.max_dgram));
         let n = shared.links.len();
@@ -91,7 +124,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             shared,
             applied: vec![0; n],
             tick: start,
-            last_change: start,
+            last_change: r.last_change.min(start),
             latest_snapshot: snap.clone(),
             entries: Vec::new(),
             stats: MasterStats { snapshots: 1, ..Default::default() },
@@ -99,15 +132,31 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             log: None,
             failed: None,
         };
-        let p0 = Arc::new(Publication::encode(
+        let mut p0 = Publication::encode(
             start,
-            start,
+            m.last_change,
             m.canvas.hash(),
             &[],
             cfg.max_dgram,
             vec![0; n],
             Some(snap),
-        ));
+        );
+        p0.history = r
+            .history
+            .into_iter()
+            .map(|h| {
+                Arc::new(Publication::encode(
+                    h.tick,
+                    h.base,
+                    h.hash,
+                    &h.changes,
+                    cfg.max_dgram,
+                    vec![0; n],
+                    None,
+                ))
+            })
+            .collect();
+        let p0 = Arc::new(p0);
         m.publish(p0);
         m
     }

@@ -63,6 +63,10 @@ pub struct Publication {
     /// Legacy diff datagrams, encoded the first time a legacy connection pulls this publication (most
     /// deployments have none, and a coalesced catch-up delta encoded for both protocols held a third more).
     legacy: std::sync::OnceLock<Datagrams>,
+    /// Only on the first publication of a server restored from its log: the changing ticks replayed after
+    /// the log's snapshot, oldest first, so that workers can answer a client that returns with a tick from
+    /// before the restart with a delta instead of a snapshot.
+    pub history: Vec<std::sync::Arc<Publication>>,
     max_dgram: usize,
 }
 
@@ -97,6 +101,7 @@ impl Publication {
             diff: std::sync::OnceLock::new(),
             legacy: std::sync::OnceLock::new(),
             max_dgram,
+            history: Vec::new(),
         }
     }
 

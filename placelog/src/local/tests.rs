@@ -119,6 +119,11 @@ fn snapshots_bound_the_replay_and_a_damaged_one_is_skipped_aloud() {
     assert_eq!((r.snapshot_tick, r.tick), (Some(30), t));
     assert!(r.replayed <= 5);
     assert_eq!(r.pixels, model);
+    // The ticks after the snapshot come back with the hash after each, ending at the canvas's.
+    assert_eq!(r.tail.len() as u64, r.replayed);
+    assert!(r.tail.iter().all(|(b, _)| b.tick > 30) && r.tail_base <= 30);
+    assert_eq!(r.tail.last().map(|t| t.1), Some(canvas::hash::full(&model)));
+    assert_eq!(r.last_change, r.tail.last().unwrap().0.tick);
     // Damage the newest snapshot: the older one plus the log give the same canvas, and it is said.
     let newest = dir.join(snapshot_name(30));
     let mut b = fs::read(&newest).unwrap();

@@ -32,9 +32,13 @@ impl Endpoint {
         let ctx = &mut self.ctx;
         ctx.stats.publications += 1;
         if ctx.snapshot.is_none() {
-            // The first publication: the snapshot this worker starts from. After a restart it is not tick
-            // 0, and ticks before it (a returning client's) are not in this worker's history.
-            ctx.lost_change = ctx.lost_change.max(p.tick);
+            // The first publication: the snapshot this worker starts from. A client that has its base (the
+            // newest changing tick before it) has everything; after a restart the changing ticks replayed
+            // from the log come with it, and a client at a tick they cover gets a delta.
+            ctx.lost_change = p.history.first().map_or(p.base, |h| h.base);
+            for h in &p.history {
+                ctx.remember(h.clone());
+            }
         } else if p.tick != ctx.tick + 1 {
             ctx.stats.publication_gaps += 1;
             ctx.lost_change = ctx.lost_change.max(p.tick.saturating_sub(1));

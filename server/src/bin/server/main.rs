@@ -167,7 +167,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut mem = mem;
     // The placement log: restore what it holds into the canvas memory before anything serves it.
     let mut log = None;
-    let mut start_tick = 0;
+    let mut resume = server::master::Resume::default();
     if let Some(dir) = &a.data_dir {
         let sync = match a.log_sync {
             LogSync::EveryTick => placelog::SyncPolicy::EveryTick,
@@ -191,7 +191,19 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             r.next_tick,
             a.log_sync,
         );
-        start_tick = r.next_tick;
+        // The ticks replayed after the snapshot go to the workers with the first publication (chained: each
+        // one's base is the changing tick before it).
+        let mut base = r.tail_base;
+        let history = r
+            .tail
+            .into_iter()
+            .map(|(b, hash)| {
+                let t = server::master::ResumedTick { tick: b.tick, base, hash, changes: b.changes };
+                base = b.tick;
+                t
+            })
+            .collect();
+        resume = server::master::Resume { start: r.next_tick, last_change: r.last_change, history };
         log = Some(l);
     }
     let canvas = Canvas::new(dims, mem)?;
@@ -376,7 +388,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         full_interval: a.full_broadcast_interval.max(1),
         max_dgram: a.max_datagram,
     };
-    let mut master = Master::starting_at(canvas, mcfg, shared.clone(), start_tick);
+    let mut master = Master::resume(canvas, mcfg, shared.clone(), resume);
     if let Some(l) = log {
         master.set_log(Box::new(l), a.snapshot_every_ticks);
     }
