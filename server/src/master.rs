@@ -102,11 +102,11 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         Self::starting_at(canvas, cfg, shared, 0)
     }
 
-    /// A master over `canvas` (restored from a log) whose first publication, the snapshot every worker
-    /// starts from, is tick `start`: after every tick published before the restart, so that no client's
-    /// tick from before can be taken for one of the new ticks (workers answer older ticks with a snapshot).
+    /// A master over `canvas` whose first publication, the snapshot every worker starts from, is tick
+    /// `start`, knowing nothing of the ticks before it: workers answer a SYNC from an older tick with a
+    /// snapshot.
     pub fn starting_at(canvas: Canvas<S>, cfg: MasterConfig, shared: Arc<Shared>, start: u64) -> Self {
-        Self::resume(canvas, cfg, shared, Resume { start, last_change: 0, history: Vec::new() })
+        Self::resume(canvas, cfg, shared, Resume { start, last_change: start, history: Vec::new() })
     }
 
     /// [`Master::starting_at`] `r.start`, with what the log holds of the ticks before: the newest changing

@@ -26,6 +26,9 @@ mod report;
 use args::{Args, HugePolicy, LogSync, Mode, XdpAttach, ZeroCopyArg};
 use report::{PinReport, Report, Totals, WorkerReport, XdpReport, XdpWorkerReport};
 
+/// A signal repeated within this long counts once (see the signal thread in `run`).
+const DUPLICATE_SIGNAL: Duration = Duration::from_millis(50);
+
 /// Estimated quiche state per connection, measured on this kind of machine (DESIGN.md: ~25 KB idle).
 const CONN_STATE_BYTES: usize = 25 * 1024;
 
@@ -212,20 +215,38 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The first SIGINT/SIGTERM stops gracefully (no new connections, CONNECTION_CLOSE "server shutdown" to
     // every client, the last tick committed and the log synced, XDP detached, huge pages given back); a
     // second one while that runs exits at once with status 130 (every committed tick is already in the
-    // log; the kernel drops the XDP link and the mappings with the process).
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())?;
-        signal_hook::flag::register(sig, stop.clone())?;
+    // log; the kernel drops the XDP link and the mappings with the process). The same signal again within
+    // DUPLICATE_SIGNAL is one signal delivered twice, not a second request: `timeout` and other wrappers
+    // send it to the child and then to the child's process group.
+    let mut signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let mut first: Option<(i32, std::time::Instant)> = None;
+            for sig in signals.forever() {
+                match first {
+                    None => {
+                        first = Some((sig, std::time::Instant::now()));
+                        stop.store(true, Ordering::Release);
+                    }
+                    Some((s, at)) if s == sig && at.elapsed() < DUPLICATE_SIGNAL => {}
+                    Some(_) => {
+                        eprintln!("server: second signal while stopping: exiting now");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        })?;
     }
 
     let allow: Vec<(std::net::IpAddr, u8)> = a.allow.iter().map(|n| (n.network(), n.prefix_len())).collect();
-    if allow.len() > xdp_prog::MAX_ALLOW {
-        return Err(format!(
-            "{} --allow prefixes: at most {} per address family",
-            allow.len(),
-            xdp_prog::MAX_ALLOW
-        )
-        .into());
+    for v4 in [true, false] {
+        let n = allow.iter().filter(|(ip, _)| ip.is_ipv4() == v4).count();
+        if n > xdp_prog::MAX_ALLOW {
+            let family = if v4 { "IPv4" } else { "IPv6" };
+            return Err(format!("{n} {family} --allow prefixes: at most {}", xdp_prog::MAX_ALLOW).into());
+        }
     }
     if !allow.is_empty() {
         let list: Vec<String> = a.allow.iter().map(|n| n.trunc().to_string()).collect();
