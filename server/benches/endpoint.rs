@@ -71,6 +71,7 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             send_budget: 64,
             max_half_open: server::endpoint::DEFAULT_MAX_HALF_OPEN,
             handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
+            retry_above: server::endpoint::DEFAULT_RETRY_ABOVE,
         },
         master: MasterConfig {
             batch_drain: 4096,

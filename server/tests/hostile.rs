@@ -14,10 +14,10 @@ use server::link::{Shared, WorkerLink};
 use server::quic::{self, DEFAULT_QUIC};
 
 fn endpoint(tls: &quic::CertPair) -> Endpoint {
-    endpoint_with(tls, server::endpoint::DEFAULT_MAX_HALF_OPEN)
+    endpoint_with(tls, server::endpoint::DEFAULT_MAX_HALF_OPEN, server::endpoint::DEFAULT_RETRY_ABOVE)
 }
 
-fn endpoint_with(tls: &quic::CertPair, max_half_open: usize) -> Endpoint {
+fn endpoint_with(tls: &quic::CertPair, max_half_open: usize, retry_above: usize) -> Endpoint {
     let cfg = EndpointConfig {
         worker: 0,
         rules: Rules { dims: Dims { width: 100, height: 100 }, palette: 32 },
@@ -33,6 +33,7 @@ fn endpoint_with(tls: &quic::CertPair, max_half_open: usize) -> Endpoint {
         send_budget: 64,
         max_half_open,
         handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
+        retry_above,
     };
     let shared = Arc::new(Shared {
         links: vec![WorkerLink::new(64, 64)],
@@ -114,7 +115,7 @@ fn client_initial(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
 #[test]
 fn half_open_connections_are_capped_and_time_out() {
     let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let mut ep = endpoint_with(&tls, 5);
+    let mut ep = endpoint_with(&tls, 5, 0);
     let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
     let t0 = Instant::now();
     for i in 0..8u16 {
@@ -135,4 +136,27 @@ fn half_open_connections_are_capped_and_time_out() {
     let mut pkt = client_initial(peer, local);
     ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
     assert_eq!(ep.conn_count(), 1);
+}
+
+#[test]
+fn retry_switches_on_past_the_threshold_and_off_again() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let mut ep = endpoint_with(&tls, 1000, 2);
+    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    let t0 = Instant::now();
+    for i in 0..6u16 {
+        let peer: SocketAddr = format!("10.0.2.{}:{}", i + 1, 7000 + i).parse().unwrap();
+        let mut pkt = client_initial(peer, local);
+        ep.on_datagram(t0, Addrs { local, peer }, &mut pkt);
+    }
+    // Three handshakes in progress (more than 2): from the fourth Initial on, a Retry and no state.
+    let st = ep.stats();
+    assert_eq!((ep.conn_count(), st.accepted, st.retries, st.retry_switched_on), (3, 3, 3, 1));
+    // The half-open ones time out; below half the threshold Retry is off again.
+    ep.on_timers(t0 + server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT);
+    assert_eq!(ep.conn_count(), 0);
+    let peer: SocketAddr = "10.0.3.1:8000".parse().unwrap();
+    let mut pkt = client_initial(peer, local);
+    ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
+    assert_eq!((ep.conn_count(), ep.stats().retries), (1, 3), "accepted without a Retry");
 }

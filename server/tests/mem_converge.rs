@@ -34,6 +34,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             send_budget: 64,
             max_half_open: server::endpoint::DEFAULT_MAX_HALF_OPEN,
             handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
+            retry_above: server::endpoint::DEFAULT_RETRY_ABOVE,
         },
         master: MasterConfig {
             batch_drain: 4096,

@@ -43,7 +43,19 @@ impl Endpoint {
             stats.refused_half_open += 1;
             return None;
         }
-        let (scid, odcid) = if self.ctx.cfg.retry {
+        // Automatic Retry, with hysteresis: on above `retry_above` handshakes in progress, off below half.
+        let above = self.ctx.cfg.retry_above;
+        if above > 0 {
+            if !self.auto_retry && self.half_open_count > above {
+                self.auto_retry = true;
+                self.ctx.stats.retry_switched_on += 1;
+            } else if self.auto_retry && self.half_open_count < above / 2 {
+                self.auto_retry = false;
+            }
+        }
+        // A client answering a Retry brings a token: it is checked whichever mode is on now.
+        let has_token = hdr.token.as_deref().is_some_and(|t| !t.is_empty());
+        let (scid, odcid) = if self.ctx.cfg.retry || self.auto_retry || has_token {
             let token = hdr.token.as_deref().unwrap_or(&[]);
             if token.is_empty() {
                 let new_scid = self.derive_cid(&hdr.dcid);

@@ -107,7 +107,14 @@ pub struct EndpointConfig {
     pub max_half_open: usize,
     /// A handshake not complete this long after the first Initial is abandoned (its state dropped).
     pub handshake_timeout: Duration,
+    /// Stateless Retry switches on by itself while more than this many handshakes are in progress (and off
+    /// again below half of it): a flood of spoofed Initials then costs one Retry packet each and no state.
+    /// 0: never by itself (`retry` still forces it always).
+    pub retry_above: usize,
 }
+
+/// Default of [`EndpointConfig::retry_above`].
+pub const DEFAULT_RETRY_ABOVE: usize = 1024;
 
 /// Default of [`EndpointConfig::max_half_open`].
 pub const DEFAULT_MAX_HALF_OPEN: usize = 16_384;
@@ -340,6 +347,8 @@ pub struct Endpoint {
     half_open: VecDeque<(Instant, usize, u32)>,
     /// Connections with `Conn::half_open` set.
     half_open_count: usize,
+    /// Stateless Retry is on because of `retry_above` (see [`EndpointConfig::retry_above`]).
+    auto_retry: bool,
     ctx: Ctx,
 }
 
@@ -380,6 +389,7 @@ impl Endpoint {
             closing: false,
             half_open: VecDeque::new(),
             half_open_count: 0,
+            auto_retry: false,
             ctx: Ctx {
                 cfg,
                 shared,

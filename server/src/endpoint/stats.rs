@@ -21,6 +21,8 @@ pub struct EndpointStats {
     pub conns_legacy: u64,
     /// Retry packets sent.
     pub retries: u64,
+    /// Times stateless Retry switched on by itself (`--retry-above`).
+    pub retry_switched_on: u64,
     /// Initial packets with an invalid retry token.
     pub bad_tokens: u64,
     /// Version negotiation packets sent.

@@ -223,6 +223,10 @@ pub(crate) struct Args {
     /// Validate client addresses with a stateless Retry before accepting.
     #[arg(long)]
     pub(crate) retry: bool,
+    /// Without --retry: switch stateless Retry on by itself while more than this many handshakes are in
+    /// progress on a worker, and off again below half of it (0: never).
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_RETRY_ABOVE, value_parser = usize_in(0, 1 << 22))]
+    pub(crate) retry_above: usize,
 
     /// Datagrams taken per receive call.
     #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch, value_parser = usize_in(1, 65_536))]

@@ -453,6 +453,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             send_budget: a.send_budget,
             max_half_open: a.max_half_open,
             handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+            retry_above: a.retry_above,
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
         let (shared, stop, reports, live) = (shared.clone(), stop.clone(), reports.clone(), live.clone());
