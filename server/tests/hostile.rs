@@ -34,6 +34,7 @@ fn endpoint_with(tls: &quic::CertPair, max_half_open: usize, retry_above: usize)
         max_half_open,
         handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
         retry_above,
+        source_writes_per_sec: 0,
     };
     let shared = Arc::new(Shared {
         links: vec![WorkerLink::new(64, 64)],

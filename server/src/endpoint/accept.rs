@@ -118,6 +118,7 @@ impl Endpoint {
             inflight: 0,
             settled: 0,
             half_open: false,
+            peer_ip: addrs.peer.ip(),
         });
         self.ids.insert(scid, key);
         Some(key)

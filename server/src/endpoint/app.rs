@@ -85,15 +85,27 @@ impl Ctx {
     pub(super) fn write(&mut self, key: usize, c: &mut Conn, id: Option<u32>, pixel: Pixel, now: Instant) {
         self.stats.pixels_received += 1;
         let mut slot = c.cooldown;
+        let source_wait = self.source_wait(c.peer_ip, now);
+        let mut source_limited = false;
         let result = self.cfg.rules.validate(pixel).map_err(|r| (r, Duration::ZERO)).and_then(|index| {
             self.cfg.cooldown.try_take(&mut slot, now).map_err(|wait| (RejectReason::Cooldown, wait))?;
+            if let Some(wait) = source_wait {
+                source_limited = true;
+                return Err((RejectReason::Cooldown, wait));
+            }
             let link = &self.shared.links[self.cfg.worker];
             link.writes
                 .push(PixelWrite { index, color: pixel.color })
                 .map_err(|_| (RejectReason::Busy, Duration::from_millis(u64::from(self.cfg.tick_ms))))
         });
+        if source_limited {
+            self.stats.source_rate_limited += 1;
+        }
         match result {
             Ok(()) => {
+                if let Some(b) = self.source_buckets.get_mut(&c.peer_ip) {
+                    b.0 -= 1.0;
+                }
                 c.cooldown = slot;
                 self.stats.pixels_queued += 1;
                 self.acks.push_back(id.map(|id| (key, c.gen, id)));
@@ -110,6 +122,23 @@ impl Ctx {
                 }
             }
         }
+    }
+
+    /// How long `ip` must wait for its next write under `source_writes_per_sec`, or None when it may write
+    /// now (the bucket is refilled here; the token is taken when the write is queued).
+    fn source_wait(&mut self, ip: std::net::IpAddr, now: Instant) -> Option<Duration> {
+        let rate = f64::from(self.cfg.source_writes_per_sec);
+        if rate == 0.0 {
+            return None;
+        }
+        if self.source_buckets.len() >= self.source_prune_at {
+            self.source_buckets.retain(|_, b| now.saturating_duration_since(b.1) < super::SOURCE_IDLE);
+            self.source_prune_at = (2 * self.source_buckets.len()).max(super::SOURCE_PRUNE_MIN);
+        }
+        let b = self.source_buckets.entry(ip).or_insert((rate, now));
+        b.0 = (b.0 + rate * now.saturating_duration_since(b.1).as_secs_f64()).min(rate);
+        b.1 = now;
+        (b.0 < 1.0).then(|| Duration::from_secs_f64((1.0 - b.0) / rate))
     }
 
     fn welcome(&mut self, c: &mut Conn) {

@@ -107,11 +107,20 @@ pub struct EndpointConfig {
     pub max_half_open: usize,
     /// A handshake not complete this long after the first Initial is abandoned (its state dropped).
     pub handshake_timeout: Duration,
+    /// Writes per second one source address may make through this worker, over all its connections (a
+    /// token bucket of one second's worth); past it writes are REJECTed (reason cooldown, with the wait).
+    /// 0: no limit. The per-connection limit is `cooldown`.
+    pub source_writes_per_sec: u32,
     /// Stateless Retry switches on by itself while more than this many handshakes are in progress (and off
     /// again below half of it): a flood of spoofed Initials then costs one Retry packet each and no state.
     /// 0: never by itself (`retry` still forces it always).
     pub retry_above: usize,
 }
+
+/// Source buckets kept before idle ones are pruned (idle: not refilled for [`SOURCE_IDLE`]).
+const SOURCE_PRUNE_MIN: usize = 4096;
+/// A source bucket unused this long is full again and can go.
+const SOURCE_IDLE: Duration = Duration::from_secs(10);
 
 /// Default of [`EndpointConfig::retry_above`].
 pub const DEFAULT_RETRY_ABOVE: usize = 1024;
@@ -221,6 +230,8 @@ struct Conn {
     settled: u64,
     /// Accepted, handshake not complete (counted in `Endpoint::half_open_count`).
     half_open: bool,
+    /// The address the connection came from (for `source_writes_per_sec`).
+    peer_ip: std::net::IpAddr,
 }
 
 impl std::fmt::Debug for Conn {
@@ -317,6 +328,10 @@ struct Ctx {
     /// Coalesced deltas, shared by every pull and SYNC reply asking for the same span.
     catchup: VecDeque<publication::CatchUp>,
     snapshot: Option<Arc<Snapshot>>,
+    /// Per source address: (tokens, when last refilled), for `source_writes_per_sec`.
+    source_buckets: HashMap<std::net::IpAddr, (f64, Instant)>,
+    /// Prune idle buckets when the map grows past this.
+    source_prune_at: usize,
     /// The newest full-broadcast snapshot (legacy connections get it instead of the diffs before it).
     full: Option<Arc<Snapshot>>,
     /// The newest quiet tick that sends a HEAD (`Publication::sends_head`).
@@ -406,6 +421,8 @@ impl Endpoint {
                 full_frontier: 0,
                 wave_frontiers: VecDeque::new(),
                 catchup: VecDeque::new(),
+                source_buckets: HashMap::new(),
+                source_prune_at: SOURCE_PRUNE_MIN,
                 snapshot: None,
                 full: None,
                 head: None,

@@ -44,8 +44,10 @@ pub struct EndpointStats {
     pub rejected_out_of_bounds: u64,
     /// See `rejected_out_of_bounds`.
     pub rejected_bad_color: u64,
-    /// See `rejected_out_of_bounds`.
+    /// See `rejected_out_of_bounds` (the per-source limit's REJECTs included).
     pub rejected_cooldown: u64,
+    /// Writes REJECTed by `--source-writes-per-sec` (counted in `rejected_cooldown` too).
+    pub source_rate_limited: u64,
     /// See `rejected_out_of_bounds`.
     pub rejected_busy: u64,
     /// See `rejected_out_of_bounds`.

@@ -131,6 +131,11 @@ pub(crate) struct Args {
     /// Palette size: colors >= this are rejected.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(crate) palette: u16,
+    /// Writes per second one source address may make through one worker, over all its connections (a
+    /// token bucket holding one second's worth): past it, writes get REJECT (cooldown, with the wait).
+    /// Stops a client from getting around --cooldown-secs with many connections. 0 = no limit.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub(crate) source_writes_per_sec: u32,
     /// Per-connection write cooldown in seconds (0 = off, the benchmarking default).
     #[arg(long, default_value_t = 0)]
     pub(crate) cooldown_secs: u64,

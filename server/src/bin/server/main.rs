@@ -454,6 +454,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_half_open: a.max_half_open,
             handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
             retry_above: a.retry_above,
+            source_writes_per_sec: a.source_writes_per_sec,
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
         let (shared, stop, reports, live) = (shared.clone(), stop.clone(), reports.clone(), live.clone());
