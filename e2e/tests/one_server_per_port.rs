@@ -28,3 +28,26 @@ fn a_second_uring_server_on_the_port_is_refused_with_the_first_ones_pid() {
     assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
     assert_eq!(first.stop(Duration::from_secs(20)), 0);
 }
+
+/// Past `--max-connections-per-worker` a client is told why (application close 0x103, "server full: ..."),
+/// instead of timing out its handshake.
+#[test]
+fn past_the_connection_cap_clients_are_told_the_server_is_full() {
+    let dir = e2e::scratch("full");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &["-w", "1", "--listen", &listen, "--max-connections-per-worker", "5"],
+        Duration::from_secs(30),
+    );
+    let summary = dir.join("summary.json");
+    let mut args = e2e::client_args(&format!("https://{listen}"), "full", "canvas1", 8, 3, &summary);
+    args.extend(["--verify-timeout", "2"].map(str::to_owned));
+    e2e::run_client(&args, Duration::from_secs(60));
+    assert_eq!(server.stop(Duration::from_secs(20)), 0);
+    let s = e2e::json(&summary);
+    eprintln!("{s}");
+    assert_eq!(s["connected"], 5);
+    assert_eq!(s["failed_by_kind"]["closed_by_server"], 3, "{s}");
+    assert_eq!(s["failed_by_kind"]["handshake_timeout"], 0, "{s}");
+    assert!(s["first_error"].as_str().unwrap().contains("server full: 5 connections on this worker"), "{s}");
+}

@@ -18,11 +18,20 @@ fn endpoint(tls: &quic::CertPair) -> Endpoint {
 }
 
 fn endpoint_with(tls: &quic::CertPair, max_half_open: usize, retry_above: usize) -> Endpoint {
+    endpoint_full(tls, max_half_open, retry_above, 65536)
+}
+
+fn endpoint_full(
+    tls: &quic::CertPair,
+    max_half_open: usize,
+    retry_above: usize,
+    max_conns: usize,
+) -> Endpoint {
     let cfg = EndpointConfig {
         worker: 0,
         rules: Rules { dims: Dims { width: 100, height: 100 }, palette: 32 },
         cooldown: Cooldown::default(),
-        max_conns: 65536,
+        max_conns,
         retry: false,
         tick_ms: 100,
         full_interval: 60,
@@ -160,4 +169,38 @@ fn retry_switches_on_past_the_threshold_and_off_again() {
     let mut pkt = client_initial(peer, local);
     ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
     assert_eq!((ep.conn_count(), ep.stats().retries), (1, 3), "accepted without a Retry");
+}
+
+#[test]
+fn past_the_connection_cap_the_client_is_told_why() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let mut ep = endpoint_full(&tls, 1000, 0, 0);
+    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    let peer: SocketAddr = "10.0.4.1:9000".parse().unwrap();
+    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+    cfg.set_application_protos(&[b"canvas/1"]).unwrap();
+    cfg.verify_peer(false);
+    let scid: [u8; 16] = rand::random();
+    let mut client =
+        quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
+            .unwrap();
+    let mut sock = datapath::backend::mem::MemSocket::new(local, 1500);
+    let mut buf = vec![0; 1500];
+    for _ in 0..10 {
+        while let Ok((n, _)) = client.send(&mut buf) {
+            ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut buf[..n]);
+        }
+        ep.flush(Instant::now(), &mut sock);
+        for (a, mut d) in sock.tx.drain(..) {
+            assert_eq!(a.peer, peer);
+            let _ = client.recv(&mut d, quiche::RecvInfo { from: local, to: peer });
+        }
+        if client.peer_error().is_some() {
+            break;
+        }
+    }
+    let e = client.peer_error().expect("the client got a CONNECTION_CLOSE");
+    assert!(e.is_app && e.error_code == server::endpoint::APP_ERR_FULL, "{e:?}");
+    assert!(String::from_utf8_lossy(&e.reason).contains("server full"), "{e:?}");
+    assert_eq!(ep.stats().accepted, 0);
 }

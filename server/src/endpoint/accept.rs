@@ -35,11 +35,14 @@ impl Endpoint {
             }
             return None;
         }
-        if self.conns.len() >= self.ctx.cfg.max_conns {
+        // Past `max_conns`: a short-lived connection only to send CONNECTION_CLOSE with the reason (at most
+        // MAX_REFUSING at once; beyond that the Initial is dropped and counted).
+        let refuse = self.conns.len() - self.refusing >= self.ctx.cfg.max_conns;
+        if refuse && self.refusing >= super::MAX_REFUSING {
             stats.refused += 1;
             return None;
         }
-        if self.half_open_count >= self.ctx.cfg.max_half_open {
+        if !refuse && self.half_open_count >= self.ctx.cfg.max_half_open {
             stats.refused_half_open += 1;
             return None;
         }
@@ -118,8 +121,12 @@ impl Endpoint {
             inflight: 0,
             settled: 0,
             half_open: false,
+            refused: refuse,
             peer_ip: addrs.peer.ip(),
         });
+        if refuse {
+            self.refusing += 1;
+        }
         self.ids.insert(scid, key);
         Some(key)
     }

@@ -68,6 +68,9 @@ pub const APP_ERR_SHUTDOWN: u64 = 0x0;
 /// Application error code sent to a client that does not read its control stream: more than this many
 /// control chunks (ACKs, REJECTs, diffs) are queued for it.
 pub const APP_ERR_NOT_READING: u64 = 0x102;
+/// Application error code sent to a client past `max_conns` (reason "server full: N connections on this
+/// worker"), right after its handshake.
+pub const APP_ERR_FULL: u64 = 0x103;
 /// Control chunks queued per connection before it is closed with [`APP_ERR_NOT_READING`].
 pub const MAX_STREAM_CHUNKS: usize = 4096;
 
@@ -121,6 +124,9 @@ pub struct EndpointConfig {
 const SOURCE_PRUNE_MIN: usize = 4096;
 /// A source bucket unused this long is full again and can go.
 const SOURCE_IDLE: Duration = Duration::from_secs(10);
+
+/// Connections past `max_conns` kept at once only to send their CONNECTION_CLOSE; beyond, Initials are dropped.
+const MAX_REFUSING: usize = 256;
 
 /// Default of [`EndpointConfig::retry_above`].
 pub const DEFAULT_RETRY_ABOVE: usize = 1024;
@@ -230,6 +236,8 @@ struct Conn {
     settled: u64,
     /// Accepted, handshake not complete (counted in `Endpoint::half_open_count`).
     half_open: bool,
+    /// Created only to tell the client the worker is full (counted in `Endpoint::refusing`).
+    refused: bool,
     /// The address the connection came from (for `source_writes_per_sec`).
     peer_ip: std::net::IpAddr,
 }
@@ -362,6 +370,8 @@ pub struct Endpoint {
     half_open: VecDeque<(Instant, usize, u32)>,
     /// Connections with `Conn::half_open` set.
     half_open_count: usize,
+    /// Connections with `Conn::refused` set (closing, past `max_conns`).
+    refusing: usize,
     /// Stateless Retry is on because of `retry_above` (see [`EndpointConfig::retry_above`]).
     auto_retry: bool,
     ctx: Ctx,
@@ -404,6 +414,7 @@ impl Endpoint {
             closing: false,
             half_open: VecDeque::new(),
             half_open_count: 0,
+            refusing: 0,
             auto_retry: false,
             ctx: Ctx {
                 cfg,
@@ -528,6 +539,22 @@ impl Endpoint {
             self.remove_unaccepted(key);
             return;
         }
+        if c.refused {
+            // Over `max_conns`: the client is told why instead of timing out. The handshake completes
+            // first, so that the close travels in packets every client can read (a close sent during the
+            // handshake may be in a packet number space the client has no keys for yet), then
+            // CONNECTION_CLOSE with APP_ERR_FULL and a reason; nothing of the client's is processed. The
+            // state goes once the close has been sent and drained.
+            if new {
+                self.ctx.stats.refused += 1;
+            }
+            if c.q.is_established() && !c.q.is_closed() && !c.q.is_draining() {
+                let reason = format!("server full: {} connections on this worker", self.ctx.cfg.max_conns);
+                let _ = c.q.close(true, APP_ERR_FULL, reason.as_bytes());
+            }
+            Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
+            return;
+        }
         if new {
             self.ctx.stats.accepted += 1;
             c.half_open = true;
@@ -613,6 +640,9 @@ impl Endpoint {
     /// Drop a connection created for a first datagram that did not authenticate (never counted accepted).
     fn remove_unaccepted(&mut self, key: usize) {
         let c = self.conns.remove(key);
+        if c.refused {
+            self.refusing -= 1;
+        }
         self.ids.remove(&c.scid);
     }
 
@@ -620,6 +650,11 @@ impl Endpoint {
         let c = self.conns.remove(key);
         if c.half_open {
             self.half_open_count -= 1;
+        }
+        if c.refused {
+            self.refusing -= 1;
+            self.ids.remove(&c.scid);
+            return;
         }
         self.ids.remove(&c.scid);
         self.ctx.stats.closed += 1;
