@@ -152,7 +152,8 @@ impl Drop for Server {
     }
 }
 
-fn signal(pid: u32, sig: i32) {
+/// `kill -SIG PID`, which must succeed.
+pub fn signal(pid: u32, sig: i32) {
     let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
     assert!(st.success(), "kill -{sig} {pid}");
 }
@@ -255,6 +256,30 @@ pub fn nr_hugepages() -> u64 {
 /// The free pages of that pool.
 pub fn free_hugepages() -> u64 {
     read_u64("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1 (for `--metrics-addr`).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `GET path` from the HTTP server on 127.0.0.1:`port` (the live metrics): the whole response, headers
+/// included.
+pub fn http_get(port: u16, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to --metrics-addr");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send the request");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read response");
+    out
+}
+
+/// [`http_get`]'s body alone.
+pub fn http_body(port: u16, path: &str) -> Vec<u8> {
+    let mut out = http_get(port, path);
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP header end") + 4;
+    out.split_off(at)
 }
 
 /// A UDP port that was free a moment ago on 127.0.0.1.

@@ -5,29 +5,14 @@
 //! Without Chromium the test says why and passes, unless CI=true, where it fails (scripts/setup.sh installs
 //! it).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::netns::run_bounded;
-use e2e::{bin, free_port, wait_bounded, Server};
+use e2e::{bin, free_port, free_tcp_port, http_get, wait_bounded, Server};
 
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|c| e2e::on_path(c))
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn http_get(port: u16, path: &str) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to --metrics-addr");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read response");
-    out
 }
 
 /// Render the page in headless Chromium (its scripts run before the DOM is dumped) and return the DOM.

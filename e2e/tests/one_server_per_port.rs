@@ -42,7 +42,7 @@ fn past_the_connection_cap_clients_are_told_the_server_is_full() {
     let summary = dir.join("summary.json");
     let mut args = e2e::client_args(&format!("https://{listen}"), "full", "canvas1", 8, 3, &summary);
     args.extend(["--verify-timeout", "2"].map(str::to_owned));
-    e2e::run_client(&args, Duration::from_secs(60));
+    assert_eq!(e2e::run_client(&args, Duration::from_secs(60)), 0, "client exit code");
     assert_eq!(server.stop(Duration::from_secs(20)), 0);
     let s = e2e::json(&summary);
     eprintln!("{s}");

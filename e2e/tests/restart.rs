@@ -18,6 +18,12 @@ fn start(listen: &str, data: &std::path::Path) -> Server {
     )
 }
 
+/// Run `script` in one shell (so the gaps between its commands are the shell's), which must succeed.
+fn sh(script: &str) {
+    let st = Command::new("bash").args(["-c", script]).status().expect("bash");
+    assert!(st.success(), "{script}");
+}
+
 #[test]
 fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let dir = scratch("restart");
@@ -59,25 +65,15 @@ fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let args = client_args(&format!("https://{listen}"), "second", "canvas1", 10, 10, &summary2);
     let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
     std::thread::sleep(Duration::from_secs(3));
-    let pid = server.pid().to_string();
-    let st = Command::new("bash")
-        .args(["-c", &format!("kill -TERM {pid}; sleep 0.01; kill -INT {pid}")])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    sh(&format!("kill -TERM {0}; sleep 0.01; kill -INT {0}", server.pid()));
     let code = server.stop_wait(Duration::from_secs(10));
-    assert_eq!(code, 130, "the second SIGTERM exits at once");
+    assert_eq!(code, 130, "the second signal exits at once");
     let _ = client.kill();
     let _ = client.wait();
     // One signal delivered twice at once (what `timeout` does: to the child, then to its process group)
     // is one request: a graceful stop.
     let server = start(&listen, &data);
-    let pid = server.pid().to_string();
-    let st = Command::new("bash")
-        .args(["-c", &format!("kill -TERM {pid}; kill -TERM {pid}")])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    sh(&format!("kill -TERM {0}; kill -TERM {0}", server.pid()));
     assert_eq!(server.stop_wait(Duration::from_secs(20)), 0, "a duplicated signal stops gracefully");
     let _ = std::fs::remove_dir_all(&dir);
 }

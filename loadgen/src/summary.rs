@@ -47,13 +47,10 @@ pub struct Summary {
     /// canvas/1 writes ACKed at a tick their replica had not reached when verification began.
     pub acked_not_visible: u64,
     /// Connections re-established after a lost one (`--reconnect`).
-    #[serde(default)]
     pub reconnects: u64,
     /// Writes in flight (no ACK or REJECT) when their connection was lost: outcome unknown.
-    #[serde(default)]
     pub writes_unknown: u64,
     /// ACKed writes not yet visible when their connection was lost (their visibility is not followed).
-    #[serde(default)]
     pub acked_unfollowed: u64,
     /// Legacy writes of the color the replica already showed (nothing to observe).
     pub legacy_noop_writes: u64,
@@ -265,7 +262,6 @@ pub struct SyncReasons {
     /// No usable state (hash mismatch).
     pub fresh: u64,
     /// A new connection resumed the replica from its tick (`--reconnect`).
-    #[serde(default)]
     pub resume: u64,
 }
 

@@ -31,6 +31,20 @@ pub struct TickBatch {
     pub changes: Vec<(u32, u8)>,
 }
 
+/// A changing tick read back from the log, chained to the changing tick before it: what a restarted server
+/// hands its workers so that a client returning with an older tick gets a delta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedTick {
+    /// The tick.
+    pub tick: u64,
+    /// The changing tick before it (0: none).
+    pub base: u64,
+    /// The canvas hash after it.
+    pub hash: u64,
+    /// Its net change set.
+    pub changes: Vec<(u32, u8)>,
+}
+
 /// The master's side of the log.
 pub trait PlacementLog: Send + fmt::Debug {
     /// Commit tick `tick` (called for every tick, in order, empty ones included): its changes are

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use canvas::Dims;
 
 use crate::format::{self, Next, Record};
-use crate::{LogError, PlacementLog, SyncPolicy, TickBatch};
+use crate::{LogError, PlacementLog, ReplayedTick, SyncPolicy, TickBatch};
 
 /// The log file's name in the data directory.
 pub const LOG_FILE: &str = "placements.log";
@@ -46,12 +46,10 @@ pub struct Restored {
     pub snapshot_tick: Option<u64>,
     /// Newest tick that changed something (0: none).
     pub last_change: u64,
-    /// The ticks replayed on top of the snapshot, each with the canvas hash after it, oldest first (at most
-    /// [`TAIL_MAX`], the newest): what a restarted server can still send as deltas to a client that
-    /// returns with a tick from before the restart.
-    pub tail: Vec<(TickBatch, u64)>,
-    /// The changing tick before the first of `tail` (every change after it is in `tail`).
-    pub tail_base: u64,
+    /// The ticks replayed on top of the snapshot, oldest first (at most [`TAIL_MAX`], the newest), each
+    /// chained to the changing tick before it and with the canvas hash after it: what a restarted server
+    /// can still send as deltas to a client that returns with a tick from before the restart.
+    pub tail: Vec<ReplayedTick>,
     /// Tick batches replayed on top of it.
     pub replayed: u64,
     /// Changes (pixels) in them.
@@ -205,7 +203,6 @@ impl LocalLog {
     pub fn open(dir: &Path, dims: Dims, sync: SyncPolicy) -> Result<(Self, Restored), LogError> {
         fs::create_dir_all(dir).map_err(|e| LogError::io("cannot create data directory", dir, e))?;
         let lock = lock(dir)?;
-        let mut notes = Vec::new();
         // Leftovers of a snapshot write cut short.
         for e in fs::read_dir(dir).map_err(|e| LogError::io("cannot list", dir, e))?.flatten() {
             if e.file_name().to_str().is_some_and(|n| n.starts_with("snapshot-") && n.ends_with(".tmp")) {
@@ -219,7 +216,6 @@ impl LocalLog {
             snapshot_tick: None,
             last_change: 0,
             tail: Vec::new(),
-            tail_base: 0,
             replayed: 0,
             replayed_changes: 0,
             notes: Vec::new(),
@@ -233,12 +229,12 @@ impl LocalLog {
                     restored.snapshot_tick = Some(t);
                     break;
                 }
-                Ok(s) => notes.push(format!(
+                Ok(s) => restored.notes.push(format!(
                     "{} holds tick {}, not the tick its name says: skipped (the log rebuilds what it held)",
                     path.display(),
                     s.tick
                 )),
-                Err((off, what)) => notes.push(format!(
+                Err((off, what)) => restored.notes.push(format!(
                     "{} is damaged at byte {off} ({what}): skipped (the log rebuilds what it held)",
                     path.display()
                 )),
@@ -250,8 +246,7 @@ impl LocalLog {
         if path.exists() {
             let base = restored.tick;
             let mut hash = canvas::hash::full(&restored.pixels);
-            let mut tail: std::collections::VecDeque<(TickBatch, u64, u64)> =
-                std::collections::VecDeque::new();
+            let mut tail: std::collections::VecDeque<ReplayedTick> = std::collections::VecDeque::new();
             let (_, end) = scan(&path, Some(dims), |r| match r {
                 Record::Reserve(t) => reserved = reserved.max(t),
                 Record::Changes(b) => {
@@ -269,26 +264,21 @@ impl LocalLog {
                         if tail.len() == TAIL_MAX {
                             tail.pop_front();
                         }
-                        tail.push_back((b, hash, prev));
+                        tail.push_back(ReplayedTick { tick: b.tick, base: prev, hash, changes: b.changes });
                     }
                 }
             })?;
             restored.last_change = last_tick;
-            restored.tail_base = tail.front().map_or(last_tick, |t| t.2);
-            restored.tail = tail.into_iter().map(|(b, h, _)| (b, h)).collect();
+            restored.tail = tail.into();
             if end.torn > 0 {
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| LogError::io("cannot open", &path, e))?;
-                if end.good == 0 {
-                    // Not even a whole header: start the file over.
-                    f.set_len(0).map_err(|e| LogError::io("cannot truncate", &path, e))?;
-                } else {
-                    f.set_len(end.good).map_err(|e| LogError::io("cannot truncate", &path, e))?;
-                }
+                // To the last whole record (0 when not even the header is whole: the file starts over).
+                f.set_len(end.good).map_err(|e| LogError::io("cannot truncate", &path, e))?;
                 f.sync_all().map_err(|e| LogError::io("cannot sync", &path, e))?;
-                notes.push(format!(
+                restored.notes.push(format!(
                     "{}: cut off {} bytes of an incomplete last record at byte {} (a write cut short by a crash; \
                      no tick in it was published)",
                     path.display(),
@@ -308,7 +298,6 @@ impl LocalLog {
             sync_dir(dir)?;
         }
         restored.next_tick = restored.tick.max(reserved).max(last_tick) + 1;
-        restored.notes = notes;
         let log = LocalLog {
             dir: dir.to_path_buf(),
             dims,
@@ -320,11 +309,6 @@ impl LocalLog {
             buf: Vec::new(),
         };
         Ok((log, restored))
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn write_buf(&mut self) -> Result<(), LogError> {

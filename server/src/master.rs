@@ -51,20 +51,7 @@ pub struct Resume {
     /// The newest tick that changed something before the restart.
     pub last_change: u64,
     /// Changing ticks before the restart, oldest first, each chained to the one before (`base`).
-    pub history: Vec<ResumedTick>,
-}
-
-/// One changing tick from before a restart.
-#[derive(Debug)]
-pub struct ResumedTick {
-    /// The tick.
-    pub tick: u64,
-    /// The changing tick before it.
-    pub base: u64,
-    /// The canvas hash after it.
-    pub hash: u64,
-    /// Its net change set.
-    pub changes: Vec<(u32, u8)>,
+    pub history: Vec<placelog::ReplayedTick>,
 }
 
 /// Where the master reports each closed tick: its counters, how long closing it took, its number and the

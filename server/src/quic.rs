@@ -87,9 +87,7 @@ pub struct CertPair {
 
 impl Drop for CertPair {
     fn drop(&mut self) {
-        if let Some(d) = self.temp.take() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        self.forget_temporary();
     }
 }
 

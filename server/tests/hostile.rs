@@ -107,32 +107,39 @@ fn junk_never_leaves_connection_state() {
     assert!(st.junk_initials > 0);
 }
 
-/// The first flight (one padded Initial) of a fresh quiche client from `peer`.
-fn client_initial(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
+/// A fresh quiche client at `peer` (canvas/1, not verifying the server) connecting to `local`.
+fn quiche_client(peer: SocketAddr, local: SocketAddr) -> quiche::Connection {
     let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
     cfg.set_application_protos(&[b"canvas/1"]).unwrap();
     cfg.verify_peer(false);
     let scid: [u8; 16] = rand::random();
-    let mut c =
-        quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
-            .unwrap();
+    quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg).unwrap()
+}
+
+/// The first flight (one padded Initial) of a fresh quiche client from `peer`.
+fn client_initial(peer: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let mut out = vec![0; 1500];
-    let (n, _) = c.send(&mut out).unwrap();
+    let (n, _) = quiche_client(peer, local).send(&mut out).unwrap();
     out.truncate(n);
     out
+}
+
+/// Feed `n` fresh client Initials, from 10.0.`net`.1, .2, …, to `ep` at `now`.
+fn initials(ep: &mut Endpoint, now: Instant, net: u8, n: u8) {
+    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+    for i in 0..n {
+        let peer = SocketAddr::from(([10, 0, net, i + 1], 5000 + u16::from(i)));
+        let mut pkt = client_initial(peer, local);
+        ep.on_datagram(now, Addrs { local, peer }, &mut pkt);
+    }
 }
 
 #[test]
 fn half_open_connections_are_capped_and_time_out() {
     let tls = quic::ensure_cert(None, None, None, None).unwrap();
     let mut ep = endpoint_with(&tls, 5, 0);
-    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
     let t0 = Instant::now();
-    for i in 0..8u16 {
-        let peer: SocketAddr = format!("10.0.0.{}:{}", i + 1, 5000 + i).parse().unwrap();
-        let mut pkt = client_initial(peer, local);
-        ep.on_datagram(t0, Addrs { local, peer }, &mut pkt);
-    }
+    initials(&mut ep, t0, 0, 8);
     // Five handshakes in progress (never completed: nobody answers the server), three Initials refused.
     assert_eq!(ep.conn_count(), 5);
     assert_eq!((ep.stats().accepted, ep.stats().refused_half_open), (5, 3));
@@ -142,9 +149,7 @@ fn half_open_connections_are_capped_and_time_out() {
     assert_eq!(ep.conn_count(), 0, "abandoned at the deadline");
     assert_eq!(ep.stats().handshake_timeouts, 5);
     // Room again.
-    let peer: SocketAddr = "10.0.1.1:6000".parse().unwrap();
-    let mut pkt = client_initial(peer, local);
-    ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
+    initials(&mut ep, Instant::now(), 1, 1);
     assert_eq!(ep.conn_count(), 1);
 }
 
@@ -152,22 +157,15 @@ fn half_open_connections_are_capped_and_time_out() {
 fn retry_switches_on_past_the_threshold_and_off_again() {
     let tls = quic::ensure_cert(None, None, None, None).unwrap();
     let mut ep = endpoint_with(&tls, 1000, 2);
-    let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
     let t0 = Instant::now();
-    for i in 0..6u16 {
-        let peer: SocketAddr = format!("10.0.2.{}:{}", i + 1, 7000 + i).parse().unwrap();
-        let mut pkt = client_initial(peer, local);
-        ep.on_datagram(t0, Addrs { local, peer }, &mut pkt);
-    }
+    initials(&mut ep, t0, 2, 6);
     // Three handshakes in progress (more than 2): from the fourth Initial on, a Retry and no state.
     let st = ep.stats();
     assert_eq!((ep.conn_count(), st.accepted, st.retries, st.retry_switched_on), (3, 3, 3, 1));
     // The half-open ones time out; below half the threshold Retry is off again.
     ep.on_timers(t0 + server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT);
     assert_eq!(ep.conn_count(), 0);
-    let peer: SocketAddr = "10.0.3.1:8000".parse().unwrap();
-    let mut pkt = client_initial(peer, local);
-    ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut pkt);
+    initials(&mut ep, Instant::now(), 3, 1);
     assert_eq!((ep.conn_count(), ep.stats().retries), (1, 3), "accepted without a Retry");
 }
 
@@ -177,13 +175,7 @@ fn past_the_connection_cap_the_client_is_told_why() {
     let mut ep = endpoint_full(&tls, 1000, 0, 0);
     let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
     let peer: SocketAddr = "10.0.4.1:9000".parse().unwrap();
-    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
-    cfg.set_application_protos(&[b"canvas/1"]).unwrap();
-    cfg.verify_peer(false);
-    let scid: [u8; 16] = rand::random();
-    let mut client =
-        quiche::connect(Some("localhost"), &quiche::ConnectionId::from_ref(&scid), peer, local, &mut cfg)
-            .unwrap();
+    let mut client = quiche_client(peer, local);
     let mut sock = datapath::backend::mem::MemSocket::new(local, 1500);
     let mut buf = vec![0; 1500];
     for _ in 0..10 {

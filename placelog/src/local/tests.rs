@@ -42,12 +42,18 @@ fn restore_is_exact_and_tick_numbers_are_never_reused() {
     let last2 = run(&mut log, &mut model, r.next_tick - 1, 30, 2);
     assert!(last2 > last);
     drop(log);
-    let (_, r) = LocalLog::open(&dir, D, SyncPolicy::Os).unwrap();
+    let (log, r) = LocalLog::open(&dir, D, SyncPolicy::Os).unwrap();
     assert_eq!(r.pixels, model);
     assert_eq!(Reader::new(&dir).dims().unwrap(), D);
-    let mut replayed = vec![0u8; D.len()];
-    Reader::new(&dir).for_each(|b| b.changes.iter().for_each(|&(i, c)| replayed[i as usize] = c)).unwrap();
-    assert_eq!(replayed, model);
+    // The seam's reader (`Reader` underneath, as `server replay` uses it): everything after a tick, in order.
+    let mut folded = vec![0u8; D.len()];
+    log.read_after(0)
+        .unwrap()
+        .iter()
+        .for_each(|b| b.changes.iter().for_each(|&(i, c)| folded[i as usize] = c));
+    assert_eq!(folded, model);
+    let second = log.read_after(last).unwrap();
+    assert!(!second.is_empty() && second.iter().all(|b| b.tick > last && b.tick <= last2));
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -121,9 +127,10 @@ fn snapshots_bound_the_replay_and_a_damaged_one_is_skipped_aloud() {
     assert_eq!(r.pixels, model);
     // The ticks after the snapshot come back with the hash after each, ending at the canvas's.
     assert_eq!(r.tail.len() as u64, r.replayed);
-    assert!(r.tail.iter().all(|(b, _)| b.tick > 30) && r.tail_base <= 30);
-    assert_eq!(r.tail.last().map(|t| t.1), Some(canvas::hash::full(&model)));
-    assert_eq!(r.last_change, r.tail.last().unwrap().0.tick);
+    assert!(r.tail.iter().all(|t| t.tick > 30) && r.tail[0].base <= 30);
+    assert!(r.tail.windows(2).all(|w| w[1].base == w[0].tick), "chained");
+    assert_eq!(r.tail.last().map(|t| t.hash), Some(canvas::hash::full(&model)));
+    assert_eq!(r.last_change, r.tail.last().unwrap().tick);
     // Damage the newest snapshot: the older one plus the log give the same canvas, and it is said.
     let newest = dir.join(snapshot_name(30));
     let mut b = fs::read(&newest).unwrap();

@@ -536,7 +536,7 @@ impl Endpoint {
             // The first datagram did not authenticate (quiche refused it, or dropped every packet in it
             // without an error): no state is kept for it.
             self.ctx.stats.junk_initials += 1;
-            self.remove_unaccepted(key);
+            self.take(key);
             return;
         }
         if c.refused {
@@ -637,26 +637,19 @@ impl Endpoint {
         }
     }
 
-    /// Drop a connection created for a first datagram that did not authenticate (never counted accepted).
-    fn remove_unaccepted(&mut self, key: usize) {
+    /// Take `key` out of the tables and the counts it is in.
+    fn take(&mut self, key: usize) -> Conn {
         let c = self.conns.remove(key);
-        if c.refused {
-            self.refusing -= 1;
-        }
         self.ids.remove(&c.scid);
+        self.half_open_count -= usize::from(c.half_open);
+        self.refusing -= usize::from(c.refused);
+        c
     }
 
+    /// Drop a connection; one that was accepted counts as closed.
     fn remove(&mut self, key: usize) {
-        let c = self.conns.remove(key);
-        if c.half_open {
-            self.half_open_count -= 1;
+        if !self.take(key).refused {
+            self.ctx.stats.closed += 1;
         }
-        if c.refused {
-            self.refusing -= 1;
-            self.ids.remove(&c.scid);
-            return;
-        }
-        self.ids.remove(&c.scid);
-        self.ctx.stats.closed += 1;
     }
 }

@@ -172,16 +172,22 @@ pub fn color(i: u8) -> [u8; 3] {
     [r as u8, g as u8, b as u8]
 }
 
+/// A PNG encoder for a canvas of `dims` as palette indices (8-bit indexed, this palette, fast compression):
+/// the live page's image and `server replay`'s frames.
+pub fn canvas_encoder<W: io::Write>(w: W, dims: Dims) -> png::Encoder<'static, W> {
+    let mut e = png::Encoder::new(w, u32::from(dims.width), u32::from(dims.height));
+    e.set_color(png::ColorType::Indexed);
+    e.set_depth(png::BitDepth::Eight);
+    e.set_palette((0..=255u8).flat_map(color).collect::<Vec<u8>>());
+    e.set_compression(png::Compression::Fast);
+    e
+}
+
 /// Encode palette indices as an indexed PNG.
 pub fn canvas_png(dims: Dims, pixels: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(pixels.len() / 4);
     {
-        let mut e = png::Encoder::new(&mut out, u32::from(dims.width), u32::from(dims.height));
-        e.set_color(png::ColorType::Indexed);
-        e.set_depth(png::BitDepth::Eight);
-        e.set_palette((0..=255u8).flat_map(color).collect::<Vec<u8>>());
-        e.set_compression(png::Compression::Fast);
-        let mut w = e.write_header().map_err(io::Error::other)?;
+        let mut w = canvas_encoder(&mut out, dims).write_header().map_err(io::Error::other)?;
         w.write_image_data(pixels).map_err(io::Error::other)?;
     }
     Ok(out)

@@ -34,7 +34,7 @@ pub fn claim_port(addr: SocketAddr) -> io::Result<()> {
 
 /// Processes with a UDP socket bound to local `port` (IPv4 or IPv6), as "pid N (comm)"; empty when
 /// nothing is found (or /proc cannot be read: another user's processes need root).
-pub fn port_users(port: u16) -> Vec<String> {
+fn port_users(port: u16) -> Vec<String> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else { continue };
@@ -84,8 +84,8 @@ pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// A bind error that says what to do about it.
-fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
+/// A bind error that says what to do about it (a port in use names the processes holding it).
+pub fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
     let msg = match e.raw_os_error() {
         Some(libc::EADDRINUSE) => {
             let users = port_users(addr.port());

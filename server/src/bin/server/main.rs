@@ -81,17 +81,8 @@ fn tripwire(
         sock.bind(&listen.into())?;
         Ok(sock.into())
     };
-    let sock = bind().map_err(|e| {
-        let users = datapath::backend::uring::port_users(listen.port());
-        if e.kind() == std::io::ErrorKind::AddrInUse && !users.is_empty() {
-            return format!(
-                "UDP {listen} is already in use by {}: stop that server, or pick another --listen (two servers on \
-                 one port would split the clients between two canvases)",
-                users.join(", ")
-            );
-        }
-        format!("cannot bind the tripwire UDP socket on {listen}: {e} (is another server using the port? `ss -ulpn sport = :{}`)", listen.port())
-    })?;
+    let sock = bind()
+        .map_err(|e| format!("the tripwire socket: {}", datapath::backend::uring::bind_error(e, listen)))?;
     sock.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
@@ -163,11 +154,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         HugePolicy::On => hugepages::Policy::HugeTlbOnly,
         HugePolicy::Off => hugepages::Policy::Small,
     };
-    let mem = hugepages::Mapping::new(dims.len(), policy).map_err(|e| {
+    let mut mem = hugepages::Mapping::new(dims.len(), policy).map_err(|e| {
         format!("canvas memory: {e} (`--hugepages auto` falls back to THP, then 4 KiB pages)")
     })?;
     eprintln!("server: canvas {}x{}: {}", dims.width, dims.height, mem.report());
-    let mut mem = mem;
     // The placement log: restore what it holds into the canvas memory before anything serves it.
     let mut log = None;
     let mut resume = server::master::Resume::default();
@@ -194,19 +184,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             r.next_tick,
             a.log_sync,
         );
-        // The ticks replayed after the snapshot go to the workers with the first publication (chained: each
-        // one's base is the changing tick before it).
-        let mut base = r.tail_base;
-        let history = r
-            .tail
-            .into_iter()
-            .map(|(b, hash)| {
-                let t = server::master::ResumedTick { tick: b.tick, base, hash, changes: b.changes };
-                base = b.tick;
-                t
-            })
-            .collect();
-        resume = server::master::Resume { start: r.next_tick, last_change: r.last_change, history };
+        // The ticks replayed after the snapshot go to the workers with the first publication.
+        resume = server::master::Resume { start: r.next_tick, last_change: r.last_change, history: r.tail };
         log = Some(l);
     }
     let canvas = Canvas::new(dims, mem)?;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use placelog::local::Reader;
-use server::ops::live::{canvas_png, color};
+use server::ops::live::{canvas_encoder, canvas_png};
 
 /// Frames an animation may have at most (raise --every for a longer history).
 const MAX_FRAMES: u64 = 20_000;
@@ -73,11 +73,7 @@ fn run(a: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut anim = match &a.apng {
         Some(p) => {
             let f = File::create(p).map_err(|e| format!("--apng {}: {e}", p.display()))?;
-            let mut e = png::Encoder::new(BufWriter::new(f), u32::from(dims.width), u32::from(dims.height));
-            e.set_color(png::ColorType::Indexed);
-            e.set_depth(png::BitDepth::Eight);
-            e.set_palette((0..=255u8).flat_map(color).collect::<Vec<u8>>());
-            e.set_compression(png::Compression::Fast);
+            let mut e = canvas_encoder(BufWriter::new(f), dims);
             e.set_animated(frames as u32, 0)?;
             e.set_frame_delay(1, a.fps)?;
             Some(e.write_header()?)
@@ -105,12 +101,10 @@ fn run(a: &ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
         if b.tick > at || err.is_some() {
             return;
         }
-        // Frames for the boundaries before this tick show the canvas before it.
-        if b.tick > 0 {
-            if let Err(e) = emit(b.tick - 1, &pixels) {
-                err = Some(e);
-                return;
-            }
+        // Frames for the boundaries before this tick show the canvas before it (ticks in the log are >= 1).
+        if let Err(e) = emit(b.tick - 1, &pixels) {
+            err = Some(e);
+            return;
         }
         for &(i, c) in &b.changes {
             pixels[i as usize] = c;
