@@ -1,7 +1,8 @@
 //! Compiles `src/bpf/canvas.bpf.c` with the system clang and generates two libbpf-rs skeletons in
 //! `OUT_DIR` (never committed): `canvas` (no kfunc: loads on any kernel with XDP and BTF-less
 //! kernels too) and `canvas_vlanmeta` (`-DCANVAS_VLAN_METADATA`: reads stripped VLAN tags through
-//! the `bpf_xdp_metadata_rx_vlan_tag` kfunc; needs kernel BTF, loaded device-bound).
+//! the `bpf_xdp_metadata_rx_vlan_tag` kfunc; needs kernel BTF, loaded device-bound). And
+//! `src/bpf/steer.bpf.c`, the io_uring mode's reuseport program, into the `steer` skeleton.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use libbpf_cargo::SkeletonBuilder;
 
 const SRC: &str = "src/bpf/canvas.bpf.c";
+const STEER_SRC: &str = "src/bpf/steer.bpf.c";
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
@@ -20,21 +22,23 @@ fn main() {
         clang_args.push(format!("-I{}", dir.display()));
     }
 
-    build(&out, "canvas", &clang_args);
+    build(&out, SRC, "canvas", &clang_args);
     let mut meta_args = clang_args.clone();
     meta_args.push("-DCANVAS_VLAN_METADATA".into());
-    build(&out, "canvas_vlanmeta", &meta_args);
+    build(&out, SRC, "canvas_vlanmeta", &meta_args);
+    build(&out, STEER_SRC, "steer", &clang_args);
 
     println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed={STEER_SRC}");
 }
 
-fn build(out: &Path, name: &str, clang_args: &[String]) {
+fn build(out: &Path, src: &str, name: &str, clang_args: &[String]) {
     let obj = out.join(format!("{name}.bpf.o"));
     let skel = out.join(format!("{name}.skel.rs"));
     if let Err(e) =
-        SkeletonBuilder::new().source(SRC).obj(&obj).clang_args(clang_args).build_and_generate(&skel)
+        SkeletonBuilder::new().source(src).obj(&obj).clang_args(clang_args).build_and_generate(&skel)
     {
-        panic!("building the {name} BPF skeleton from {SRC} failed (is clang installed?): {e:#}");
+        panic!("building the {name} BPF skeleton from {src} failed (is clang installed?): {e:#}");
     }
 }
 

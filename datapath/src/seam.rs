@@ -21,6 +21,13 @@ pub struct Addrs {
     pub peer: SocketAddr,
 }
 
+/// What a backend learned about how to reach a peer below IP (the AF_XDP backend: the peer's MAC and
+/// the MAC it sent to), carried with a datagram one worker hands to another (a connection's packets
+/// that arrive on a worker that does not own it, after the peer's address changed), so the owner can
+/// answer at once. Opaque above the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkHint(pub [u8; 12]);
+
 /// Source prefixes allowed to reach the served port (`server --allow`); empty: every source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allowlist {
@@ -108,6 +115,15 @@ pub trait Datapath {
 
     /// Counters.
     fn stats(&self) -> BackendStats;
+
+    /// What this backend knows about reaching `peer` below IP (see [`LinkHint`]); `None` for backends
+    /// that leave that to the kernel.
+    fn link_hint(&self, _peer: IpAddr) -> Option<LinkHint> {
+        None
+    }
+
+    /// Learn `hint` (from another worker's backend) for `peer`.
+    fn learn_link(&mut self, _peer: IpAddr, _hint: LinkHint) {}
 }
 
 #[cfg(test)]

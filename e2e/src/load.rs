@@ -25,6 +25,8 @@ pub struct ClientSpec {
     pub clients: u64,
     /// Connect over IPv6 (fd00:4000::10) instead of IPv4 (10.0.1.10).
     pub ipv6: bool,
+    /// More `client` flags.
+    pub extra: &'static [&'static str],
 }
 
 /// The outcome of [`run`].
@@ -150,7 +152,8 @@ pub fn run(tb: &Testbed, dir: &Path, server_args: &[&str], specs: &[ClientSpec],
             .map(|(spec, path)| {
                 let ns = tb.ns(spec.host);
                 let target = if spec.ipv6 { TARGET6 } else { TARGET };
-                let args = client_args(target, spec.host, spec.protocol, spec.clients, secs, path);
+                let mut args = client_args(target, spec.host, spec.protocol, spec.clients, secs, path);
+                args.extend(spec.extra.iter().map(|a| a.to_string()));
                 sc.spawn(move || run_client_in(&ns, &args, Duration::from_secs(u64::from(secs) + 120)))
             })
             .collect();

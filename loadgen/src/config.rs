@@ -138,6 +138,11 @@ pub struct Args {
     /// connection is a failed client.
     #[arg(long, value_name = "SECS")]
     pub reconnect: Option<f64>,
+    /// Every this many seconds of the write phase, move every endpoint to a new UDP socket (a new source
+    /// port), as a NAT rebinding does: the connections must carry on (the server migrates them, also
+    /// when the new address reaches another of its workers).
+    #[arg(long, value_name = "SECS")]
+    pub rebind_every: Option<f64>,
     /// A handshake not finished after this long counts as failed.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HANDSHAKE_TIMEOUT_S)]
     pub handshake_timeout: u64,
@@ -179,6 +184,11 @@ impl Args {
             }
             if self.protocol != Protocol::Canvas1 {
                 return Err("--reconnect resumes canvas/1 replicas: use it with --protocol canvas1".into());
+            }
+        }
+        if let Some(r) = self.rebind_every {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("--rebind-every must be a positive number of seconds, got {r}"));
             }
         }
         if self.write_log.is_some() && self.protocol != Protocol::Canvas1 {

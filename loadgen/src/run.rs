@@ -176,7 +176,22 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let run_start = Instant::now();
     let end = args.duration().map(|d| run_start + d);
     let mut interrupted = false;
+    let rebind_every = args.rebind_every.map(Duration::from_secs_f64);
+    let mut next_rebind = rebind_every.map(|d| run_start + d);
+    let mut rebinds = 0u64;
     loop {
+        if let (Some(at), Some(every)) = (next_rebind, rebind_every) {
+            if Instant::now() >= at {
+                for (i, ep) in endpoints.iter().enumerate() {
+                    let moved = net::udp_socket(addr, args.socket_buffer).and_then(|(s, _)| ep.rebind(s));
+                    match moved {
+                        Ok(()) => rebinds += 1,
+                        Err(e) => note(format!("[{}] endpoint {i}: rebinding failed: {e}", args.id)),
+                    }
+                }
+                next_rebind = Some(at + every);
+            }
+        }
         let poll = Instant::now() + Duration::from_millis(200);
         let wake = end.map_or(poll, |e| e.min(poll));
         tokio::select! {
@@ -315,6 +330,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
             resume: c.syncs_resume.load(Relaxed),
         },
         reconnects: c.reconnects.load(Relaxed),
+        rebinds,
         writes_unknown: c.writes_unknown.load(Relaxed),
         acked_unfollowed: c.acked_unfollowed.load(Relaxed),
         snapshots: c.snapshots.load(Relaxed),

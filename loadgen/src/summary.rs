@@ -48,6 +48,9 @@ pub struct Summary {
     pub acked_not_visible: u64,
     /// Connections re-established after a lost one (`--reconnect`).
     pub reconnects: u64,
+    /// Times an endpoint moved to a new socket, a new source port (`--rebind-every`), its connections
+    /// kept.
+    pub rebinds: u64,
     /// Writes in flight (no ACK or REJECT) when their connection was lost: outcome unknown.
     pub writes_unknown: u64,
     /// ACKed writes not yet visible when their connection was lost (their visibility is not followed).
@@ -176,7 +179,7 @@ impl Summary {
             "hash mismatches",
             self.hash_mismatches.to_string(),
             format!(
-                "replica repair: syncs {} (gap {}, lag {}, overfull {}, fresh {}, resume {}), snapshots {}{}",
+                "replica repair: syncs {} (gap {}, lag {}, overfull {}, fresh {}, resume {}), snapshots {}{}{}",
                 self.syncs,
                 self.sync_reasons.gap,
                 self.sync_reasons.lag,
@@ -191,7 +194,8 @@ impl Summary {
                     )
                 } else {
                     String::new()
-                }
+                },
+                if self.rebinds > 0 { format!("; {} endpoint rebinds", self.rebinds) } else { String::new() }
             ),
         );
         match (&self.verify.error, self.verify.snapshot_tick) {
@@ -289,6 +293,7 @@ mod tests {
             unresolved_writes: 1,
             acked_not_visible: 2,
             reconnects: 0,
+            rebinds: 0,
             writes_unknown: 0,
             acked_unfollowed: 0,
             legacy_noop_writes: 7,

@@ -1,13 +1,33 @@
-//! What the master and the workers share: one pair of bounded queues per worker and two flags. A leaf
-//! module (it knows only what travels: [`crate::publish`]), so the endpoint and the master both depend on it
-//! and not on each other.
+//! What the master and the workers share: per worker a pair of bounded queues to and from the master and
+//! a queue of datagrams handed over by the other workers; and two flags. A leaf module (it knows only
+//! what travels: [`crate::publish`] and the datapath's addresses), so the endpoint and the master both
+//! depend on it and not on each other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
+use datapath::seam::{Addrs, LinkHint};
+
 use crate::publish::{PixelWrite, Publication};
+
+/// Datagrams of one worker's connections that arrived at another worker, queued at most (past it they
+/// are dropped and counted, like a full socket buffer; QUIC retransmits).
+pub const HANDOFF_CAPACITY: usize = 1024;
+
+/// A datagram handed from the worker it arrived at to the worker that owns its connection (see
+/// `Endpoint::on_datagram`): a client whose address changed (NAT rebinding) hashes to another socket or
+/// receive queue.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Its addresses, as received.
+    pub addrs: Addrs,
+    /// What the receiving backend knew about reaching the peer below IP.
+    pub link: Option<LinkHint>,
+    /// The UDP payload.
+    pub pkt: Box<[u8]>,
+}
 
 /// Channels between the master and one worker.
 #[derive(Debug)]
@@ -18,6 +38,8 @@ pub struct WorkerLink {
     pub publications: ArrayQueue<Arc<Publication>>,
     /// Publications the master could not hand over because the worker was too far behind.
     pub publications_dropped: AtomicU64,
+    /// Other workers → this one: datagrams of this worker's connections that arrived elsewhere.
+    pub handoff: ArrayQueue<Handoff>,
 }
 
 impl WorkerLink {
@@ -27,6 +49,7 @@ impl WorkerLink {
             writes: ArrayQueue::new(write_capacity.max(1)),
             publications: ArrayQueue::new(publication_capacity.max(1)),
             publications_dropped: AtomicU64::new(0),
+            handoff: ArrayQueue::new(HANDOFF_CAPACITY),
         }
     }
 }

@@ -44,6 +44,12 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Network paths (client addresses) one connection may use over its life: it follows its client across
+/// `PATHS_PER_CONNECTION - 1` address changes (NAT rebindings); past that, packets from a new address
+/// are dropped and the client must reconnect (the loadgen's `--reconnect` resumes from its tick). Also
+/// the `active_connection_id_limit` we advertise (connection ids the client may give us).
+pub const PATHS_PER_CONNECTION: u64 = 8;
+
 /// The server's quiche config: both ALPNs (quiche picks the first of the client's list that it supports),
 /// DATAGRAM frames, stream limits a quinn
 /// client needs (quiche's defaults of 0 streams and 0 idle timeout break peers), pacing on.
@@ -66,6 +72,10 @@ pub fn server_config(q: &QuicConfig, cert: &Path, key: &Path) -> Result<quiche::
     c.set_initial_max_streams_bidi(4);
     c.set_initial_max_streams_uni(4);
     c.set_disable_active_migration(true);
+    // quiche (0.30) keeps every path a server connection has seen, at most this many: a path it no longer
+    // uses is freed only once its peer connection id is retired, which a client behind a rebinding NAT
+    // never does. So this bounds the address changes a connection survives (PATHS_PER_CONNECTION - 1).
+    c.set_active_connection_id_limit(PATHS_PER_CONNECTION);
     c.enable_dgram(true, 1024, q.dgram_queue);
     c.enable_pacing(true);
     Ok(c)

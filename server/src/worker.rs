@@ -1,4 +1,5 @@
-//! The worker loop: receive a batch, take publications, fire timers, flush, and sleep adaptively.
+//! The worker loop: receive a batch, exchange hand-offs with the other workers, take publications, fire
+//! timers, flush, and sleep adaptively.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -77,6 +78,11 @@ pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
                 break;
             }
         }
+        // Datagrams of other workers' connections go to their owners; theirs for ours come in (clients
+        // whose address changed: see `Endpoint::on_datagram`). An owner that sleeps sees them within
+        // `idle_wait`.
+        ep.pass_handoffs(backend);
+        n += ep.take_handoffs(now, backend, cfg.rx_batch);
         ep.poll_publications(now);
         ep.on_timers(now);
         ep.flush(now, backend);

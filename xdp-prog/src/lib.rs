@@ -1,4 +1,5 @@
-//! The canvas server's XDP program and its loader.
+//! The canvas server's XDP program and its loader; and, in [`steer`], the io_uring mode's reuseport
+//! program that steers packets to the worker owning their connection.
 //!
 //! # What the program does
 //!
@@ -72,6 +73,7 @@ use std::path::Path;
 mod config;
 mod counters;
 mod error;
+pub mod steer;
 mod sys;
 #[cfg(test)]
 mod tests;

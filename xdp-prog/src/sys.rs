@@ -108,6 +108,27 @@ pub(crate) fn map_update_u32(map: BorrowedFd<'_>, key: u32, value: u32) -> io::R
     .map(drop)
 }
 
+/// `SO_ATTACH_REUSEPORT_EBPF` on `socket`: `prog` (an SK_REUSEPORT program) selects the socket for each
+/// datagram of `socket`'s reuseport group from then on.
+pub(crate) fn attach_reuseport_prog(socket: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let fd: libc::c_int = prog.as_raw_fd();
+    // SAFETY: `socket` is an open socket fd; the option value is a readable c_int of the size passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_EBPF,
+            (&fd as *const libc::c_int).cast::<c_void>(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// `BPF_MAP_DELETE_ELEM` with a 4-byte key.
 pub(crate) fn map_delete_u32(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
     // SAFETY: key points to 4 readable bytes, the map's key size.

@@ -122,7 +122,7 @@ impl Endpoint {
             settled: 0,
             half_open: false,
             refused: refuse,
-            peer_ip: addrs.peer.ip(),
+            peer: addrs.peer,
         });
         if refuse {
             self.refusing += 1;

@@ -85,7 +85,7 @@ impl Ctx {
     pub(super) fn write(&mut self, key: usize, c: &mut Conn, id: Option<u32>, pixel: Pixel, now: Instant) {
         self.stats.pixels_received += 1;
         let mut slot = c.cooldown;
-        let source_wait = self.source_wait(c.peer_ip, now);
+        let source_wait = self.source_wait(c.peer.ip(), now);
         let mut source_limited = false;
         let result = self.cfg.rules.validate(pixel).map_err(|r| (r, Duration::ZERO)).and_then(|index| {
             self.cfg.cooldown.try_take(&mut slot, now).map_err(|wait| (RejectReason::Cooldown, wait))?;
@@ -103,7 +103,7 @@ impl Ctx {
         }
         match result {
             Ok(()) => {
-                if let Some(b) = self.source_buckets.get_mut(&c.peer_ip) {
+                if let Some(b) = self.source_buckets.get_mut(&c.peer.ip()) {
                     b.0 -= 1.0;
                 }
                 c.cooldown = slot;

@@ -13,9 +13,9 @@ use canvas::{Cooldown, Datagrams, Rules};
 use ring::hmac;
 use slab::Slab;
 
-use crate::link::Shared;
+use crate::link::{Handoff, Shared};
 use crate::publish::{Publication, Snapshot};
-use datapath::seam::Addrs;
+use datapath::seam::{Addrs, Datapath};
 
 mod accept;
 mod app;
@@ -25,8 +25,18 @@ mod stats;
 
 pub use stats::EndpointStats;
 
-/// Length of the connection ids this server issues.
+/// Length of the connection ids this server issues: the owning worker's index (2 bytes, big-endian, see
+/// [`cid_owner`]), then 14 bytes of an HMAC of the client's first DCID under the worker's key.
 pub const LOCAL_CID_LEN: usize = 16;
+
+/// The worker a connection id of ours names: the first two bytes of a [`LOCAL_CID_LEN`]-byte id,
+/// big-endian. The reuseport steering program (`xdp-prog/src/bpf/steer.bpf.c`) reads the same bytes.
+pub fn cid_owner(dcid: &[u8]) -> Option<usize> {
+    match dcid {
+        [hi, lo, ..] if dcid.len() == LOCAL_CID_LEN => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
+        _ => None,
+    }
+}
 /// A packet whose pacing release time is less than this ahead is sent at once (Linux fq's granularity is
 /// of the same order; holding packets for less would cost more wake-ups than it saves burstiness).
 pub const PACING_SLACK: Duration = Duration::from_millis(1);
@@ -238,8 +248,9 @@ struct Conn {
     half_open: bool,
     /// Created only to tell the client the worker is full (counted in `Endpoint::refusing`).
     refused: bool,
-    /// The address the connection came from (for `source_writes_per_sec`).
-    peer_ip: std::net::IpAddr,
+    /// The address the connection's newest packet came from (for `source_writes_per_sec`, and to count
+    /// migrations).
+    peer: std::net::SocketAddr,
 }
 
 impl std::fmt::Debug for Conn {
@@ -374,6 +385,8 @@ pub struct Endpoint {
     refusing: usize,
     /// Stateless Retry is on because of `retry_above` (see [`EndpointConfig::retry_above`]).
     auto_retry: bool,
+    /// Datagrams received in this batch for other workers' connections: (owner, addresses, payload).
+    handoff_out: Vec<(usize, Addrs, Box<[u8]>)>,
     ctx: Ctx,
 }
 
@@ -416,6 +429,7 @@ impl Endpoint {
             half_open_count: 0,
             refusing: 0,
             auto_retry: false,
+            handoff_out: Vec::new(),
             ctx: Ctx {
                 cfg,
                 shared,
@@ -473,9 +487,52 @@ impl Endpoint {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
+    /// Our connection id for a client whose first DCID was `dcid`: this worker's index, then an HMAC of
+    /// `dcid` (the same id for every retransmission of the client's first Initial).
     fn derive_cid(&self, dcid: &[u8]) -> [u8; LOCAL_CID_LEN] {
         let tag = hmac::sign(&self.ctx.key, dcid);
-        tag.as_ref()[..LOCAL_CID_LEN].try_into().expect("SHA-256 tag is 32 bytes")
+        let mut cid = [0; LOCAL_CID_LEN];
+        cid[..2].copy_from_slice(&(self.ctx.cfg.worker as u16).to_be_bytes());
+        cid[2..].copy_from_slice(&tag.as_ref()[..LOCAL_CID_LEN - 2]);
+        cid
+    }
+
+    /// The other worker that owns a short-header packet's connection, if its DCID names one.
+    fn foreign_owner(&self, hdr: &quiche::Header<'_>) -> Option<usize> {
+        if hdr.ty != quiche::Type::Short {
+            // Long headers (handshakes) follow the 4-tuple, which has not changed during them.
+            return None;
+        }
+        cid_owner(&hdr.dcid).filter(|&w| w != self.ctx.cfg.worker && w < self.ctx.shared.links.len())
+    }
+
+    /// Pass the datagrams that arrived here for other workers' connections to their owners, with what
+    /// `backend` knows about reaching each peer (call after each receive batch).
+    pub fn pass_handoffs<B: Datapath>(&mut self, backend: &B) {
+        for (owner, addrs, pkt) in self.handoff_out.drain(..) {
+            let h = Handoff { addrs, link: backend.link_hint(addrs.peer.ip()), pkt };
+            match self.ctx.shared.links[owner].handoff.push(h) {
+                Ok(()) => self.ctx.stats.handed_off += 1,
+                Err(_) => self.ctx.stats.handoff_dropped += 1,
+            }
+        }
+    }
+
+    /// Take the datagrams other workers handed to this one (at most `max`); returns how many.
+    pub fn take_handoffs<B: Datapath>(&mut self, now: Instant, backend: &mut B, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(mut h) = self.ctx.shared.links[self.ctx.cfg.worker].handoff.pop() else {
+                break;
+            };
+            if let Some(link) = h.link {
+                backend.learn_link(h.addrs.peer.ip(), link);
+            }
+            self.ctx.stats.handed_in += 1;
+            self.on_datagram(now, h.addrs, &mut h.pkt);
+            n += 1;
+        }
+        n
     }
 
     /// Queue `c` for a visit ahead of the fan-out pass (it has answers to send, or a handshake in progress), and for the pass too.
@@ -513,6 +570,12 @@ impl Endpoint {
                 return;
             }
         };
+        if let Some(owner) = self.foreign_owner(&hdr) {
+            // Another worker's connection whose client's address changed: the kernel's reuseport hash or
+            // the NIC's RSS put it here. Handed over after this receive batch (`pass_handoffs`).
+            self.handoff_out.push((owner, addrs, pkt.into()));
+            return;
+        }
         let mut key =
             <[u8; LOCAL_CID_LEN]>::try_from(&hdr.dcid[..]).ok().and_then(|k| self.ids.get(&k).copied());
         if key.is_none() && hdr.ty == quiche::Type::Initial {
@@ -567,6 +630,11 @@ impl Endpoint {
         }
         if recv.is_err() {
             self.ctx.stats.recv_errors += 1;
+        } else if addrs.peer != c.peer {
+            // The client's address changed (NAT rebinding or a new network): quiche validates the new path
+            // and moves the connection to it.
+            self.ctx.stats.migrations += 1;
+            c.peer = addrs.peer;
         }
         self.ctx.process_app(key, c, now, &mut self.buf);
         if c.has_answers() || !c.q.is_established() {
@@ -651,5 +719,21 @@ impl Endpoint {
         if !self.take(key).refused {
             self.ctx.stats.closed += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_id_names_its_worker_in_its_first_two_bytes() {
+        let mut cid = [0xabu8; LOCAL_CID_LEN];
+        cid[..2].copy_from_slice(&0x0102u16.to_be_bytes());
+        assert_eq!(cid_owner(&cid), Some(0x0102));
+        // Only ids of our length are ours: a client's 8- or 20-byte id names no worker.
+        assert_eq!(cid_owner(&cid[..8]), None);
+        assert_eq!(cid_owner(&[0; 20]), None);
+        assert_eq!(cid_owner(&[]), None);
     }
 }

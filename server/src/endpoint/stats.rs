@@ -98,6 +98,14 @@ pub struct EndpointStats {
     pub closed_not_reading: u64,
     /// quiche timeouts fired.
     pub timeouts: u64,
+    /// Packets of an open connection that came from a new client address (NAT rebinding, a new network).
+    pub migrations: u64,
+    /// Datagrams that arrived here for another worker's connection and were handed to it.
+    pub handed_off: u64,
+    /// Of those, dropped because the owner's hand-off queue was full.
+    pub handoff_dropped: u64,
+    /// Datagrams of this worker's connections handed over by other workers.
+    pub handed_in: u64,
 }
 
 impl EndpointStats {

@@ -138,11 +138,16 @@ pub struct Sources {
     pub shared: Arc<Shared>,
     /// XDP program counters, when in xdp mode.
     pub xdp_counters: Option<CounterFn>,
+    /// The io_uring mode's reuseport steering program's counters (when it is attached).
+    pub steer_counters: Option<CounterFn>,
 }
 
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sources").field("xdp_counters", &self.xdp_counters.is_some()).finish()
+        f.debug_struct("Sources")
+            .field("xdp_counters", &self.xdp_counters.is_some())
+            .field("steer_counters", &self.steer_counters.is_some())
+            .finish()
     }
 }
 
@@ -259,6 +264,24 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         "counter",
         "Connections closed.",
         &mut per(|w| w.endpoint.closed).into_iter(),
+    );
+    family(
+        "connection_migrations_total",
+        "counter",
+        "Packets of open connections from a new client address (NAT rebinding).",
+        &mut per(|w| w.endpoint.migrations).into_iter(),
+    );
+    family(
+        "handoffs_total",
+        "counter",
+        "Datagrams that arrived at this worker for another worker's connection, handed to it.",
+        &mut per(|w| w.endpoint.handed_off).into_iter(),
+    );
+    family(
+        "handoffs_dropped_total",
+        "counter",
+        "Of those, dropped because the owner's queue was full.",
+        &mut per(|w| w.endpoint.handoff_dropped).into_iter(),
     );
     family(
         "packets_received_total",
@@ -413,6 +436,17 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         let v: Vec<(String, u64)> =
             f().into_iter().map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), v)).collect();
         family("xdp_frames_total", "counter", "XDP program outcomes, summed over CPUs.", &mut v.into_iter());
+    }
+    if let Some(f) = &src.steer_counters {
+        let v: Vec<(String, u64)> =
+            f().into_iter().map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), v)).collect();
+        family(
+            "steer_packets_total",
+            "counter",
+            "Reuseport steering program (uring mode): by_cid, moved (steered where the 4-tuple hash would \
+             not have), hash_*.",
+            &mut v.into_iter(),
+        );
     }
     family("ticks_total", "counter", "Ticks published.", &mut std::iter::once((String::new(), stats.ticks)));
     let (tick, hash) = state(live);
@@ -609,7 +643,7 @@ mod tests {
             snapshot_wanted: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
-        let text = prometheus(&live, &Sources { shared, xdp_counters: None });
+        let text = prometheus(&live, &Sources { shared, xdp_counters: None, steer_counters: None });
         assert!(text.contains("canvas_tick_duration_seconds_bucket{le=\"0.00005\"} 1"), "{text}");
         assert!(text.contains("canvas_tick_duration_seconds_bucket{le=\"0.0001\"} 3"), "{text}");
         assert!(text.contains("canvas_tick_duration_seconds_bucket{le=\"+Inf\"} 5"), "{text}");

@@ -235,6 +235,12 @@ impl UringSocket {
         })
     }
 
+    /// The socket (to put it in a reuseport steering program's map).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.socket.as_fd()
+    }
+
     /// The bound address (with the real port when `listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local

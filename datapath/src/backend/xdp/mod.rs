@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::frame::{self, L2};
-use crate::seam::{Addrs, BackendStats, Datapath};
+use crate::seam::{Addrs, BackendStats, Datapath, LinkHint};
 
 mod bind;
 mod frames;
@@ -493,6 +493,21 @@ impl Datapath for XdpSocket {
 
     fn stats(&self) -> BackendStats {
         self.stats
+    }
+
+    fn link_hint(&self, peer: IpAddr) -> Option<LinkHint> {
+        let (p, o) = self.neighbours.get(&peer)?;
+        let mut h = [0; 12];
+        h[..6].copy_from_slice(p);
+        h[6..].copy_from_slice(o);
+        Some(LinkHint(h))
+    }
+
+    fn learn_link(&mut self, peer: IpAddr, hint: LinkHint) {
+        let (mut p, mut o) = ([0; 6], [0; 6]);
+        p.copy_from_slice(&hint.0[..6]);
+        o.copy_from_slice(&hint.0[6..]);
+        self.learn(peer, p, o);
     }
 }
 

@@ -19,6 +19,16 @@ pub(crate) enum Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Steer {
+    /// cid when the program loads, else hash (with a warning).
+    Auto,
+    /// The reuseport program, or fail.
+    Cid,
+    /// The kernel's 4-tuple hash; packets of other workers' connections are handed over.
+    Hash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum XdpAttach {
     /// Native (driver) mode, else generic.
     Auto,
@@ -121,6 +131,13 @@ pub(crate) struct Args {
     /// Disable UDP GSO on sends.
     #[arg(long)]
     pub(crate) no_gso: bool,
+    /// uring: how datagrams find their worker's socket. cid: a reuseport BPF program sends each
+    /// short-header packet to the worker its connection id names (a client whose address changes stays
+    /// on its worker); hash: the kernel's 4-tuple hash, and a worker hands a packet that reached it for
+    /// another worker's connection over (a queue hop). auto: cid, else hash with a warning (no BPF
+    /// privilege, kernel refused).
+    #[arg(long, value_enum, default_value_t = Steer::Auto)]
+    pub(crate) steer: Steer,
 
     /// Canvas width.
     #[arg(long, default_value_t = canvas::grid::DEFAULT_WIDTH, value_parser = clap::value_parser!(u16).range(1..))]

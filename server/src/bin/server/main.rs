@@ -23,8 +23,8 @@ mod args;
 mod replay;
 mod report;
 
-use args::{Args, HugePolicy, LogSync, Mode, XdpAttach, ZeroCopyArg};
-use report::{PinReport, Report, Totals, WorkerReport, XdpReport, XdpWorkerReport};
+use args::{Args, HugePolicy, LogSync, Mode, Steer, XdpAttach, ZeroCopyArg};
+use report::{PinReport, Report, SteerReport, Totals, WorkerReport, XdpReport, XdpWorkerReport};
 
 /// A signal repeated within this long counts once (see the signal thread in `run`).
 const DUPLICATE_SIGNAL: Duration = Duration::from_millis(50);
@@ -244,6 +244,8 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listen;
     let pin_policy = a.pin.unwrap_or(if a.mode == Mode::Xdp { PinPolicy::Irq } else { PinPolicy::None });
     let mut pin_iface = "lo".to_string();
+    let mut steering: Option<Arc<xdp_prog::steer::Steering>> = None;
+    let mut steer_note: Option<String> = None;
     match a.mode {
         Mode::Uring => {
             workers = a.workers.unwrap_or(1);
@@ -261,6 +263,37 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             datapath::backend::uring::claim_port(a.listen)?;
             for _ in 0..workers {
                 backends.push(Backend::Uring(Box::new(UringSocket::bind(&ucfg)?)));
+            }
+            let fds: Vec<_> = backends
+                .iter()
+                .map(|b| match b {
+                    Backend::Uring(s) => s.fd(),
+                    Backend::Xdp(_) => unreachable!("uring mode"),
+                })
+                .collect();
+            (steering, steer_note) = match a.steer {
+                Steer::Hash => (None, Some("--steer hash".to_string())),
+                Steer::Cid => (
+                    Some(Arc::new(xdp_prog::steer::Steering::attach(&fds).map_err(|e| {
+                        format!("--steer cid: {e} (use --steer hash to run without the program)")
+                    })?)),
+                    None,
+                ),
+                Steer::Auto => match xdp_prog::steer::Steering::attach(&fds) {
+                    Ok(s) => (Some(Arc::new(s)), None),
+                    Err(e) => {
+                        eprintln!(
+                            "server: warning: no reuseport steering ({e}): datagrams of a client whose address \
+                             changes reach its worker through a hand-off queue"
+                        );
+                        (None, Some(e.to_string()))
+                    }
+                },
+            };
+            if steering.is_some() {
+                eprintln!(
+                    "server: reuseport program steers short-header packets to their connection's worker"
+                );
             }
             let Backend::Uring(first) = &backends[0] else { unreachable!() };
             listen = first.local_addr();
@@ -402,7 +435,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         master.set_live(live.clone());
         let xdp_counters =
             program.clone().map(|p| Box::new(move || program_counters(&p)) as server::ops::live::CounterFn);
-        let src = server::ops::live::Sources { shared: shared.clone(), xdp_counters };
+        let steer_counters =
+            steering.clone().map(|s| Box::new(move || steer_counters(&s)) as server::ops::live::CounterFn);
+        let src = server::ops::live::Sources { shared: shared.clone(), xdp_counters, steer_counters };
         let (bound, h) = server::ops::live::serve(addr, live.clone(), src, stop.clone())?;
         eprintln!("server: metrics on http://{bound}/ (/metrics, /canvas.png)");
         metrics_thread = Some(h);
@@ -595,6 +630,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             notes: plan.notes.clone(),
         },
         xdp: xdp_report,
+        steering: (a.mode == Mode::Uring).then(|| SteerReport {
+            mode: if steering.is_some() { "cid" } else { "hash" },
+            note: steer_note,
+            counters: steering.as_deref().map(steer_counters).unwrap_or_default().into_iter().collect(),
+        }),
         master: ms,
         canvas_hash: format!("{:016x}", master.canvas().hash()),
         totals: t,
@@ -614,6 +654,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The XDP program's outcome counters by short name (`redirected`, `passed_not_ip`, …); empty if unreadable.
+fn steer_counters(s: &xdp_prog::steer::Steering) -> Vec<(String, u64)> {
+    s.counters().map(|c| c.iter().into_iter().map(|(k, v)| (k.to_string(), v)).collect()).unwrap_or_default()
+}
+
 fn program_counters(p: &xdp_prog::XdpProgram) -> Vec<(String, u64)> {
     p.counters().map(|c| c.iter().map(|(k, v)| (k.name(), v)).collect()).unwrap_or_default()
 }

@@ -38,6 +38,15 @@ pub(crate) struct XdpReport {
     pub(crate) notes: Vec<String>,
 }
 
+/// uring mode's steering: `cid` (the reuseport program, with its counters) or `hash` (and why).
+#[derive(serde::Serialize)]
+pub(crate) struct SteerReport {
+    pub(crate) mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) note: Option<String>,
+    pub(crate) counters: std::collections::BTreeMap<String, u64>,
+}
+
 /// Where the threads were pinned and why (`--pin`): worker q's CPU is `per_worker[q].cpu`.
 #[derive(serde::Serialize)]
 pub(crate) struct PinReport {
@@ -59,6 +68,9 @@ pub(crate) struct Report {
     pub(crate) pin: PinReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) xdp: Option<XdpReport>,
+    /// uring mode: how datagrams were steered to workers (`--steer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) steering: Option<SteerReport>,
     pub(crate) master: MasterStats,
     pub(crate) canvas_hash: String,
     pub(crate) totals: Totals,
