@@ -8,6 +8,8 @@
 //! queue q's IRQ CPU, after pin_irqs.sh spread IRQs gathered on CPU 0 and with the IRQs crossed);
 //! zero-copy must be on for every queue on trixie-backports and off, with the server's note, on 6.1/6.12
 //! and on the host's veth. The XDP program loading on 6.1 and 6.12 is what catches a verifier regression.
+//! Every cell's clients rebind their sockets every 3 s (no connection may be lost, every one migrated); in
+//! the guests the uring cell runs over netem (1 % loss and reordering both ways) and must still converge.
 //!
 //! Needs root (network namespace, tap, tc) and qemu-system-x86 + virtme-ng (scripts/setup.sh). Without
 //! root it says why and passes, unless CI=true, where it fails; with CI=true it never skips.

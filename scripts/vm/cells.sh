@@ -11,7 +11,7 @@ cell_server_args() {
   case "$1" in
     xdp-native) SERVER_ARGS=(--mode xdp --iface eth1 --vlan "$VID" --listen "$GUEST4:4433" --zero-copy auto --pin irq --xdp-frames 8192) ;;
     xdp-generic) SERVER_ARGS=(--mode xdp --iface "eth1.$VID" --xdp-attach generic -w 1 --listen "$GUEST4:4433" --xdp-frames 8192) ;;
-    uring) SERVER_ARGS=(--mode uring -w 2 --listen 0.0.0.0:4433) ;;
+    uring) SERVER_ARGS=(--mode uring -w 2 --steer cid --listen 0.0.0.0:4433) ;;
     v6) SERVER_ARGS=(--mode xdp --iface eth1 --vlan "$VID" --listen '[::]:4433' --zero-copy auto --pin irq --xdp-frames 8192) ;;
     *) return 1 ;;
   esac
@@ -22,7 +22,8 @@ cell_client_args() {
   local target=https://$GUEST4:4433
   [[ $1 != v6 ]] || target="https://[$GUEST6]:4433"
   CLIENT_ARGS=(--target "$target" --clients "$CLIENTS" --id "$2" --protocol canvas1 --duration "$SECS"
-    --replicas "$CLIENTS" --max-conn-jitter 2000 --min-pixel-wait 100 --max-pixel-wait 400 --summary-json "$3")
+    --replicas "$CLIENTS" --max-conn-jitter 2000 --min-pixel-wait 100 --max-pixel-wait 400 --summary-json "$3"
+    --rebind-every 3)
 }
 
 # Wait (bounded, $3 seconds) until server $1 prints "listening on" to $2; 1 when it exited or never did.

@@ -147,6 +147,40 @@ tools() {
   log "tools: doctor $(tail -1 "$t/doctor.txt"), verify_network $(tail -1 "$t/verify_network.txt"), tune_server --dry-run $(tail -1 "$t/tune_server.txt")"
 }
 
+# ---------------------------------------------------------------- impaired link (uring cell)
+# 1 % loss and reordering on the guest's wire, both ways (this needs sch_netem, which the guest kernels have
+# and the host's testbed kernel may not): egress by a netem root qdisc on eth1, ingress by redirecting eth1's
+# ingress to ifbeth1 and a netem root qdisc there. "delay 5ms reorder 25% 50%": a quarter of the packets (50 %
+# correlated) leave at once, the rest 5 ms later, so later packets overtake earlier ones. Only the uring cell
+# gets it: XDP runs before the ingress qdisc and XDP_TX never meets the egress one. NETEM_SPEC is the one
+# description of the impairment; netem.txt in the cell's directory holds the spec and the qdiscs' counters.
+NETEM_SPEC=(loss 1% delay 5ms reorder 25% 50% limit 10000)
+netem_on() { # dir
+  {
+    echo "spec: ${NETEM_SPEC[*]}"
+    modprobe -a sch_netem ifb act_mirred cls_matchall &&
+      ip link add ifbeth1 type ifb &&
+      ip link set dev ifbeth1 up &&
+      tc qdisc add dev eth1 root netem "${NETEM_SPEC[@]}" &&
+      tc qdisc add dev ifbeth1 root netem "${NETEM_SPEC[@]}" &&
+      tc qdisc add dev eth1 handle ffff: ingress &&
+      tc filter add dev eth1 parent ffff: matchall action mirred egress redirect dev ifbeth1
+  } >"$1/netem-setup.txt" 2>&1
+}
+netem_off() { # dir
+  {
+    echo "spec: ${NETEM_SPEC[*]}"
+    echo "== eth1 (egress)"
+    tc -s qdisc show dev eth1
+    echo "== ifbeth1 (eth1's ingress)"
+    tc -s qdisc show dev ifbeth1
+  } >"$1/netem.txt" 2>&1
+  tc qdisc del dev eth1 ingress 2>/dev/null
+  tc qdisc del dev eth1 root 2>/dev/null
+  ip link del ifbeth1 2>/dev/null
+  return 0
+}
+
 # ---------------------------------------------------------------- cells
 run_cell() {
   local cell=$1 dir=$RUNDIR/cell-$1 pid rc
@@ -167,6 +201,10 @@ run_cell() {
     irq_smp >"$dir/irq-crossed.txt"
   fi
   ethtool -S eth1 >"$dir/ethtool-before.txt" 2>&1
+  if [[ $cell == uring ]]; then
+    if netem_on "$dir"; then log "$cell: netem on eth1 both ways: ${NETEM_SPEC[*]}"
+    else log "$cell: netem setup FAILED: $(tr '\n' ' ' <"$dir/netem-setup.txt")"; fi
+  fi
   printf '%q ' "$BIN/server" "${args[@]}" >"$dir/server.cmd"
   "$BIN/server" "${args[@]}" >"$dir/server.out" 2>"$dir/server.err" </dev/null &
   pid=$!
@@ -189,6 +227,7 @@ run_cell() {
   irq_affinities >"$dir/irq-affinity.txt"
   stop_server "$pid" 2>>"$LOG"
   rc=$SERVER_RC
+  [[ $cell != uring ]] || netem_off "$dir"
   echo "$rc" >"$dir/server.rc"
   log "$cell: server exit $rc ($(elapsed) s)"
   sleep 1 # an AF_XDP rebind to the same queue right after a close can fail with EBUSY for ~0.5 s

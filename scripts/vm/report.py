@@ -7,8 +7,11 @@
                                     write OUT.json, print the table; exit 0 when every cell passed
 
 A cell passes when its server listened and exited 0 after SIGINT, the loadgen exited 0 with every client
-connected, none failed and every replica matching a fresh snapshot; in the AF_XDP cells on eth1 (xdp-native,
-v6) also: zero-copy on every queue on the newest kernel (trixie-backports) and on none with the server's note
+connected, none failed and every replica matching a fresh snapshot, while the loadgen moves its sockets to
+new ports every 3 s (--rebind-every: no connection may be re-established, every connection migrated, no
+hand-off between workers dropped; the uring cell with the reuseport steering program loaded). In a guest the
+uring cell runs over an impaired wire (guest.sh: netem, 1 % loss and reordering both ways) and also needs
+netem to have dropped packets in both directions. In the AF_XDP cells on eth1 (xdp-native, v6) also: zero-copy on every queue on the newest kernel (trixie-backports) and on none with the server's note
 on the older ones, the driver's per-queue counters (ethtool -S: rxQ_xdp_redirects, txQ_xdp_tx) equal to the
 program's and the server's, and worker q on the CPU of queue q's IRQ effective affinity.
 """
@@ -97,6 +100,27 @@ def irq_smp(d, name):
     return out
 
 
+def netem(path):
+    """guest.sh's netem.txt -> {spec, egress: {sent, dropped}, ingress: {sent, dropped}}, or None."""
+    text = read(path)
+    if text is None:
+        return None
+    out = {"spec": None, "egress": None, "ingress": None}
+    part, in_netem = None, False
+    for line in text.splitlines():
+        if line.startswith("spec: "):
+            out["spec"] = line[6:].strip()
+        elif line.startswith("== "):
+            part, in_netem = ("egress" if "egress" in line else "ingress"), False
+        elif line.startswith("qdisc "):
+            in_netem = line.startswith("qdisc netem ")
+        elif part and in_netem and out[part] is None:
+            m = re.search(r"Sent \d+ bytes (\d+) pkt \(dropped (\d+)", line)
+            if m:
+                out[part] = {"sent": int(m.group(1)), "dropped": int(m.group(2))}
+    return out
+
+
 def judge(rundir, info, cell, clients):
     d = os.path.join(rundir, f"cell-{cell}")
     suite = info.get("suite", "?")
@@ -140,6 +164,9 @@ def judge(rundir, info, cell, clients):
                 errors.append(f"failed {s.get('failed')} (first error: {s.get('first_error')})")
             if s.get("replicas_checked") != clients or s.get("replicas_matching") != clients:
                 errors.append(f"replicas matching {s.get('replicas_matching')}/{s.get('replicas_checked')} of {clients}")
+            rec["rebinds"] = s.get("rebinds")
+            if s.get("reconnects"):
+                errors.append(f"{s.get('reconnects')} connections re-established (a rebinding lost them)")
         if rec["client_exit"] != 0:
             errors.append(f"client exit {rec['client_exit']}")
         if rec["server_exit"] != 0:
@@ -154,6 +181,22 @@ def judge(rundir, info, cell, clients):
             "tx_datagrams": [w.get("backend", {}).get("tx_datagrams") for w in pw],
             "accepted": st.get("totals", {}).get("accepted"),
         }
+        ep = lambda k: sum(w.get("endpoint", {}).get(k, 0) for w in pw)
+        rec["migrations"], rec["handed_off"] = ep("migrations"), ep("handed_off")
+        if s is not None and s.get("rebinds") and rec["migrations"] < clients:
+            errors.append(f"{s.get('rebinds')} loadgen rebinds but only {rec['migrations']} migrations seen for {clients} clients")
+        if ep("handoff_dropped"):
+            errors.append(f"{ep('handoff_dropped')} hand-offs between workers dropped")
+        if cell == "uring":
+            rec["steering"] = st.get("steering")
+            if (st.get("steering") or {}).get("mode") != "cid":
+                errors.append(f"the reuseport steering program did not load: {st.get('steering')}")
+            if suite != "host":
+                rec["netem"] = ne = netem(os.path.join(d, "netem.txt"))
+                for way in ("egress", "ingress"):
+                    got = (ne or {}).get(way)
+                    if not got or not got["dropped"]:
+                        errors.append(f"netem {way}: no packets dropped ({got}; see netem-setup.txt)")
         x = st.get("xdp")
         if x is not None:
             # per_worker[].xdp.zero_copy (also accepted: xdp.workers[].zero_copy)
