@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use canvas::{Cooldown, Dims, Rules};
 use datapath::seam::Addrs;
@@ -18,13 +18,14 @@ fn endpoint(tls: &quic::CertPair) -> Endpoint {
 }
 
 fn endpoint_with(tls: &quic::CertPair, max_half_open: usize, retry_above: usize) -> Endpoint {
-    endpoint_full(tls, max_half_open, retry_above, 65536)
+    endpoint_full(tls, max_half_open, retry_above, 0, 65536)
 }
 
 fn endpoint_full(
     tls: &quic::CertPair,
     max_half_open: usize,
     retry_above: usize,
+    retry_above_rate: u32,
     max_conns: usize,
 ) -> Endpoint {
     let cfg = EndpointConfig {
@@ -43,6 +44,7 @@ fn endpoint_full(
         max_half_open,
         handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
         retry_above,
+        retry_above_rate,
         source_writes_per_sec: 0,
     };
     let shared = Arc::new(Shared {
@@ -170,9 +172,30 @@ fn retry_switches_on_past_the_threshold_and_off_again() {
 }
 
 #[test]
+fn retry_switches_on_past_the_handshake_rate_and_off_again() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    // No half-open trigger, at most 4 new handshakes per second.
+    let mut ep = endpoint_full(&tls, 1000, 0, 4, 65536);
+    let t0 = Instant::now();
+    initials(&mut ep, t0, 2, 7);
+    // Four handshakes in this second are within the rate; from the fifth on, a Retry and no state.
+    let st = ep.stats();
+    assert_eq!((ep.conn_count(), st.accepted, st.retries), (4, 4, 3));
+    assert_eq!((st.retry_switched_on, st.retry_switched_on_rate), (1, 1));
+    // 1.5 s later the window that ended held 7 Initials in 1.5 s (4/s: not below half the threshold),
+    // so Retry stays on.
+    initials(&mut ep, t0 + Duration::from_millis(1500), 3, 1);
+    assert_eq!((ep.conn_count(), ep.stats().retries), (4, 4), "still on");
+    // 6 s after that, the last window's rate is 1 in 6 s: below half the threshold, Retry is off again.
+    initials(&mut ep, t0 + Duration::from_millis(7500), 4, 1);
+    assert_eq!((ep.conn_count(), ep.stats().retries), (5, 4), "accepted without a Retry");
+    assert_eq!(ep.stats().retry_switched_on, 1);
+}
+
+#[test]
 fn past_the_connection_cap_the_client_is_told_why() {
     let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let mut ep = endpoint_full(&tls, 1000, 0, 0);
+    let mut ep = endpoint_full(&tls, 1000, 0, 0, 0);
     let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
     let peer: SocketAddr = "10.0.4.1:9000".parse().unwrap();
     let mut client = quiche_client(peer, local);

@@ -35,6 +35,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             max_half_open: server::endpoint::DEFAULT_MAX_HALF_OPEN,
             handshake_timeout: server::endpoint::DEFAULT_HANDSHAKE_TIMEOUT,
             retry_above: server::endpoint::DEFAULT_RETRY_ABOVE,
+            retry_above_rate: server::endpoint::DEFAULT_RETRY_ABOVE_RATE,
             source_writes_per_sec: 0,
         },
         master: MasterConfig {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use canvas::proto::{self, FrameReader};
 use datapath::seam::Addrs;
@@ -46,18 +46,12 @@ impl Endpoint {
             stats.refused_half_open += 1;
             return None;
         }
-        // Automatic Retry, with hysteresis: on above `retry_above` handshakes in progress, off below half.
-        let above = self.ctx.cfg.retry_above;
-        if above > 0 {
-            if !self.auto_retry && self.half_open_count > above {
-                self.auto_retry = true;
-                self.ctx.stats.retry_switched_on += 1;
-            } else if self.auto_retry && self.half_open_count < above / 2 {
-                self.auto_retry = false;
-            }
-        }
         // A client answering a Retry brings a token: it is checked whichever mode is on now.
         let has_token = hdr.token.as_deref().is_some_and(|t| !t.is_empty());
+        if !has_token {
+            self.count_handshake(now);
+        }
+        self.auto_retry_switch();
         let (scid, odcid) = if self.ctx.cfg.retry || self.auto_retry || has_token {
             let token = hdr.token.as_deref().unwrap_or(&[]);
             if token.is_empty() {
@@ -129,6 +123,44 @@ impl Endpoint {
         }
         self.ids.insert(scid, key);
         Some(key)
+    }
+}
+
+impl Endpoint {
+    /// One more new handshake (an Initial without a token) at `now`: rolls the one-second window of
+    /// [`EndpointConfig::retry_above_rate`] when it has ended (its rate: its count over its length, so a
+    /// quiet spell after a burst reads as a low rate).
+    fn count_handshake(&mut self, now: Instant) {
+        let el = now.saturating_duration_since(self.hs_window);
+        if el >= Duration::from_secs(1) {
+            let ms = el.as_millis().max(1);
+            self.hs_rate = u32::try_from(u128::from(self.hs_in_window) * 1000 / ms).unwrap_or(u32::MAX);
+            self.hs_window = now;
+            self.hs_in_window = 0;
+        }
+        self.hs_in_window = self.hs_in_window.saturating_add(1);
+    }
+
+    /// Automatic Retry, with hysteresis: on above `retry_above` handshakes in progress or above
+    /// `retry_above_rate` new handshakes per second (the last window's rate or the current window's count
+    /// so far), off again once both are below half of their threshold.
+    fn auto_retry_switch(&mut self) {
+        let (above, rate) = (self.ctx.cfg.retry_above, self.ctx.cfg.retry_above_rate);
+        let by_count = above > 0 && self.half_open_count > above;
+        let by_rate = rate > 0 && self.hs_rate.max(self.hs_in_window) > rate;
+        if !self.auto_retry && (by_count || by_rate) {
+            self.auto_retry = true;
+            self.ctx.stats.retry_switched_on += 1;
+            if by_rate && !by_count {
+                self.ctx.stats.retry_switched_on_rate += 1;
+            }
+        } else if self.auto_retry {
+            let count_calm = above == 0 || self.half_open_count < above / 2;
+            let rate_calm = rate == 0 || self.hs_rate.max(self.hs_in_window) < rate / 2;
+            if count_calm && rate_calm {
+                self.auto_retry = false;
+            }
+        }
     }
 }
 

@@ -128,6 +128,11 @@ pub struct EndpointConfig {
     /// again below half of it): a flood of spoofed Initials then costs one Retry packet each and no state.
     /// 0: never by itself (`retry` still forces it always).
     pub retry_above: usize,
+    /// Stateless Retry also switches on by itself while new handshakes (Initials without a token) arrive
+    /// at more than this many per second on this worker, measured over one-second windows, and off again
+    /// once a window's rate and the current window's count are below half of it (and the half-open count
+    /// is below half of `retry_above`). 0: never by the rate.
+    pub retry_above_rate: u32,
 }
 
 /// Source buckets kept before idle ones are pruned (idle: not refilled for [`SOURCE_IDLE`]).
@@ -140,6 +145,10 @@ const MAX_REFUSING: usize = 256;
 
 /// Default of [`EndpointConfig::retry_above`].
 pub const DEFAULT_RETRY_ABOVE: usize = 1024;
+
+/// Default of [`EndpointConfig::retry_above_rate`]: eight times the fastest ramp the suite's benchmarks
+/// make on one worker (500 handshakes/s), half the bench's handshake flood (10,000 over 2 s).
+pub const DEFAULT_RETRY_ABOVE_RATE: u32 = 4_000;
 
 /// Default of [`EndpointConfig::max_half_open`].
 pub const DEFAULT_MAX_HALF_OPEN: usize = 16_384;
@@ -383,8 +392,14 @@ pub struct Endpoint {
     half_open_count: usize,
     /// Connections with `Conn::refused` set (closing, past `max_conns`).
     refusing: usize,
-    /// Stateless Retry is on because of `retry_above` (see [`EndpointConfig::retry_above`]).
+    /// Stateless Retry is on because of `retry_above` or `retry_above_rate` (see
+    /// [`EndpointConfig::retry_above`]).
     auto_retry: bool,
+    /// New handshakes per second: the window's start, the Initials without a token seen in it, and the
+    /// rate of the last window that ended (see [`EndpointConfig::retry_above_rate`]).
+    hs_window: Instant,
+    hs_in_window: u32,
+    hs_rate: u32,
     /// Datagrams received in this batch for other workers' connections: (owner, addresses, payload).
     handoff_out: Vec<(usize, Addrs, Box<[u8]>)>,
     ctx: Ctx,
@@ -429,6 +444,9 @@ impl Endpoint {
             half_open_count: 0,
             refusing: 0,
             auto_retry: false,
+            hs_window: now,
+            hs_in_window: 0,
+            hs_rate: 0,
             handoff_out: Vec::new(),
             ctx: Ctx {
                 cfg,

@@ -21,8 +21,10 @@ pub struct EndpointStats {
     pub conns_legacy: u64,
     /// Retry packets sent.
     pub retries: u64,
-    /// Times stateless Retry switched on by itself (`--retry-above`).
+    /// Times stateless Retry switched on by itself (`--retry-above`, `--retry-above-rate`).
     pub retry_switched_on: u64,
+    /// Of those, times the handshake rate alone switched it on (`--retry-above-rate`).
+    pub retry_switched_on_rate: u64,
     /// Initial packets with an invalid retry token.
     pub bad_tokens: u64,
     /// Version negotiation packets sent.

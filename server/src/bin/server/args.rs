@@ -249,6 +249,11 @@ pub(crate) struct Args {
     /// progress on a worker, and off again below half of it (0: never).
     #[arg(long, default_value_t = server::endpoint::DEFAULT_RETRY_ABOVE, value_parser = usize_in(0, 1 << 22))]
     pub(crate) retry_above: usize,
+    /// Without --retry: also switch stateless Retry on by itself while new handshakes arrive at more than
+    /// this many per second on a worker (one-second windows), and off again below half of it (0: never).
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_RETRY_ABOVE_RATE,
+          value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub(crate) retry_above_rate: u32,
 
     /// Datagrams taken per receive call.
     #[arg(long, default_value_t = DEFAULT_LOOP.rx_batch, value_parser = usize_in(1, 65_536))]

@@ -468,6 +468,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_half_open: a.max_half_open,
             handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
             retry_above: a.retry_above,
+            retry_above_rate: a.retry_above_rate,
             source_writes_per_sec: a.source_writes_per_sec,
         };
         let qcfg = quic::server_config(&qc, &cert, &key)?;
