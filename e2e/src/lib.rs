@@ -64,8 +64,10 @@ pub fn bin(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     child: Child,
-    /// Stderr lines seen so far (the startup banner and anything after).
+    /// Stderr lines after the one that said it was listening.
     pub log: mpsc::Receiver<String>,
+    /// Stderr lines up to and including the one that said it was listening.
+    pub startup: Vec<String>,
 }
 
 impl Server {
@@ -97,11 +99,18 @@ impl Server {
             }
         });
         let deadline = Instant::now() + timeout;
+        let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let why = match rx.recv_timeout(left) {
-                Ok(l) if l.contains("listening on") => break,
-                Ok(_) => continue,
+                Ok(l) => {
+                    let done = l.contains("listening on");
+                    startup.push(l);
+                    if done {
+                        break;
+                    }
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => format!("did not start listening within {timeout:?}"),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     "exited before listening (see its stderr above)".into()
@@ -111,7 +120,7 @@ impl Server {
             let _ = child.wait();
             panic!("server {why}");
         }
-        Server { child, log: rx }
+        Server { child, log: rx, startup }
     }
 
     /// The server's pid.

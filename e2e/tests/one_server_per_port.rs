@@ -29,6 +29,29 @@ fn a_second_uring_server_on_the_port_is_refused_with_the_first_ones_pid() {
     assert_eq!(first.stop(Duration::from_secs(20)), 0);
 }
 
+/// `--take-over` signals only canvas servers: a port held by another program is an error naming it, and
+/// that program is left alone.
+#[test]
+fn take_over_never_signals_a_port_holder_that_is_not_a_canvas_server() {
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let listen = held.local_addr().unwrap().to_string();
+    let out = Command::new(bin("server"))
+        .args(["-w", "1", "--listen", &listen, "--take-over", "--take-over-timeout-secs", "2"])
+        .output()
+        .expect("server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("held by pid {} (", std::process::id())), "{err}");
+    assert!(err.contains("not a canvas server"), "{err}");
+    // This process was not signalled (it would have died of SIGTERM) and still holds its socket.
+    assert_eq!(held.local_addr().unwrap().to_string(), listen);
+    // Nothing holds a free port: --take-over has nothing to do and the server starts.
+    let free = format!("127.0.0.1:{}", free_port());
+    let s = Server::start(&["-w", "1", "--listen", &free, "--take-over"], Duration::from_secs(30));
+    assert_eq!(s.stop(Duration::from_secs(20)), 0);
+}
+
 /// Past `--max-connections-per-worker` a client is told why (application close 0x103, "server full: ..."),
 /// instead of timing out its handshake.
 #[test]

@@ -3,6 +3,8 @@
 //! from their ticks, caught up with deltas from the ticks the restarted server replayed from its log; at the
 //! end nothing failed and every replica matches the restarted server's canvas.
 //! Then: a second SIGTERM while the first is being handled ends the server at once (exit status 130).
+//! And a deliberate hand-over: a second server started with `--take-over` on the same port and data
+//! directory stops the first (SIGTERM, its graceful stop) and serves its canvas; the clients come back to it.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,5 +77,43 @@ fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let server = start(&listen, &data);
     sh(&format!("kill -TERM {0}; kill -TERM {0}", server.pid()));
     assert_eq!(server.stop_wait(Duration::from_secs(20)), 0, "a duplicated signal stops gracefully");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn take_over_hands_the_port_and_the_canvas_to_the_new_server() {
+    let dir = scratch("take-over");
+    let data = dir.join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let old = start(&listen, &data);
+    let summary = dir.join("summary.json");
+    let mut args = client_args(&format!("https://{listen}"), "handover", "canvas1", CLIENTS, 12, &summary);
+    args.extend(["--reconnect", "20", "--progress", "lines"].map(str::to_owned));
+    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = Instant::now();
+    let new = Server::start(
+        &["-w", "1", "--listen", &listen, "--data-dir", data.to_str().unwrap(), "--take-over"],
+        Duration::from_secs(60),
+    );
+    eprintln!("taken over in {:.2?}", t0.elapsed());
+    // The old server was stopped gracefully by the new one (exit 0), not killed.
+    let old_pid = old.pid();
+    assert_eq!(old.stop_wait(Duration::from_secs(5)), 0, "the old server stopped gracefully");
+    assert!(
+        new.startup.iter().any(|l| l.contains(&format!("sent SIGTERM to pid {old_pid} (server)"))),
+        "the new server says whom it stopped: {:?}",
+        new.startup
+    );
+    assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
+    let s = json(&summary);
+    eprintln!("summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+    assert_eq!(n("failed"), 0, "{s}");
+    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
+    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
+    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the new server's canvas");
+    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
+    assert_eq!(new.stop(Duration::from_secs(20)), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

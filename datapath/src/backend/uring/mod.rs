@@ -36,7 +36,7 @@ mod tx;
 
 use bufring::BufRing;
 use rx::{parse_datagram, Rx};
-pub use socket::{bind_error, claim_port, dual_stack};
+pub use socket::{bind_error, claim_port, dual_stack, port_holders, PortHolder};
 use socket::{context, open_socket, push_sqe, setup_ring, submit};
 use tx::{peer_for, send_done, Tx, TxMsg};
 

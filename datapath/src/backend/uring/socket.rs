@@ -32,18 +32,65 @@ pub fn claim_port(addr: SocketAddr) -> io::Result<()> {
     socket.bind(&addr.into()).map_err(|e| bind_error(e, addr))
 }
 
-/// Processes with a UDP socket bound to local `port` (IPv4 or IPv6), as "pid N (comm)"; empty when
-/// nothing is found (or /proc cannot be read: another user's processes need root).
-fn port_users(port: u16) -> Vec<String> {
+/// A process holding a UDP socket on a port (see [`port_holders`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortHolder {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`).
+    pub comm: String,
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.comm)
+    }
+}
+
+/// One local address of `/proc/net/udp{,6}` ("0100007F:115C"; IPv6 as four 32-bit words, each in host
+/// byte order), or None when it does not parse.
+fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok().map(u32::to_ne_bytes);
+    let ip = match ip.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(b)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a socket bound to `a` and one bound to `b` (same port) would receive the same datagrams: the
+/// same address (an IPv4-mapped IPv6 one counts as the IPv4 one), or either the wildcard of its family.
+/// (A dual-stack `[::]` overlaps every IPv4 address too; a v6-only one does not, which this does not
+/// know: it errs on the side of overlap.)
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let canon = |ip: std::net::IpAddr| ip.to_canonical();
+    a.port() == b.port() && {
+        let (x, y) = (canon(a.ip()), canon(b.ip()));
+        x == y || x.is_unspecified() || y.is_unspecified()
+    }
+}
+
+/// Processes with a UDP socket bound to an address that overlaps `addr` (same port, same address or a
+/// wildcard on either side; IPv4 or IPv6): empty when nothing is found, or when /proc cannot say
+/// (another user's processes need root to be seen).
+pub fn port_holders(addr: SocketAddr) -> Vec<PortHolder> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else { continue };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
-            let Some(local) = f.get(1) else { continue };
-            let p = local.rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok());
-            if p == Some(port) {
+            let Some(local) = f.get(1).and_then(|l| proc_net_addr(l)) else { continue };
+            if overlaps(local, addr) {
                 if let Some(inode) = f.get(9).filter(|i| **i != "0") {
                     inodes.push(format!("socket:[{inode}]"));
                 }
@@ -51,6 +98,9 @@ fn port_users(port: u16) -> Vec<String> {
         }
     }
     let mut users = Vec::new();
+    if inodes.is_empty() {
+        return users;
+    }
     let Ok(procs) = std::fs::read_dir("/proc") else { return users };
     for p in procs.flatten() {
         let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -60,9 +110,10 @@ fn port_users(port: u16) -> Vec<String> {
         });
         if holds {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            users.push(format!("pid {pid} ({})", comm.trim()));
+            users.push(PortHolder { pid, comm: comm.trim().to_string() });
         }
     }
+    users.sort_by_key(|u| u.pid);
     users
 }
 
@@ -88,11 +139,16 @@ pub(super) fn open_socket(cfg: &UringConfig) -> io::Result<Socket> {
 pub fn bind_error(e: io::Error, addr: SocketAddr) -> io::Error {
     let msg = match e.raw_os_error() {
         Some(libc::EADDRINUSE) => {
-            let users = port_users(addr.port());
-            let by = if users.is_empty() { String::new() } else { format!(" by {}", users.join(", ")) };
+            let users = port_holders(addr);
+            let by = if users.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            };
             format!(
-                "UDP {addr} is already in use{by}: stop that server, or pick another --listen (two servers \
-                 on one port would split the clients between two canvases)"
+                "UDP {addr} is already in use{by}: stop that server, pick another --listen, or hand the port \
+                 over deliberately with --take-over (two servers on one port would split the clients between \
+                 two canvases)"
             )
         }
         Some(libc::EADDRNOTAVAIL) => {
@@ -193,4 +249,49 @@ pub(super) fn submit(ring: &IoUring) -> io::Result<()> {
 /// `e` with a description of what failed, keeping its kind.
 pub(super) fn context(e: io::Error, what: String) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_parse() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(proc_net_addr("0100007F:115C"), Some(a("127.0.0.1:4444")));
+        assert_eq!(proc_net_addr("00000000:115C"), Some(a("0.0.0.0:4444")));
+        assert_eq!(proc_net_addr("00000000000000000000000001000000:115C"), Some(a("[::1]:4444")));
+        assert_eq!(
+            proc_net_addr("0000000000000000FFFF00000100007F:115C"),
+            Some(a("[::ffff:127.0.0.1]:4444"))
+        );
+        assert_eq!(proc_net_addr("B80D0120000000000000000010000000:01BB"), Some(a("[2001:db8::10]:443")));
+        for bad in ["", "0100007F", "0100007F:", "0100007:115C", "zz00007F:115C", "0100007F:1FFFF"] {
+            assert_eq!(proc_net_addr(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("127.0.0.1:4433"), a("127.0.0.1:4433")));
+        assert!(overlaps(a("0.0.0.0:4433"), a("127.0.0.1:4433")));
+        assert!(overlaps(a("127.0.0.1:4433"), a("[::]:4433")));
+        assert!(overlaps(a("[::ffff:10.0.1.10]:4433"), a("10.0.1.10:4433")));
+        assert!(!overlaps(a("127.0.0.1:4433"), a("127.0.0.2:4433")));
+        assert!(!overlaps(a("127.0.0.1:4433"), a("127.0.0.1:4434")));
+        assert!(!overlaps(a("[::1]:4433"), a("127.0.0.1:4433")));
+    }
+
+    #[test]
+    fn a_held_port_names_this_process() {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        let me = std::process::id();
+        assert!(port_holders(addr).iter().any(|h| h.pid == me), "{:?}", port_holders(addr));
+        let other = SocketAddr::new("127.0.0.2".parse().unwrap(), addr.port());
+        assert!(port_holders(other).iter().all(|h| h.pid != me), "another address on the same port");
+        let e = bind_error(io::Error::from_raw_os_error(libc::EADDRINUSE), addr).to_string();
+        assert!(e.contains(&format!("pid {me} (")) && e.contains("--take-over"), "{e}");
+    }
 }

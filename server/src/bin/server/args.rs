@@ -242,6 +242,17 @@ pub(crate) struct Args {
     /// the port there) and before quiche in uring mode (`rx_not_allowed`). Default: every source.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub(crate) allow: Vec<ipnet::IpNet>,
+    /// Hand the port over deliberately: when another canvas server holds --listen's port, send it SIGTERM
+    /// (its graceful stop: CONNECTION_CLOSE to its clients, its log flushed, XDP detached), wait for it
+    /// to exit, then start (with the same --data-dir it resumes the canvas; `client --reconnect` clients
+    /// come back and resume from their ticks). Refused when a process holding the port is not a canvas
+    /// server. Without it a port in use is an error naming the pid that holds it.
+    #[arg(long)]
+    pub(crate) take_over: bool,
+    /// With --take-over: how long to wait for the old server to exit after SIGTERM, in seconds (it is
+    /// never killed: past this the new server gives up and the old one keeps the port).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) take_over_timeout_secs: u64,
     /// Validate client addresses with a stateless Retry before accepting.
     #[arg(long)]
     pub(crate) retry: bool,

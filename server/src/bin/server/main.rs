@@ -110,12 +110,74 @@ fn tripwire(
     Ok((count, h))
 }
 
+/// `--take-over`: stop the canvas server(s) holding `listen`'s port with SIGTERM and wait (bounded by
+/// `timeout`) until they have exited, before this one opens its data directory and binds. A holder that is
+/// not a canvas server (another command name) is never signalled: that is an error. Nothing holding the
+/// port: nothing to do.
+fn take_over(listen: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default().trim().to_string();
+    let holders = datapath::backend::uring::port_holders(listen);
+    if holders.is_empty() {
+        eprintln!("server: --take-over: no process holds UDP {listen}: nothing to take over");
+        return Ok(());
+    }
+    if let Some(h) = holders.iter().find(|h| h.comm != me || h.pid == std::process::id()) {
+        return Err(format!(
+            "--take-over: UDP {listen} is held by {h}, which is not a canvas server ({me}): it is not \
+             signalled; stop it yourself or pick another --listen"
+        ));
+    }
+    for h in &holders {
+        // SAFETY: kill(2) with a pid read from /proc and a valid signal number has no memory effects.
+        if unsafe { libc::kill(h.pid as libc::pid_t, libc::SIGTERM) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(format!("--take-over: cannot signal {h} holding UDP {listen}: {e}"));
+        }
+        eprintln!(
+            "server: --take-over: sent SIGTERM to {h} (serving UDP {listen}); waiting up to {} s for it to stop",
+            timeout.as_secs()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    // Gone: no /proc entry, or a zombie (it has exited; its parent has not reaped it yet).
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    loop {
+        let left: Vec<_> = holders.iter().filter(|h| running(h.pid)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if t0.elapsed() >= timeout {
+            let names: Vec<_> = left.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "--take-over: {} still running {} s after SIGTERM: not taken over (it may still be draining; \
+                 a second signal forces its exit, or raise --take-over-timeout-secs)",
+                names.join(", "),
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names: Vec<_> = holders.iter().map(ToString::to_string).collect();
+    eprintln!(
+        "server: --take-over: {} stopped after {:.2} s; taking over UDP {listen}",
+        names.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if a.mode == Mode::Uring && (a.iface.is_some() || a.vlan.is_some()) {
         return Err("--iface and --vlan belong to --mode xdp (the uring mode serves every interface through --listen)".into());
     }
     if !a.provided_buffers.is_power_of_two() {
         return Err(format!("--provided-buffers must be a power of two, got {}", a.provided_buffers).into());
+    }
+    if a.take_over {
+        take_over(a.listen, Duration::from_secs(a.take_over_timeout_secs))?;
     }
     let dims = Dims { width: a.width, height: a.height };
     let rules = Rules { dims, palette: a.palette };
