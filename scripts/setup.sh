@@ -4,10 +4,11 @@
 # clang, libelf, m4 and zlib for libbpf.
 set -euo pipefail
 pkgs=(build-essential clang libclang-dev cmake pkg-config libelf-dev m4 zlib1g-dev iproute2 iputils-ping procps bc python3-pip
-  chromium ethtool bpftool nftables shellcheck qemu-system-x86 kmod busybox-static file)  # chromium: the
-  # live-page test (headless); shellcheck: the ops-scripts test (required when CI=true); ethtool, bpftool,
+  chromium ethtool bpftool nftables shellcheck qemu-system-x86 kmod busybox-static file nats-server)  # chromium:
+  # the live-page test (headless); shellcheck: the ops-scripts test (required when CI=true); ethtool, bpftool,
   # nftables: scripts/ops; qemu-system-x86, kmod (depmod), busybox-static (the guest's initramfs), file (the
-  # kernel version of an image): scripts/vm.sh with virtme-ng (below)
+  # kernel version of an image): scripts/vm.sh with virtme-ng (below); nats-server: --cluster (the tests start
+  # their own servers; the package's system service is switched off below when this script installed it)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +21,11 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian's nats-server package enables and starts a system-wide server on :4222; nothing here uses it.
+  if [[ " ${missing[*]} " == *" nats-server "* ]] && [[ -d /run/systemd/system ]]; then
+    echo "setup: switching off the nats-server system service the package started (the tests run their own)"
+    systemctl disable --now nats-server.service >/dev/null 2>&1 || true
+  fi
 fi
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
   echo "setup: installing matplotlib (PyPI)"

@@ -1,0 +1,510 @@
+//! Several canvas servers, one canvas: the global order of writes is a NATS JetStream stream's.
+//!
+//! Every node's master proposes its batches of validated writes ([`Sequencer::propose`]); a thread of this
+//! crate publishes them, in the node's order, one message at a time (proposals queued while a publish is in
+//! flight are merged into the next message), each with a message id so that a retry after a lost
+//! acknowledgement is dropped by the stream's duplicate window instead of being applied twice. The same
+//! thread reads the whole stream back in stream order through an ordered consumer and hands every message,
+//! this node's own included, to the master ([`Sequencer::poll`]), which applies them in that order. A node
+//! ACKs a write only once its batch has come back from the stream and been applied: so every node's canvas
+//! is the same fold over the same log, and a write a client saw ACKed is in the stream (replicated R times).
+//!
+//! When NATS is unreachable, proposals wait in a bounded queue (the master stops taking writes it cannot
+//! order when the queue is full, and says so) and the reader waits; both resume from their positions when
+//! NATS returns. Nothing here blocks the master: the queues between them are lock-free and bounded.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use crossbeam_queue::ArrayQueue;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+pub mod wire;
+
+/// Writes in one proposal at most (a message stays well below NATS's default 1 MiB payload limit: 5 bytes a
+/// write). The master splits larger batches.
+pub const MAX_WRITES_PER_PROPOSAL: usize = 100_000;
+
+/// A reader idle this long checks whether the stream has moved past it (a consumer whose server died can
+/// go quiet without an error).
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// What the node needs to join a cluster.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// NATS servers (`nats://HOST:PORT`); the client connects to one and fails over to the others.
+    pub urls: Vec<String>,
+    /// This node's name (in NATS's connection list and in messages: for people, not for the order).
+    pub node: String,
+    /// The stream's name.
+    pub stream: String,
+    /// The subject the stream holds.
+    pub subject: String,
+    /// Replicas of the stream when this node creates it (JetStream needs at least that many servers).
+    pub replicas: usize,
+    /// Apply the stream from the message after this sequence number (0: from the start).
+    pub start_after: u64,
+    /// How long starting may take to reach NATS and find or create the stream.
+    pub connect_timeout: Duration,
+    /// How long one publish waits for the stream's acknowledgement before it is retried.
+    pub publish_timeout: Duration,
+    /// Proposals waiting to be published, at most (then [`Sequencer::propose`] refuses).
+    pub max_proposals: usize,
+    /// Messages read and not yet taken by the master, at most (then the reader waits).
+    pub max_ordered: usize,
+}
+
+impl Config {
+    /// Defaults for a cluster reached at `urls`, this node called `node`.
+    pub fn new(urls: Vec<String>, node: impl Into<String>) -> Self {
+        Self {
+            urls,
+            node: node.into(),
+            stream: "CANVAS".into(),
+            subject: "canvas.writes".into(),
+            replicas: 3,
+            start_after: 0,
+            connect_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(2),
+            max_proposals: 4096,
+            max_ordered: 4096,
+        }
+    }
+}
+
+/// A batch of this node's validated writes, numbered by the node (1, 2, 3, ... in proposal order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// The node's batch number.
+    pub batch: u64,
+    /// `(pixel index, color)`, in the node's order; at most [`MAX_WRITES_PER_PROPOSAL`].
+    pub writes: Vec<(u32, u8)>,
+}
+
+/// One message of the stream, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ordered {
+    /// Its stream sequence number (the global order).
+    pub seq: u64,
+    /// The batch, or why it did not decode (every node skips the same damaged message, counted).
+    pub batch: Result<wire::Batch, wire::DecodeError>,
+}
+
+/// Counters and state, readable from any thread.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The client is connected to a NATS server.
+    pub connected: AtomicBool,
+    /// Messages the stream acknowledged.
+    pub published: AtomicU64,
+    /// Of those, acknowledged as duplicates (a retry of a message the stream already had).
+    pub duplicates: AtomicU64,
+    /// Publish attempts that failed or timed out (each is retried).
+    pub publish_failures: AtomicU64,
+    /// The newest stream sequence number handed to the master.
+    pub delivered: AtomicU64,
+    /// Messages that did not decode (skipped by every node alike).
+    pub corrupt: AtomicU64,
+    /// Times the reader started over from its position after an error.
+    pub reader_restarts: AtomicU64,
+    /// The latest problem, for people.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Status {
+    fn problem(&self, what: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+    }
+
+    /// The latest problem, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Why joining the cluster failed, with what to do.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// A node's connection to the cluster's stream (see the crate docs).
+#[derive(Debug)]
+pub struct Sequencer {
+    incarnation: u64,
+    head_at_start: u64,
+    replicas: usize,
+    proposals: Arc<ArrayQueue<Proposal>>,
+    ordered: Arc<ArrayQueue<Ordered>>,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Status>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sequencer {
+    /// Connect to `cfg.urls`, find the stream (or create it with `cfg.replicas` replicas) and start
+    /// publishing and reading. Fails, saying why, when no server answers within `cfg.connect_timeout` or
+    /// the stream cannot be had.
+    pub fn start(cfg: Config) -> Result<Self, ClusterError> {
+        if cfg.urls.is_empty() {
+            return Err(ClusterError("--cluster needs at least one nats://HOST:PORT".into()));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError(format!("cluster: tokio runtime: {e}")))?;
+        let status = Arc::new(Status::default());
+        let urls = cfg.urls.join(",");
+        let (js, head, replicas) = rt.block_on(async {
+            let st = status.clone();
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("canvas node {}", cfg.node))
+                .connection_timeout(cfg.connect_timeout)
+                .event_callback(move |ev| {
+                    let st = st.clone();
+                    async move {
+                        match ev {
+                            async_nats::Event::Connected => st.connected.store(true, Ordering::Release),
+                            async_nats::Event::Disconnected => {
+                                st.connected.store(false, Ordering::Release);
+                                st.problem("disconnected from NATS (reconnecting)".into());
+                            }
+                            other => st.problem(format!("NATS: {other}")),
+                        }
+                    }
+                })
+                .connect(cfg.urls.clone());
+            let client = tokio::time::timeout(cfg.connect_timeout, client)
+                .await
+                .map_err(|_| {
+                    ClusterError(format!(
+                        "cluster: no NATS server at {urls} answered within {:?}: start the cluster (scripts/cluster.sh up) or fix --cluster",
+                        cfg.connect_timeout
+                    ))
+                })?
+                .map_err(|e| ClusterError(format!("cluster: cannot connect to NATS at {urls}: {e}: start it or fix --cluster")))?;
+            status.connected.store(true, Ordering::Release);
+            let js = jetstream::new(client);
+            let want = stream::Config {
+                name: cfg.stream.clone(),
+                subjects: vec![cfg.subject.clone()],
+                num_replicas: cfg.replicas,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            };
+            let mut s = tokio::time::timeout(cfg.connect_timeout, js.get_or_create_stream(want))
+                .await
+                .map_err(|_| ClusterError(format!("cluster: stream {} not available within {:?} (is JetStream on, and are {} servers up for R={}?)", cfg.stream, cfg.connect_timeout, cfg.replicas, cfg.replicas)))?
+                .map_err(|e| ClusterError(format!("cluster: stream {} on {urls}: {e} (JetStream on? {} servers for R={}?)", cfg.stream, cfg.replicas, cfg.replicas)))?;
+            let info = tokio::time::timeout(cfg.connect_timeout, s.info())
+                .await
+                .map_err(|_| ClusterError(format!("cluster: stream {} info timed out", cfg.stream)))?
+                .map_err(|e| ClusterError(format!("cluster: stream {} info: {e}", cfg.stream)))?;
+            if info.config.subjects != [cfg.subject.clone()] {
+                return Err(ClusterError(format!(
+                    "cluster: stream {} holds subjects {:?}, not {}: another application's stream? pick another name",
+                    cfg.stream, info.config.subjects, cfg.subject
+                )));
+            }
+            Ok::<_, ClusterError>((js, info.state.last_sequence, info.config.num_replicas))
+        })?;
+        let incarnation = incarnation();
+        let proposals = Arc::new(ArrayQueue::new(cfg.max_proposals.max(1)));
+        let ordered = Arc::new(ArrayQueue::new(cfg.max_ordered.max(1)));
+        let wake = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let io = Io {
+            cfg: cfg.clone(),
+            js,
+            incarnation,
+            proposals: proposals.clone(),
+            ordered: ordered.clone(),
+            wake: wake.clone(),
+            stop: stop.clone(),
+            status: status.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || {
+                let io = Arc::new(io);
+                rt.block_on(async {
+                    let (a, b) = (io.clone(), io.clone());
+                    tokio::join!(a.publisher(), b.reader());
+                });
+            })
+            .map_err(|e| ClusterError(format!("cluster: thread: {e}")))?;
+        Ok(Self {
+            incarnation,
+            head_at_start: head,
+            replicas,
+            proposals,
+            ordered,
+            wake,
+            stop,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    /// This node's id for this run (in every message it publishes).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The stream's last sequence number when this node started: what it must have applied before its
+    /// canvas is the cluster's.
+    pub fn head_at_start(&self) -> u64 {
+        self.head_at_start
+    }
+
+    /// The stream's replica count.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Queue a batch for publication; gives it back when the queue is full (NATS unreachable or slow).
+    pub fn propose(&self, p: Proposal) -> Result<(), Proposal> {
+        debug_assert!(p.writes.len() <= MAX_WRITES_PER_PROPOSAL);
+        self.proposals.push(p)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Proposals not yet published.
+    pub fn backlog(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// Take up to `max` messages in stream order.
+    pub fn poll(&self, max: usize, out: &mut Vec<Ordered>) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(o) = self.ordered.pop() else { break };
+            out.push(o);
+            n += 1;
+        }
+        n
+    }
+
+    /// Counters and state.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Stop: queued proposals get up to `drain` to be published, then the thread ends.
+    pub fn stop(mut self, drain: Duration) {
+        self.shutdown(drain);
+    }
+
+    fn shutdown(&mut self, drain: Duration) {
+        let end = Instant::now() + drain;
+        while !self.proposals.is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sequencer {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+/// A random id for this run of this node.
+fn incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        b = (t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// The thread's side.
+struct Io {
+    cfg: Config,
+    js: jetstream::Context,
+    incarnation: u64,
+    proposals: Arc<ArrayQueue<Proposal>>,
+    ordered: Arc<ArrayQueue<Ordered>>,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    status: Arc<Status>,
+}
+
+impl Io {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Publish the proposals in order, one message at a time, each retried until the stream has it.
+    async fn publisher(&self) {
+        let mut buf = Vec::new();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            // Merge what is queued into one message.
+            let (mut first, mut last, mut writes) = (None, 0, Vec::new());
+            while writes.len() < MAX_WRITES_PER_PROPOSAL {
+                let Some(p) = self.proposals.pop() else { break };
+                first.get_or_insert(p.batch);
+                last = p.batch;
+                writes.extend_from_slice(&p.writes);
+            }
+            let Some(first) = first else {
+                if self.stopping() {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), self.wake.notified()).await;
+                continue;
+            };
+            buf.clear();
+            wire::encode(self.incarnation, first, last, &writes, &mut buf);
+            let payload = bytes::Bytes::copy_from_slice(&buf);
+            let id = format!("{:016x}-{first}", self.incarnation);
+            loop {
+                let publish = async {
+                    let msg = jetstream::message::PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(id.as_str());
+                    self.js.send_publish(self.cfg.subject.clone(), msg).await?.await.map_err(Into::into)
+                };
+                let r: Result<_, async_nats::Error> =
+                    match tokio::time::timeout(self.cfg.publish_timeout, publish).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            Err(format!("no acknowledgement within {:?}", self.cfg.publish_timeout).into())
+                        }
+                    };
+                match r {
+                    Ok(ack) => {
+                        self.status.published.fetch_add(1, Ordering::Relaxed);
+                        if ack.duplicate {
+                            self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        backoff = Duration::from_millis(50);
+                        break;
+                    }
+                    Err(e) => {
+                        self.status.publish_failures.fetch_add(1, Ordering::Relaxed);
+                        self.status.problem(format!("publishing batches {first}..={last}: {e} (retrying)"));
+                        if self.stopping() {
+                            return; // never ACKed: the writes in it were not acknowledged to anyone
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read the stream in order from `start_after + 1` and hand every message to the master; start over
+    /// from the position reached after any error.
+    async fn reader(&self) {
+        let mut next = self.cfg.start_after + 1;
+        let mut backoff = Duration::from_millis(50);
+        while !self.stopping() {
+            match self.read_from(next).await {
+                Ok(n) => next = n,
+                Err((n, e)) => {
+                    next = n;
+                    self.status.reader_restarts.fetch_add(1, Ordering::Relaxed);
+                    self.status.problem(format!("reading the stream from {next}: {e} (starting over)"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// One ordered consumer from `next`; returns the next sequence wanted.
+    async fn read_from(&self, mut next: u64) -> Result<u64, (u64, async_nats::Error)> {
+        let s = self.js.get_stream(&self.cfg.stream).await.map_err(|e| (next, e.into()))?;
+        let deliver_policy = if next <= 1 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: next }
+        };
+        let c = s
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.cfg.subject.clone(),
+                deliver_policy,
+                max_expires: Duration::from_secs(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| (next, e.into()))?;
+        let mut msgs = c.messages().await.map_err(|e| (next, e.into()))?;
+        let mut progress = Instant::now();
+        while !self.stopping() {
+            let m = match tokio::time::timeout(Duration::from_millis(100), msgs.next()).await {
+                Err(_) => {
+                    // Idle for a second: if the stream has moved past us, this consumer is stuck (its
+                    // server died with it, and no error reached us): start over from `next`.
+                    if progress.elapsed() >= STALL_CHECK {
+                        progress = Instant::now();
+                        let last = s.get_info().await.map_err(|e| (next, e.into()))?.state.last_sequence;
+                        if last >= next {
+                            return Err((
+                                next,
+                                format!(
+                                    "consumer stalled: the stream is at {last}, delivered up to {}",
+                                    next - 1
+                                )
+                                .into(),
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => return Ok(next),
+                Ok(Some(Err(e))) => return Err((next, e.into())),
+                Ok(Some(Ok(m))) => m,
+            };
+            let seq = m.info().map_err(|e| (next, e))?.stream_sequence;
+            if seq < next {
+                continue;
+            }
+            let batch = wire::decode(&m.payload);
+            if let Err(e) = &batch {
+                self.status.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.status.problem(format!("stream message {seq}: {e} (skipped)"));
+            }
+            let mut o = Ordered { seq, batch };
+            // Backpressure: the master is behind; wait for room (the stream keeps the rest).
+            while let Err(back) = self.ordered.push(o) {
+                if self.stopping() {
+                    return Ok(next);
+                }
+                o = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            self.status.delivered.store(seq, Ordering::Release);
+            next = seq + 1;
+            progress = Instant::now();
+        }
+        Ok(next)
+    }
+}
