@@ -130,7 +130,7 @@ class Bench:
         args = ["ip", "netns", "exec", self.ns("server"), str(SERVER), *MODES[mode], "-w", str(self.a.queues)]
         if mode == "xdp-generic":
             args = args[:-2]  # one queue on the VLAN device: -w defaults to it
-        args += ["--listen", "10.0.1.10:4433", "--stats-json", str(stats)]
+        args += ["--listen", "10.0.1.10:4433", "--stats-json", str(stats), *self.a.server_arg]
         srv = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.time() + 30
@@ -366,7 +366,8 @@ def write_reports(b, phases, modes):
                          f"{r('cpu_us_per_datagram_incl_half_softirq')} | {r('p99_ms')} |")
     lines += ["", "Softirq is box-wide (server and clients share this machine); \"+½ softirq\" charges the server half of "
               "it (each datagram crosses one server-side and one client-side kernel path of comparable cost here).",
-              f"Command: `scripts/bench.sh{' --quick' if b.a.quick else ''}`; files: {b.out}"]
+              f"Command: `scripts/bench.sh{' --quick' if b.a.quick else ''}"
+              f"{''.join(' --server-arg=' + x for x in b.a.server_arg)}`; files: {b.out}"]
     (b.out / "results.md").write_text("\n".join(lines) + "\n")
     plots(b, med, phases, modes)
     print("\n".join(lines))
@@ -487,6 +488,9 @@ def main():
     p.add_argument("--secs", type=positive, default=10, help="write phase per fixed-load run")
     p.add_argument("--queues", type=positive, default=1, help="server NIC queues = workers (at most 256)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="one more server argument for every run (repeatable; e.g. --server-arg=--retry-above-rate "
+                        "--server-arg=0), for an A/B of a flag")
     p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"],
                    choices=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"], help="which phases to run")
     a = p.parse_args()
