@@ -31,6 +31,9 @@ pub mod wire;
 /// write). The master splits larger batches.
 pub const MAX_WRITES_PER_PROPOSAL: usize = 100_000;
 
+/// JetStream API request timeout (see `Sequencer::start`).
+const API_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A reader idle this long checks whether the stream has moved past it (a consumer whose server died can
 /// go quiet without an error).
 const STALL_CHECK: Duration = Duration::from_secs(1);
@@ -50,7 +53,8 @@ pub struct Config {
     pub replicas: usize,
     /// Apply the stream from the message after this sequence number (0: from the start).
     pub start_after: u64,
-    /// How long starting may take to reach NATS and find or create the stream.
+    /// How long starting may take to reach NATS and to find or create the stream (a cluster that has just
+    /// started needs a few seconds to elect its JetStream leader).
     pub connect_timeout: Duration,
     /// How long one publish waits for the stream's acknowledgement before it is retried.
     pub publish_timeout: Duration,
@@ -70,7 +74,7 @@ impl Config {
             subject: "canvas.writes".into(),
             replicas: 3,
             start_after: 0,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(2),
             max_proposals: 4096,
             max_ordered: 4096,
@@ -197,7 +201,11 @@ impl Sequencer {
                 })?
                 .map_err(|e| ClusterError(format!("cluster: cannot connect to NATS at {urls}: {e}: start it or fix --cluster")))?;
             status.connected.store(true, Ordering::Release);
-            let js = jetstream::new(client);
+            let mut js = jetstream::new(client);
+            // JetStream API requests (consumer creation, stream info) time out after this: when a NATS
+            // server dies with the stream's leader or this node's consumer on it, the requests sent to it
+            // until the cluster notices fail fast and are retried, instead of waiting 5 s each.
+            js.set_timeout(API_TIMEOUT);
             let want = stream::Config {
                 name: cfg.stream.clone(),
                 subjects: vec![cfg.subject.clone()],
@@ -206,10 +214,23 @@ impl Sequencer {
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             };
-            let mut s = tokio::time::timeout(cfg.connect_timeout, js.get_or_create_stream(want))
-                .await
-                .map_err(|_| ClusterError(format!("cluster: stream {} not available within {:?} (is JetStream on, and are {} servers up for R={}?)", cfg.stream, cfg.connect_timeout, cfg.replicas, cfg.replicas)))?
-                .map_err(|e| ClusterError(format!("cluster: stream {} on {urls}: {e} (JetStream on? {} servers for R={}?)", cfg.stream, cfg.replicas, cfg.replicas)))?;
+            // A cluster that just started elects its JetStream leader first (a few seconds): retry
+            // within the deadline.
+            let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+            let mut s = loop {
+                let e = match tokio::time::timeout_at(deadline, js.get_or_create_stream(want.clone())).await {
+                    Ok(Ok(s)) => break s,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "no answer".to_string(),
+                };
+                if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+                    return Err(ClusterError(format!(
+                        "cluster: stream {} on {urls} not available within {:?}: {e} (JetStream on? {} servers up for R={}?)",
+                        cfg.stream, cfg.connect_timeout, cfg.replicas, cfg.replicas
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
             let info = tokio::time::timeout(cfg.connect_timeout, s.info())
                 .await
                 .map_err(|_| ClusterError(format!("cluster: stream {} info timed out", cfg.stream)))?
@@ -310,7 +331,8 @@ impl Sequencer {
         self.shutdown(drain);
     }
 
-    fn shutdown(&mut self, drain: Duration) {
+    /// [`Sequencer::stop`] in place (for an owner that holds it behind a reference); later calls do nothing.
+    pub fn shutdown(&mut self, drain: Duration) {
         let end = Instant::now() + drain;
         while !self.proposals.is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));

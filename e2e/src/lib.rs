@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod nats;
 pub mod netns;
 
 use std::ffi::OsStr;

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use canvas::Canvas;
 use placelog::PlacementLog;
 
@@ -41,6 +43,77 @@ pub struct MasterStats {
     pub log_snapshots: u64,
     /// Snapshots the placement log failed to write (the log itself still holds every tick).
     pub log_snapshot_errors: u64,
+    /// Cluster mode: batches of this node's writes proposed to the stream.
+    pub cluster_proposed: u64,
+    /// Cluster mode: stream messages applied (every node's).
+    pub cluster_applied_msgs: u64,
+    /// Cluster mode: the stream sequence number the canvas is at.
+    pub cluster_seq: u64,
+    /// Cluster mode: writes in stream messages that were not valid for this canvas (skipped by every node
+    /// alike), and messages that did not decode.
+    pub cluster_invalid: u64,
+    /// Cluster mode: loops the master did not drain its workers because too many of its batches were
+    /// waiting for the stream (NATS away or slow): the workers' queues fill and they answer REJECT busy.
+    pub cluster_stalls: u64,
+}
+
+/// Where a cluster node's writes get their global order: [`cluster::Sequencer`] (tests use an in-memory
+/// one). Every node's messages come back from [`GlobalOrder::poll`] in the one order, this node's own
+/// included.
+pub trait GlobalOrder: Send + std::fmt::Debug {
+    /// This node's id in the messages it publishes.
+    fn incarnation(&self) -> u64;
+    /// Queue a batch of this node's writes; gives it back when the queue is full.
+    fn propose(&self, p: cluster::Proposal) -> Result<(), cluster::Proposal>;
+    /// Take up to `max` messages in the global order.
+    fn poll(&self, max: usize, out: &mut Vec<cluster::Ordered>) -> usize;
+    /// At shutdown: give what is queued up to `drain` to be published, then stop.
+    fn close(&mut self, _drain: Duration) {}
+}
+
+impl GlobalOrder for cluster::Sequencer {
+    fn incarnation(&self) -> u64 {
+        cluster::Sequencer::incarnation(self)
+    }
+    fn propose(&self, p: cluster::Proposal) -> Result<(), cluster::Proposal> {
+        cluster::Sequencer::propose(self, p)
+    }
+    fn poll(&self, max: usize, out: &mut Vec<cluster::Ordered>) -> usize {
+        cluster::Sequencer::poll(self, max, out)
+    }
+    fn close(&mut self, drain: Duration) {
+        self.shutdown(drain);
+    }
+}
+
+/// This node's batches waiting to come back from the stream, at most: past it the master stops draining its
+/// workers (about this many ticks of writes are in flight; then clients get REJECT busy, never an ACK for a
+/// write that could not be ordered).
+pub const CLUSTER_MAX_PENDING: usize = 64;
+
+/// Ticks in cluster mode are `stream sequence << CLUSTER_TICK_SHIFT | quiet ticks since it`: a tick
+/// names the same canvas on every node.
+pub const CLUSTER_TICK_SHIFT: u32 = 16;
+
+/// The master's cluster state.
+#[derive(Debug)]
+struct ClusterState {
+    order: Box<dyn GlobalOrder>,
+    incarnation: u64,
+    palette: u16,
+    /// Writes drained and not proposed yet, and how many of them came from each worker.
+    outgoing: Vec<(u32, u8)>,
+    out_counts: Vec<u64>,
+    /// The batch ready to propose that the queue refused (retried first).
+    refused: Option<cluster::Proposal>,
+    next_batch: u64,
+    /// This node's proposed batches, oldest first: (batch number, writes per worker).
+    pending: VecDeque<(u64, Vec<u64>)>,
+    /// The stream sequence number applied last.
+    seq: u64,
+    /// The tick's sequence number when the last tick was closed.
+    seq_at_tick: u64,
+    polled: Vec<cluster::Ordered>,
 }
 
 /// What a master restored from a placement log starts from (see [`Master::resume`]).
@@ -81,6 +154,8 @@ pub struct Master<S> {
     log: Option<(Box<dyn PlacementLog>, u64)>,
     /// The log refused a tick: nothing more is published (so nothing more is ACKed) and the server stops.
     failed: Option<String>,
+    /// Cluster mode (`--cluster`): writes are ordered by the stream, not by this master.
+    cluster: Option<ClusterState>,
 }
 
 impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
@@ -118,6 +193,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             live: None,
             log: None,
             failed: None,
+            cluster: None,
         };
         let mut p0 = Publication::encode(
             start,
@@ -159,6 +235,28 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         self.log = Some((log, snapshot_every));
     }
 
+    /// Cluster mode: drain writes into batches proposed to `order` instead of applying them, and apply
+    /// what `order` hands back in the global order (this node's writes are credited, so ACKed, only
+    /// then). `seq` is the stream sequence number the canvas already holds (the master's start tick must
+    /// be `seq << CLUSTER_TICK_SHIFT`); `palette` bounds the colors applied.
+    pub fn set_cluster(&mut self, order: Box<dyn GlobalOrder>, seq: u64, palette: u16) {
+        let n = self.shared.links.len();
+        self.stats.cluster_seq = seq;
+        self.cluster = Some(ClusterState {
+            incarnation: order.incarnation(),
+            order,
+            palette,
+            outgoing: Vec::new(),
+            out_counts: vec![0; n],
+            refused: None,
+            next_batch: 1,
+            pending: VecDeque::new(),
+            seq,
+            seq_at_tick: seq,
+            polled: Vec::new(),
+        });
+    }
+
     /// Why the master stopped publishing (the log refused a tick), if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -179,8 +277,12 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         self.stats
     }
 
-    /// Drain up to `batch_drain` writes from each worker; returns how many were applied.
+    /// Drain up to `batch_drain` writes from each worker; returns how many were applied (in cluster mode:
+    /// taken into the next batch, plus the stream messages applied).
     pub fn drain(&mut self) -> usize {
+        if self.cluster.is_some() {
+            return self.drain_cluster();
+        }
         let mut total = 0;
         for (w, link) in self.shared.links.iter().enumerate() {
             let mut n = 0;
@@ -196,6 +298,98 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         total
     }
 
+    /// Cluster mode's drain: apply what the stream delivered, then take the workers' writes into the next
+    /// batch (not while too many batches wait for the stream).
+    fn drain_cluster(&mut self) -> usize {
+        let c = self.cluster.as_mut().expect("cluster mode");
+        let mut done = 0;
+        // The global order first: apply every message delivered, crediting this node's own batches.
+        c.polled.clear();
+        c.order.poll(usize::MAX, &mut c.polled);
+        let len = self.canvas.dims().len();
+        for o in c.polled.drain(..) {
+            c.seq = o.seq;
+            self.stats.cluster_applied_msgs += 1;
+            let b = match o.batch {
+                Ok(b) => b,
+                Err(_) => {
+                    self.stats.cluster_invalid += 1;
+                    continue;
+                }
+            };
+            for &(i, col) in &b.writes {
+                if (i as usize) < len && u16::from(col) < c.palette {
+                    self.canvas.apply(i, col);
+                } else {
+                    self.stats.cluster_invalid += 1;
+                }
+            }
+            self.stats.pixels_applied += b.writes.len() as u64;
+            done += b.writes.len();
+            if b.incarnation == c.incarnation {
+                while c.pending.front().is_some_and(|(n, _)| *n <= b.last) {
+                    let (_, counts) = c.pending.pop_front().expect("front");
+                    for (w, k) in counts.into_iter().enumerate() {
+                        self.applied[w] += k;
+                    }
+                }
+            }
+        }
+        self.stats.cluster_seq = c.seq;
+        // Then this node's writes, unless the stream is not keeping up.
+        if c.pending.len() >= CLUSTER_MAX_PENDING || c.refused.is_some() {
+            self.stats.cluster_stalls += 1;
+            Self::propose(c, &mut self.stats);
+            return done;
+        }
+        for (w, link) in self.shared.links.iter().enumerate() {
+            let mut n = 0;
+            while n < self.cfg.batch_drain && c.outgoing.len() < cluster::MAX_WRITES_PER_PROPOSAL {
+                let Some(px) = link.writes.pop() else { break };
+                c.outgoing.push((px.index, px.color));
+                n += 1;
+            }
+            c.out_counts[w] += n as u64;
+            done += n;
+        }
+        if c.outgoing.len() >= cluster::MAX_WRITES_PER_PROPOSAL {
+            Self::propose(c, &mut self.stats);
+        }
+        done
+    }
+
+    /// Propose the writes taken since the last proposal (or retry the one the queue refused).
+    fn propose(c: &mut ClusterState, stats: &mut MasterStats) {
+        let p = match c.refused.take() {
+            Some(p) => p,
+            None if c.outgoing.is_empty() => return,
+            None => {
+                let batch = c.next_batch;
+                c.next_batch += 1;
+                let zero = vec![0; c.out_counts.len()];
+                let counts = std::mem::replace(&mut c.out_counts, zero);
+                c.pending.push_back((batch, counts));
+                cluster::Proposal { batch, writes: std::mem::take(&mut c.outgoing) }
+            }
+        };
+        match c.order.propose(p) {
+            Ok(()) => stats.cluster_proposed += 1,
+            Err(p) => c.refused = Some(p),
+        }
+    }
+
+    /// The next tick's number: in cluster mode the stream position it is at (see [`CLUSTER_TICK_SHIFT`]),
+    /// None when a quiet tick cannot be numbered (65,535 quiet ticks at one position: skipped).
+    fn next_tick(&mut self) -> Option<u64> {
+        let Some(c) = &mut self.cluster else { return Some(self.tick + 1) };
+        if c.seq != c.seq_at_tick || self.tick >> CLUSTER_TICK_SHIFT < c.seq {
+            c.seq_at_tick = c.seq;
+            return Some(c.seq << CLUSTER_TICK_SHIFT);
+        }
+        let next = self.tick + 1;
+        (next >> CLUSTER_TICK_SHIFT == c.seq).then_some(next)
+    }
+
     /// Close the current tick, commit it to the log (if any) and publish it to every worker. When the log
     /// refuses it, nothing is published from then on and the server is told to stop: a write is never
     /// ACKed unless its tick is in the log.
@@ -203,8 +397,12 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         if self.failed.is_some() {
             return;
         }
+        if let Some(c) = &mut self.cluster {
+            Self::propose(c, &mut self.stats);
+        }
+        let Some(tick) = self.next_tick() else { return };
         let t0 = Instant::now();
-        self.tick += 1;
+        self.tick = tick;
         self.entries.clear();
         self.canvas.end_tick(&mut self.entries);
         let hash = self.canvas.hash();
@@ -224,7 +422,9 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             }
         }
         let wanted = self.shared.snapshot_wanted.swap(false, Ordering::AcqRel);
-        let snapshot = if self.tick.is_multiple_of(self.cfg.full_interval) || wanted {
+        // Every `full_interval` ticks (cluster mode: published ticks, since tick numbers jump there).
+        let nth = if self.cluster.is_some() { self.stats.ticks + 1 } else { self.tick };
+        let snapshot = if nth.is_multiple_of(self.cfg.full_interval) || wanted {
             if self.latest_snapshot.hash != hash || self.latest_snapshot.tick < self.last_change || wanted {
                 let s = Snapshot::encode(
                     self.tick,
@@ -296,6 +496,9 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         }
         self.drain();
         self.end_tick();
+        if let Some(c) = &mut self.cluster {
+            c.order.close(Duration::from_secs(1));
+        }
         if let Some((log, _)) = &mut self.log {
             if let Err(e) = log.sync() {
                 self.failed.get_or_insert(format!("placement log: {e}"));
@@ -361,6 +564,136 @@ mod tests {
         let committed = Arc::new(Mutex::new(Vec::new()));
         m.set_log(Box::new(TestLog { committed: committed.clone(), fail_at }), 0);
         (m, shared, committed)
+    }
+
+    /// An in-memory stream: proposals are ordered as they arrive (unless `down`), every node reads it all.
+    #[derive(Debug, Default)]
+    struct MemStream {
+        log: Mutex<Vec<cluster::Ordered>>,
+        down: AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct MemNode {
+        stream: Arc<MemStream>,
+        inc: u64,
+        cursor: Mutex<usize>,
+    }
+
+    impl GlobalOrder for MemNode {
+        fn incarnation(&self) -> u64 {
+            self.inc
+        }
+        fn propose(&self, p: cluster::Proposal) -> Result<(), cluster::Proposal> {
+            if self.stream.down.load(Ordering::Acquire) {
+                return Err(p);
+            }
+            let mut log = self.stream.log.lock().unwrap();
+            let seq = log.len() as u64 + 1;
+            let batch = Ok(cluster::wire::Batch {
+                incarnation: self.inc,
+                first: p.batch,
+                last: p.batch,
+                writes: p.writes,
+            });
+            log.push(cluster::Ordered { seq, batch });
+            Ok(())
+        }
+        fn poll(&self, max: usize, out: &mut Vec<cluster::Ordered>) -> usize {
+            let log = self.stream.log.lock().unwrap();
+            let mut c = self.cursor.lock().unwrap();
+            let n = (log.len() - *c).min(max);
+            out.extend_from_slice(&log[*c..*c + n]);
+            *c += n;
+            n
+        }
+    }
+
+    fn cluster_node(stream: &Arc<MemStream>, inc: u64) -> (Master<Vec<u8>>, Arc<Shared>) {
+        let shared = Arc::new(Shared {
+            links: vec![WorkerLink::new(256, 64)],
+            snapshot_wanted: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+        });
+        let dims = Dims { width: 4, height: 4 };
+        let cfg = MasterConfig {
+            batch_drain: 64,
+            tick: Duration::from_millis(100),
+            full_interval: 60,
+            max_dgram: 1200,
+        };
+        let mut m = Master::starting_at(Canvas::new(dims, vec![0; 16]).unwrap(), cfg, shared.clone(), 0);
+        m.set_cluster(Box::new(MemNode { stream: stream.clone(), inc, cursor: Mutex::new(0) }), 0, 32);
+        (m, shared)
+    }
+
+    /// (tick, ACKed writes of worker 0) of every publication since the last call.
+    fn published(shared: &Shared) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| shared.links[0].publications.pop()).map(|p| (p.tick, p.applied[0])).collect()
+    }
+
+    #[test]
+    fn cluster_nodes_apply_one_order_and_ack_only_what_came_back() {
+        let stream = Arc::new(MemStream::default());
+        let (mut a, sa) = cluster_node(&stream, 0xa);
+        let (mut b, sb) = cluster_node(&stream, 0xb);
+        published(&sa);
+        published(&sb);
+        // Both nodes write pixel 0 (and one each of their own); A's batch reaches the stream first.
+        sa.links[0].writes.push(PixelWrite { index: 0, color: 1 }).unwrap();
+        sa.links[0].writes.push(PixelWrite { index: 1, color: 2 }).unwrap();
+        sb.links[0].writes.push(PixelWrite { index: 0, color: 3 }).unwrap();
+        sb.links[0].writes.push(PixelWrite { index: 2, color: 4 }).unwrap();
+        a.drain();
+        a.end_tick(); // proposes A's batch (seq 1); nothing came back yet: tick 0 + 1, nothing ACKed
+        assert_eq!(published(&sa), vec![(1, 0)]);
+        b.drain(); // applies A's batch (seq 1): B's tick is at position 1
+        b.end_tick(); // proposes B's batch (seq 2)
+        assert_eq!(published(&sb), vec![(1 << CLUSTER_TICK_SHIFT, 0)]);
+        for m in [&mut a, &mut b] {
+            m.drain();
+            m.end_tick();
+        }
+        // Both applied seq 1 then 2: B's color wins pixel 0 on both; each ACKs its own two writes.
+        assert_eq!(published(&sa), vec![(2 << CLUSTER_TICK_SHIFT, 2)]);
+        assert_eq!(published(&sb), vec![(2 << CLUSTER_TICK_SHIFT, 2)]);
+        assert_eq!(a.canvas().pixels()[..3], [3, 2, 4]);
+        assert_eq!(a.canvas().hash(), b.canvas().hash());
+        // A quiet tick at the same position counts up from it.
+        a.drain();
+        a.end_tick();
+        assert_eq!(published(&sa), vec![((2 << CLUSTER_TICK_SHIFT) + 1, 2)]);
+        assert_eq!(a.stats().cluster_seq, 2);
+    }
+
+    #[test]
+    fn a_cluster_node_that_cannot_order_stops_taking_writes_and_catches_up() {
+        let stream = Arc::new(MemStream::default());
+        let (mut a, sa) = cluster_node(&stream, 0xa);
+        published(&sa);
+        stream.down.store(true, Ordering::Release);
+        for i in 0..10u32 {
+            sa.links[0].writes.push(PixelWrite { index: i, color: 1 }).unwrap();
+            a.drain();
+            a.end_tick();
+        }
+        // The first batch was refused and is held: nothing more was drained, nothing ACKed.
+        assert_eq!(
+            sa.links[0].writes.len(),
+            9,
+            "writes left in the worker's queue (it answers busy when full)"
+        );
+        assert!(published(&sa).iter().all(|&(_, acked)| acked == 0));
+        assert!(a.stats().cluster_stalls > 0);
+        stream.down.store(false, Ordering::Release);
+        for _ in 0..4 {
+            a.drain();
+            a.end_tick();
+        }
+        let p = published(&sa);
+        assert_eq!(p.last().unwrap().1, 10, "every write ACKed once ordered: {p:?}");
+        assert!(a.canvas().pixels()[..10].iter().all(|&c| c == 1));
+        assert_eq!(a.stats().cluster_invalid, 0);
     }
 
     #[test]

@@ -512,6 +512,7 @@ fn json(live: &Live) -> String {
         "pixels_changed": stats.pixels_changed,
         "ticks": stats.ticks,
         "canvas_tick": canvas_tick,
+        "cluster_seq": stats.cluster_seq,
         "datagrams_in": b.rx_datagrams,
         "datagrams_out": b.tx_datagrams,
         "bytes_out": b.tx_bytes,

@@ -242,6 +242,24 @@ pub(crate) struct Args {
     /// the port there) and before quiche in uring mode (`rx_not_allowed`). Default: every source.
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub(crate) allow: Vec<ipnet::IpNet>,
+    /// Join a cluster: several servers share one canvas through one NATS JetStream stream
+    /// (`nats://HOST:PORT`, comma-separated or repeated). Every write is ordered by the stream and ACKed
+    /// once it came back from it and was applied; a node that cannot reach NATS stops taking writes
+    /// (REJECT busy) until it can. Not with --data-dir (the stream is the log).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub(crate) cluster: Vec<String>,
+    /// With --cluster: this node's name (default: the host name and --listen).
+    #[arg(long)]
+    pub(crate) cluster_node: Option<String>,
+    /// With --cluster: the stream's replicas when this node creates it (JetStream needs that many servers).
+    #[arg(long, default_value_t = 3, value_parser = usize_in(1, 5))]
+    pub(crate) cluster_replicas: usize,
+    /// With --cluster: the stream's name (one stream per canvas).
+    #[arg(long, default_value = "CANVAS")]
+    pub(crate) cluster_stream: String,
+    /// With --cluster: how long to wait at start to catch up with the stream before serving, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) cluster_catch_up_secs: u64,
     /// Hand the port over deliberately: when another canvas server holds --listen's port, send it SIGTERM
     /// (its graceful stop: CONNECTION_CLOSE to its clients, its log flushed, XDP detached), wait for it
     /// to exit, then start (with the same --data-dir it resumes the canvas; `client --reconnect` clients

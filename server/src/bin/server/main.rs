@@ -24,7 +24,9 @@ mod replay;
 mod report;
 
 use args::{Args, HugePolicy, LogSync, Mode, Steer, XdpAttach, ZeroCopyArg};
-use report::{PinReport, Report, SteerReport, Totals, WorkerReport, XdpReport, XdpWorkerReport};
+use report::{
+    ClusterReport, PinReport, Report, SteerReport, Totals, WorkerReport, XdpReport, XdpWorkerReport,
+};
 
 /// A signal repeated within this long counts once (see the signal thread in `run`).
 const DUPLICATE_SIGNAL: Duration = Duration::from_millis(50);
@@ -110,6 +112,53 @@ fn tripwire(
     Ok((count, h))
 }
 
+/// Apply the stream to `canvas` until `head` (the stream's last sequence when this node joined), bounded by
+/// `within`; returns the sequence reached and the invalid writes skipped.
+fn catch_up<S: AsRef<[u8]> + AsMut<[u8]>>(
+    seq: &cluster::Sequencer,
+    canvas: &mut Canvas<S>,
+    palette: u16,
+    head: u64,
+    within: Duration,
+) -> Result<(u64, u64), String> {
+    let t0 = std::time::Instant::now();
+    let (mut at, mut invalid, mut said) = (0u64, 0u64, t0);
+    let mut msgs = Vec::new();
+    let len = canvas.dims().len();
+    while at < head {
+        if t0.elapsed() > within {
+            return Err(format!(
+                "cluster: caught up to {at} of {head} in {within:?} ({}): raise --cluster-catch-up-secs, or check NATS",
+                seq.status().last_error().unwrap_or_else(|| "no error reported".into())
+            ));
+        }
+        msgs.clear();
+        if seq.poll(4096, &mut msgs) == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for o in &msgs {
+            at = o.seq;
+            match &o.batch {
+                Ok(b) => {
+                    for &(i, c) in &b.writes {
+                        if (i as usize) < len && u16::from(c) < palette {
+                            canvas.apply(i, c);
+                        } else {
+                            invalid += 1;
+                        }
+                    }
+                }
+                Err(_) => invalid += 1,
+            }
+        }
+        if said.elapsed() >= Duration::from_secs(2) {
+            said = std::time::Instant::now();
+            eprintln!("server: cluster: catching up: at {at} of {head}");
+        }
+    }
+    Ok((at, invalid))
+}
+
 /// `--take-over`: stop the canvas server(s) holding `listen`'s port with SIGTERM and wait (bounded by
 /// `timeout`) until they have exited, before this one opens its data directory and binds. A holder that is
 /// not a canvas server (another command name) is never signalled: that is an error. Nothing holding the
@@ -175,6 +224,9 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !a.provided_buffers.is_power_of_two() {
         return Err(format!("--provided-buffers must be a power of two, got {}", a.provided_buffers).into());
+    }
+    if !a.cluster.is_empty() && a.data_dir.is_some() {
+        return Err("--cluster with --data-dir: in a cluster the stream is the log (snapshots to the cluster are not built yet): drop --data-dir".into());
     }
     if a.take_over {
         take_over(a.listen, Duration::from_secs(a.take_over_timeout_secs))?;
@@ -250,7 +302,40 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         resume = server::master::Resume { start: r.next_tick, last_change: r.last_change, history: r.tail };
         log = Some(l);
     }
-    let canvas = Canvas::new(dims, mem)?;
+    let mut canvas = Canvas::new(dims, mem)?;
+    // The cluster: join the stream and apply it up to its head before serving.
+    let mut joined = None;
+    if !a.cluster.is_empty() {
+        let node = a.cluster_node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), a.listen)
+        });
+        let mut cfg = cluster::Config::new(a.cluster.clone(), node.clone());
+        cfg.replicas = a.cluster_replicas;
+        cfg.stream = a.cluster_stream.clone();
+        let seq = cluster::Sequencer::start(cfg)?;
+        let head = seq.head_at_start();
+        eprintln!(
+            "server: cluster: node {node} ({:016x}) joined stream {} (R={}) on {}; catching up to {head}",
+            seq.incarnation(),
+            a.cluster_stream,
+            seq.replicas(),
+            a.cluster.join(",")
+        );
+        let t0 = std::time::Instant::now();
+        let (at, invalid) =
+            catch_up(&seq, &mut canvas, a.palette, head, Duration::from_secs(a.cluster_catch_up_secs))?;
+        let mut scratch = Vec::new();
+        canvas.end_tick(&mut scratch);
+        eprintln!(
+            "server: cluster: applied the stream up to {at} in {:.1} ms ({invalid} invalid writes skipped); serving from tick {}",
+            t0.elapsed().as_secs_f64() * 1e3,
+            at << server::master::CLUSTER_TICK_SHIFT
+        );
+        let start = at << server::master::CLUSTER_TICK_SHIFT;
+        resume = server::master::Resume { start, last_change: start, history: Vec::new() };
+        joined = Some((seq, at, node));
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     // The first SIGINT/SIGTERM stops gracefully (no new connections, CONNECTION_CLOSE "server shutdown" to
@@ -487,6 +572,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(l) = log {
         master.set_log(Box::new(l), a.snapshot_every_ticks);
     }
+    let mut cluster_report = None;
+    if let Some((seq, at, node)) = joined {
+        cluster_report = Some((seq.status().clone(), node, seq.incarnation(), seq.replicas()));
+        master.set_cluster(Box::new(seq), at, a.palette);
+    }
     let mode_name = match a.mode {
         Mode::Uring => "uring",
         Mode::Xdp => "xdp",
@@ -699,6 +789,20 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             counters: steering.as_deref().map(steer_counters).unwrap_or_default().into_iter().collect(),
         }),
         master: ms,
+        cluster: cluster_report.map(|(st, node, inc, replicas)| ClusterReport {
+            node,
+            incarnation: format!("{inc:016x}"),
+            stream: a.cluster_stream.clone(),
+            replicas,
+            seq: ms.cluster_seq,
+            published: st.published.load(Ordering::Relaxed),
+            duplicates: st.duplicates.load(Ordering::Relaxed),
+            publish_failures: st.publish_failures.load(Ordering::Relaxed),
+            delivered: st.delivered.load(Ordering::Relaxed),
+            corrupt: st.corrupt.load(Ordering::Relaxed),
+            reader_restarts: st.reader_restarts.load(Ordering::Relaxed),
+            last_error: st.last_error(),
+        }),
         canvas_hash: format!("{:016x}", master.canvas().hash()),
         totals: t,
         per_worker,

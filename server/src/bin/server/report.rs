@@ -72,9 +72,30 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) steering: Option<SteerReport>,
     pub(crate) master: MasterStats,
+    /// `--cluster`: this node and its stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<ClusterReport>,
     pub(crate) canvas_hash: String,
     pub(crate) totals: Totals,
     pub(crate) per_worker: Vec<WorkerReport>,
+}
+
+/// `--cluster`: the node, its stream and its sequencer's counters (see `cluster::Status`).
+#[derive(serde::Serialize)]
+pub(crate) struct ClusterReport {
+    pub(crate) node: String,
+    pub(crate) incarnation: String,
+    pub(crate) stream: String,
+    pub(crate) replicas: usize,
+    /// The stream sequence number the canvas was at when the server stopped.
+    pub(crate) seq: u64,
+    pub(crate) published: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) publish_failures: u64,
+    pub(crate) delivered: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) reader_restarts: u64,
+    pub(crate) last_error: Option<String>,
 }
 
 #[derive(Default, serde::Serialize)]

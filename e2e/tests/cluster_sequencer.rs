@@ -3,139 +3,31 @@
 //! batches in its proposal order; a killed NATS node changes nothing; with every NATS node down the
 //! proposals wait and nothing is lost when they return.
 //!
-//! Needs `nats-server` (scripts/setup.sh installs it). Without it the tests say why and pass, unless
-//! CI=true, where they fail.
+//! Needs `nats-server` (scripts/setup.sh installs it; the cluster is `e2e::nats::Nats`). Without it the
+//! tests say why and pass, unless CI=true, where they fail.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{wire, Config, Ordered, Proposal, Sequencer};
+use cluster::{Config, Ordered, Proposal, Sequencer};
+use e2e::nats::Nats;
 
 const MS: Duration = Duration::from_millis(1);
 
-/// A 3-node NATS cluster on loopback; every server is killed (by pid) when it drops.
-struct Nats {
-    dir: PathBuf,
-    ports: Vec<u16>,
-    routes: Vec<u16>,
-    servers: Vec<Option<Child>>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn nats_server() -> Option<PathBuf> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-impl Nats {
-    /// Three servers, or None (after saying why) when nats-server is not installed outside CI.
-    fn start(name: &str) -> Option<Nats> {
-        if nats_server().is_none() {
-            let why = format!("{name}: nats-server not installed (scripts/setup.sh installs it)");
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIP {why}");
-            return None;
-        }
-        let dir =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut n = Nats {
-            dir,
-            ports: (0..3).map(|_| free_port()).collect(),
-            routes: (0..3).map(|_| free_port()).collect(),
-            servers: Vec::new(),
-        };
-        for i in 0..3 {
-            let c = n.spawn(i);
-            n.servers.push(Some(c));
-        }
-        Some(n)
-    }
-
-    fn spawn(&self, i: usize) -> Child {
-        let routes: Vec<String> = self.routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
-        let conf = self.dir.join(format!("n{i}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\ncluster {{ name: canvas-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                self.ports[i],
-                self.dir.join(format!("n{i}")).display(),
-                self.routes[i],
-                routes.join(", ")
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(self.dir.join(format!("n{i}.log"))).unwrap();
-        let c = Command::new(nats_server().unwrap())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nats-server");
-        // Bounded wait for its client port.
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
-            assert!(
-                Instant::now() < end,
-                "nats-server n{i} did not listen within 10 s (see {})",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect()
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.servers[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        assert!(self.servers[i].is_none());
-        self.servers[i] = Some(self.spawn(i));
-    }
-
-    /// A node, retried (bounded) while the cluster elects its JetStream leader.
-    fn node(&self, name: &str, start_after: u64) -> Sequencer {
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut cfg = Config::new(self.urls(), name);
-            cfg.start_after = start_after;
-            cfg.connect_timeout = Duration::from_secs(5);
-            match Sequencer::start(cfg) {
-                Ok(s) => return s,
-                Err(e) if Instant::now() < end => {
-                    eprintln!("{name}: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("{name}: {e}"),
+/// A node, retried (bounded) while the cluster elects its JetStream leader.
+fn node(nats: &Nats, name: &str, start_after: u64) -> Sequencer {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut cfg = Config::new(nats.urls(), name);
+        cfg.start_after = start_after;
+        cfg.connect_timeout = Duration::from_secs(5);
+        match Sequencer::start(cfg) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < end => {
+                eprintln!("{name}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
             }
+            Err(e) => panic!("{name}: {e}"),
         }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        for i in 0..self.servers.len() {
-            self.kill(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -211,8 +103,8 @@ fn propose_all(s: &Sequencer, node: u32, range: std::ops::RangeInclusive<u64>, g
 #[test]
 fn two_nodes_see_one_order_and_a_killed_nats_node_changes_nothing() {
     let Some(mut nats) = Nats::start("order") else { return };
-    let a = nats.node("a", 0);
-    let b = nats.node("b", 0);
+    let a = node(&nats, "a", 0);
+    let b = node(&nats, "b", 0);
     assert_eq!(a.replicas(), 3);
     std::thread::scope(|sc| {
         sc.spawn(|| propose_all(&a, 1, 1..=150, MS));
@@ -257,12 +149,12 @@ fn two_nodes_see_one_order_and_a_killed_nats_node_changes_nothing() {
     own_batches_in_order(&ma, b.incarnation(), 300);
     assert_eq!(fold(&ma), fold(&mb));
     // A third node joining later reads the same history and folds to the same canvas.
-    let c = nats.node("c", 0);
+    let c = node(&nats, "c", 0);
     assert_eq!(c.head_at_start(), ma.last().unwrap().seq);
     let mc = collect(&c, n, Duration::from_secs(60));
     assert_eq!(mc, ma);
     // And one that starts after a position reads only what follows it.
-    let d = nats.node("d", ma[n / 2].seq);
+    let d = node(&nats, "d", ma[n / 2].seq);
     let md = collect(&d, n - n / 2 - 1, Duration::from_secs(60));
     assert_eq!(md[..], ma[n / 2 + 1..]);
     for s in [a, b, c, d] {
@@ -273,7 +165,7 @@ fn two_nodes_see_one_order_and_a_killed_nats_node_changes_nothing() {
 #[test]
 fn with_nats_down_proposals_wait_and_nothing_is_lost() {
     let Some(mut nats) = Nats::start("outage") else { return };
-    let a = nats.node("a", 0);
+    let a = node(&nats, "a", 0);
     propose_all(&a, 1, 1..=20, MS);
     for i in 0..3 {
         nats.kill(i);
@@ -311,14 +203,9 @@ fn with_nats_down_proposals_wait_and_nothing_is_lost() {
 
 #[test]
 fn no_nats_is_a_clear_error() {
-    let port = free_port();
+    let port = e2e::free_tcp_port();
     let mut cfg = Config::new(vec![format!("nats://127.0.0.1:{port}")], "lonely");
     cfg.connect_timeout = Duration::from_secs(2);
     let e = Sequencer::start(cfg).unwrap_err().to_string();
     assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("--cluster"), "{e}");
-}
-
-#[test]
-fn wire_constants() {
-    assert_eq!(wire::HEADER, 33);
 }

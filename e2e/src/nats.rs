@@ -1,0 +1,118 @@
+//! A 3-node NATS JetStream cluster on loopback for the cluster tests: Debian's `nats-server` on ports picked
+//! here, routes between the three, store directories under a scratch directory. Every server is killed by
+//! pid when the value drops (and its store removed).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Three `nats-server` processes forming one JetStream cluster.
+#[derive(Debug)]
+pub struct Nats {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    routes: Vec<u16>,
+    servers: Vec<Option<Child>>,
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The `nats-server` binary, if installed.
+pub fn nats_server() -> Option<PathBuf> {
+    crate::on_path("nats-server").map(PathBuf::from).or_else(|| {
+        ["/usr/sbin/nats-server", "/usr/local/bin/nats-server"].iter().map(PathBuf::from).find(|p| p.exists())
+    })
+}
+
+impl Nats {
+    /// Start three servers; None (after saying why) when nats-server is not installed, outside CI.
+    pub fn start(name: &str) -> Option<Nats> {
+        if nats_server().is_none() {
+            crate::skip_unless_ci(&format!(
+                "{name}: nats-server not installed (scripts/setup.sh installs it)"
+            ));
+            return None;
+        }
+        let mut n = Nats {
+            dir: crate::scratch(&format!("nats-{name}")),
+            ports: (0..3).map(|_| free_tcp_port()).collect(),
+            routes: (0..3).map(|_| free_tcp_port()).collect(),
+            servers: Vec::new(),
+        };
+        for i in 0..3 {
+            let c = n.spawn(i);
+            n.servers.push(Some(c));
+        }
+        Some(n)
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let routes: Vec<String> = self.routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
+        let conf = self.dir.join(format!("n{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\ncluster {{ name: canvas-test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                self.ports[i],
+                self.dir.join(format!("n{i}")).display(),
+                self.routes[i],
+                routes.join(", ")
+            ),
+        )
+        .expect("write nats config");
+        let log = std::fs::File::create(self.dir.join(format!("n{i}.log"))).expect("nats log");
+        let c = Command::new(nats_server().expect("nats-server"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            assert!(
+                Instant::now() < end,
+                "nats-server n{i} did not listen within 10 s (see {})",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// The client URLs of the three servers.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect()
+    }
+
+    /// The URLs as one `--cluster` argument.
+    pub fn cluster_arg(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Kill server `i` (SIGKILL, by pid).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start server `i` again on its ports and store (after [`Nats::kill`]).
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.servers[i].is_none(), "n{i} is running");
+        self.servers[i] = Some(self.spawn(i));
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

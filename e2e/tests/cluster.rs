@@ -1,0 +1,139 @@
+//! Three canvas servers, one canvas (`--cluster`): a 3-node NATS JetStream cluster on loopback
+//! (`e2e::nats::Nats`), three servers on loopback ports joined to it, and one loadgen per server writing
+//! through it. Every node ends on the same canvas (hash) at the same stream position, every client's
+//! replica matches its node, every write was ACKed and every ACKed write is visible; one NATS server killed
+//! mid-run changes nothing the clients can see. Then: a node started later catches up with the stream before
+//! it serves, and `--cluster` with no NATS answering is a clear error.
+//!
+//! Needs `nats-server` (scripts/setup.sh). Without it the test says why and passes, unless CI=true.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::nats::Nats;
+use e2e::{bin, client_args, free_port, free_tcp_port, json, scratch, wait_bounded, Server};
+
+const CLIENTS: u64 = 30;
+const SECS: u32 = 10;
+
+struct Node {
+    server: Server,
+    listen: String,
+    metrics: u16,
+    stats: std::path::PathBuf,
+}
+
+fn start_node(nats: &Nats, dir: &std::path::Path, name: &str) -> Node {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = free_tcp_port();
+    let stats = dir.join(format!("stats-{name}.json"));
+    let server = Server::start(
+        &[
+            "-w",
+            "1",
+            "--listen",
+            &listen,
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics}"),
+            "--cluster",
+            &nats.cluster_arg(),
+            "--cluster-node",
+            name,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    Node { server, listen, metrics, stats }
+}
+
+fn metrics(n: &Node) -> serde_json::Value {
+    serde_json::from_slice(&e2e::http_body(n.metrics, "/metrics.json")).expect("metrics.json")
+}
+
+/// (canvas_hash, cluster_seq) of a node's /metrics.json.
+fn state(n: &Node) -> (String, u64) {
+    let m = metrics(n);
+    (m["canvas_hash"].as_str().unwrap().to_string(), m["cluster_seq"].as_u64().unwrap())
+}
+
+fn applied(n: &Node) -> u64 {
+    metrics(n)["pixels_applied"].as_u64().unwrap()
+}
+
+/// Wait (bounded) until every node reports the same canvas at the same stream position; returns it.
+fn converged(nodes: &[&Node]) -> (String, u64) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s: Vec<_> = nodes.iter().map(|n| state(n)).collect();
+        if s.windows(2).all(|w| w[0] == w[1]) {
+            return s[0].clone();
+        }
+        assert!(Instant::now() < end, "nodes did not converge within 30 s: {s:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn three_servers_share_one_canvas_through_jetstream() {
+    let Some(mut nats) = Nats::start("cluster") else { return };
+    let dir = scratch("cluster");
+    // The first node creates the stream (R=3): allow the cluster its leader election.
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| start_node(&nats, &dir, n)).collect();
+    let mut clients: Vec<(Child, std::path::PathBuf)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let summary = dir.join(format!("summary-{i}.json"));
+        let mut args = client_args(
+            &format!("https://{}", n.listen),
+            &format!("c{i}"),
+            "canvas1",
+            CLIENTS,
+            SECS,
+            &summary,
+        );
+        args.extend(["--replicas", &CLIENTS.to_string()].map(str::to_owned));
+        let c = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+        clients.push((c, summary));
+    }
+    // One NATS server of three killed mid-run: R=3 keeps a quorum; clients connected through it fail over.
+    std::thread::sleep(Duration::from_secs(5));
+    nats.kill(0);
+    let mut sent = 0;
+    for (c, summary) in &mut clients {
+        assert_eq!(wait_bounded(c, Duration::from_secs(120), "client"), 0, "client exit code");
+        let s = json(summary);
+        eprintln!("summary: {s}");
+        let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+        assert_eq!((n("connected"), n("failed")), (CLIENTS, 0), "{s}");
+        assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches its node: {s}");
+        assert_eq!(n("pixels_applied"), n("pixels_sent"), "every write ACKed: {s}");
+        assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0, "{s}");
+        sent += n("pixels_sent");
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let (hash, seq) = converged(&refs);
+    eprintln!("3 nodes: canvas {hash} at stream position {seq} ({sent} writes sent)");
+    for n in &nodes {
+        assert_eq!(applied(n), sent, "every node applied every node's writes");
+    }
+    // A node joining now catches up with the stream before it serves: the same canvas at its first tick.
+    let d = start_node(&nats, &dir, "d");
+    assert_eq!(converged(&[&nodes[0], &d]), (hash.clone(), seq), "caught up before serving");
+    assert_eq!(applied(&d), 0, "the catch-up is not counted as applied writes");
+    for n in nodes.into_iter().chain([d]) {
+        let stats = n.stats.clone();
+        assert_eq!(n.server.stop(Duration::from_secs(20)), 0);
+        eprintln!("node: {}", json(&stats)["cluster"]);
+    }
+    drop(nats);
+    // No NATS: a clear error naming the URL and what to do.
+    let url = format!("nats://127.0.0.1:{}", free_tcp_port());
+    let out = Command::new(bin("server"))
+        .args(["-w", "1", "--listen", &format!("127.0.0.1:{}", free_port()), "--cluster", &url])
+        .output()
+        .expect("server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&url[7..]) && err.contains("--cluster"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
