@@ -63,7 +63,6 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             max_conns: 65536,
             retry: false,
             tick_ms: 100,
-            full_interval: NO_PERIODIC_SNAPSHOT,
             dgram_queue: DEFAULT_QUIC.dgram_queue,
             broadcast_inflight: DEFAULT_BROADCAST_INFLIGHT,
             max_datagram: canvas::legacy::MAX_DATAGRAM,

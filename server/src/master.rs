@@ -219,6 +219,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
                 ))
             })
             .collect();
+        p0.full = start.is_multiple_of(cfg.full_interval);
         let p0 = Arc::new(p0);
         m.publish(p0);
         m
@@ -402,6 +403,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         }
         let Some(tick) = self.next_tick() else { return };
         let t0 = Instant::now();
+        let prev = self.tick;
         self.tick = tick;
         self.entries.clear();
         self.canvas.end_tick(&mut self.entries);
@@ -440,7 +442,8 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         } else {
             None
         };
-        let p = Publication::encode(
+        let full = nth.is_multiple_of(self.cfg.full_interval);
+        let mut p = Publication::encode(
             self.tick,
             base,
             hash,
@@ -449,6 +452,8 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             self.applied.clone(),
             snapshot,
         );
+        p.prev = prev;
+        p.full = full;
         self.publish(Arc::new(p));
         self.stats.ticks += 1;
         if let Some((log, every)) = &mut self.log {

@@ -58,6 +58,13 @@ pub struct Publication {
     pub applied: Vec<u64>,
     /// A snapshot taken at this tick (every full-broadcast tick, and when a worker asked).
     pub snapshot: Option<std::sync::Arc<Snapshot>>,
+    /// The tick the master published before this one: a worker that has another tick lost publications.
+    /// `tick - 1` unless the master says otherwise (in cluster mode tick numbers jump, see
+    /// `master::CLUSTER_TICK_SHIFT`).
+    pub prev: u64,
+    /// A full-broadcast tick (every `MasterConfig::full_interval`-th): legacy clients get `snapshot`
+    /// instead of the diffs before it.
+    pub full: bool,
     /// The change set as one framed canvas/1 DIFF, encoded the first time a SYNC reply needs it.
     diff: std::sync::OnceLock<Vec<u8>>,
     /// Legacy diff datagrams, encoded the first time a legacy connection pulls this publication (most
@@ -98,6 +105,8 @@ impl Publication {
             head,
             applied,
             snapshot,
+            prev: tick.saturating_sub(1),
+            full: false,
             diff: std::sync::OnceLock::new(),
             legacy: std::sync::OnceLock::new(),
             max_dgram,

@@ -35,7 +35,6 @@ fn endpoint_full(
         max_conns,
         retry: false,
         tick_ms: 100,
-        full_interval: 60,
         dgram_queue: 8,
         broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
         max_datagram: canvas::legacy::MAX_DATAGRAM,

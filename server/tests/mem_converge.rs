@@ -26,7 +26,6 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             max_conns: 65536,
             retry: false,
             tick_ms: 100,
-            full_interval: 60,
             dgram_queue: 64,
             broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
             max_datagram: canvas::legacy::MAX_DATAGRAM,

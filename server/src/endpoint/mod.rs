@@ -99,8 +99,6 @@ pub struct EndpointConfig {
     pub retry: bool,
     /// Broadcast interval, told to canvas/1 clients.
     pub tick_ms: u32,
-    /// Legacy clients get the whole canvas every this many ticks.
-    pub full_interval: u64,
     /// Entries of quiche's per-connection DATAGRAM send queue we keep filled.
     pub dgram_queue: usize,
     /// Broadcast bytes a connection may have sent and not yet acknowledged before it pulls more (see

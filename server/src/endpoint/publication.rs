@@ -39,7 +39,7 @@ impl Endpoint {
             for h in &p.history {
                 ctx.remember(h.clone());
             }
-        } else if p.tick != ctx.tick + 1 {
+        } else if p.prev != ctx.tick {
             ctx.stats.publication_gaps += 1;
             ctx.lost_change = ctx.lost_change.max(p.tick.saturating_sub(1));
         }
@@ -63,7 +63,7 @@ impl Endpoint {
                 None => break,
             }
         }
-        let full = p.tick.is_multiple_of(ctx.cfg.full_interval) && p.snapshot.is_some();
+        let full = p.full && p.snapshot.is_some();
         if full {
             ctx.full = p.snapshot.clone();
         }
@@ -158,7 +158,8 @@ impl Ctx {
             return false;
         }
         if c.proto == Proto::Legacy {
-            // The legacy rule: the whole canvas every `full_interval` ticks, instead of the diffs before it.
+            // The legacy rule: the whole canvas at every full-broadcast tick (`Publication::full`: every
+            // `--full-broadcast-interval`-th), instead of the diffs before it.
             if let Some(f) = self.full.as_ref().filter(|f| f.tick > c.sent && f.tick <= self.full_frontier) {
                 c.outbox.push_back(Out::LegacySnap(f.clone(), 0));
                 c.sent = f.tick;

@@ -611,7 +611,6 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             max_conns: a.max_connections_per_worker,
             retry: a.retry,
             tick_ms: tick.as_millis() as u32,
-            full_interval: mcfg.full_interval,
             dgram_queue: a.dgram_queue,
             broadcast_inflight: a.broadcast_inflight_kib.saturating_mul(1024),
             max_datagram: a.max_datagram,
