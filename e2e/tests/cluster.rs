@@ -2,8 +2,10 @@
 //! (`e2e::nats::Nats`), three servers on loopback ports joined to it, and one loadgen per server writing
 //! through it. Every node ends on the same canvas (hash) at the same stream position, every client's
 //! replica matches its node, every write was ACKed and every ACKed write is visible; one NATS server killed
-//! mid-run changes nothing the clients can see. Then: a node started later catches up with the stream before
-//! it serves, and `--cluster` with no NATS answering is a clear error.
+//! mid-run loses nothing and fails no client. Then: a node started later catches up with the stream before
+//! it serves, and `--cluster` with no NATS answering is a clear error. And: a canvas server killed mid-run
+//! (SIGKILL): its clients (`client --reconnect --failover`) resume on another node from their ticks, with
+//! deltas, and converge.
 //!
 //! Needs `nats-server` (scripts/setup.sh). Without it the test says why and passes, unless CI=true.
 
@@ -108,6 +110,7 @@ fn three_servers_share_one_canvas_through_jetstream() {
         assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches its node: {s}");
         assert_eq!(n("pixels_applied"), n("pixels_sent"), "every write ACKed: {s}");
         assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0, "{s}");
+        assert_eq!(n("snapshots"), CLIENTS, "one snapshot per client, at the join (repairs are deltas): {s}");
         sent += n("pixels_sent");
     }
     let refs: Vec<&Node> = nodes.iter().collect();
@@ -135,5 +138,62 @@ fn three_servers_share_one_canvas_through_jetstream() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&url[7..]) && err.contains("--cluster"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A canvas server killed mid-run (SIGKILL): its clients (`--reconnect --failover`) go to another node and
+/// resume their replicas from their ticks there (a tick names the same canvas on every node), and converge.
+#[test]
+fn a_killed_server_nodes_clients_resume_on_another_node() {
+    let Some(nats) = Nats::start("failover") else { return };
+    let dir = scratch("cluster-failover");
+    let a = start_node(&nats, &dir, "a");
+    let b = start_node(&nats, &dir, "b");
+    let summary = dir.join("summary.json");
+    let mut args = client_args(&format!("https://{}", a.listen), "moving", "canvas1", CLIENTS, 12, &summary);
+    args.extend(
+        [
+            "--replicas",
+            &CLIENTS.to_string(),
+            "--reconnect",
+            "20",
+            "--failover",
+            &format!("https://{}", b.listen),
+            // A killed server sends nothing: the clients notice its silence after 3 s.
+            "--keep-alive",
+            "1000",
+            "--idle-timeout",
+            "3000",
+        ]
+        .map(str::to_owned),
+    );
+    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    std::thread::sleep(Duration::from_secs(5));
+    e2e::signal(a.server.pid(), libc::SIGKILL);
+    assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
+    let s = json(&summary);
+    eprintln!("summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+    assert_eq!(n("failed"), 0, "{s}");
+    assert_eq!(n("reconnects"), CLIENTS, "every client moved to the other node once: {s}");
+    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick: {s}");
+    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the surviving node: {s}");
+    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0, "{s}");
+    // A tick names the same canvas on both nodes: node b answered each resume with a delta from the
+    // client's tick on node a (the only snapshots are the joins').
+    assert_eq!(n("snapshots"), CLIENTS, "resumed with deltas, not snapshots: {s}");
+    assert_eq!(
+        n("pixels_applied") + n("writes_unknown"),
+        n("pixels_sent"),
+        "every write ACKed, or in flight on node a when it died: {s}"
+    );
+    eprintln!(
+        "failover: {} snapshots for {CLIENTS} clients ({} at the join), {} writes in flight lost with node a",
+        n("snapshots"),
+        CLIENTS,
+        n("writes_unknown")
+    );
+    assert_eq!(b.server.stop(Duration::from_secs(20)), 0);
+    drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }

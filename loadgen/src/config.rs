@@ -138,6 +138,11 @@ pub struct Args {
     /// connection is a failed client.
     #[arg(long, value_name = "SECS")]
     pub reconnect: Option<f64>,
+    /// With --reconnect: other servers of the same canvas (`--cluster` nodes), tried in turn when a
+    /// connection is lost (then --target again), the replica resuming from its tick on whichever answers;
+    /// the end check fetches the canvas from the first that answers. Comma-separated or repeated.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub failover: Vec<String>,
     /// Every this many seconds of the write phase, move every endpoint to a new UDP socket (a new source
     /// port), as a NAT rebinding does: the connections must carry on (the server migrates them, also
     /// when the new address reaches another of its workers).
@@ -185,6 +190,12 @@ impl Args {
             if self.protocol != Protocol::Canvas1 {
                 return Err("--reconnect resumes canvas/1 replicas: use it with --protocol canvas1".into());
             }
+        }
+        if !self.failover.is_empty() && self.reconnect.is_none() {
+            return Err("--failover is where a lost connection goes: use it with --reconnect SECS".into());
+        }
+        for f in &self.failover {
+            parse_target(f).map_err(|e| e.replace("--target", "--failover"))?;
         }
         if let Some(r) = self.rebind_every {
             if !(r.is_finite() && r > 0.0) {
@@ -362,5 +373,18 @@ mod tests {
         assert_eq!(summary_to("s.json"), Ok(()));
         let e = summary_to("/nonexistent-loadgen-dir/s.json").unwrap_err();
         assert!(e.contains("--summary-json") && e.contains("does not exist"), "{e}");
+        let failover = |extra: &[&str]| {
+            let mut v = vec!["client", "--target", "https://127.0.0.1:4433"];
+            v.extend_from_slice(extra);
+            Args::parse_from(v).validate()
+        };
+        assert_eq!(
+            failover(&["--reconnect", "5", "--failover", "https://127.0.0.1:4434,127.0.0.1:4435"]),
+            Ok(())
+        );
+        let e = failover(&["--failover", "https://127.0.0.1:4434"]).unwrap_err();
+        assert!(e.contains("--reconnect"), "{e}");
+        let e = failover(&["--reconnect", "5", "--failover", "http://127.0.0.1:4434"]).unwrap_err();
+        assert!(e.starts_with("--failover"), "{e}");
     }
 }

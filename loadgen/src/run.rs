@@ -93,6 +93,15 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let t0 = Instant::now();
     let target = parse_target(&args.target)?;
     let addr = target.resolve().await?;
+    let mut targets = vec![(addr, target.host.clone())];
+    for f in &args.failover {
+        let t = parse_target(f)?;
+        let a = t.resolve().await.map_err(|e| e.replace("--target", "--failover"))?;
+        if a.is_ipv4() != addr.is_ipv4() {
+            return Err(format!("--failover {f}: {a} is not of --target's address family ({addr})"));
+        }
+        targets.push((a, t.host));
+    }
     let transport = Arc::new(tls::transport(args)?);
     let client_config = tls::client_config(args.protocol.alpn(), transport.clone())?;
     let verify_config = tls::client_config(proto::ALPN, transport)?;
@@ -112,8 +121,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         min_wait_ms: args.min_pixel_wait,
         max_wait_ms: args.max_pixel_wait,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
-        addr,
-        server_name: target.host.clone(),
+        targets: targets.clone(),
         client_config,
         legacy_dims: Dims { width: args.width, height: args.height },
         full_replicas: args.replicas.unwrap_or(args.clients).min(args.clients),
@@ -231,15 +239,8 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         let verdict = if ctx.counters.handshakes.load(Relaxed) == 0 {
             verify::Verdict { error: Some("no client connected".into()), ..Default::default() }
         } else {
-            verify::verify(
-                &slots,
-                &endpoints[0],
-                &verify_config,
-                addr,
-                &target.host,
-                Instant::now() + verify_timeout,
-            )
-            .await
+            verify::verify(&slots, &endpoints[0], &verify_config, &targets, Instant::now() + verify_timeout)
+                .await
         };
         (unresolved, invisible, verdict)
     };

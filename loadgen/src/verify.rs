@@ -141,21 +141,29 @@ fn candidate(slot: &Slot) -> bool {
     slot.status() == Status::Open && slot.replica().synced_pixels().is_some()
 }
 
+/// How long one fetch may take when other `--failover` targets remain to be tried.
+const FAILOVER_FETCH: Duration = Duration::from_secs(3);
+
 /// Compare replicas with fetched canvases until all match or `deadline`.
 pub async fn verify(
     slots: &[std::sync::Arc<Slot>],
     endpoint: &quinn::Endpoint,
     config: &quinn::ClientConfig,
-    addr: SocketAddr,
-    server_name: &str,
+    targets: &[(SocketAddr, String)],
     deadline: Instant,
 ) -> Verdict {
     let mut v = Verdict::default();
+    // The first target that answers (`--failover`: every target serves the same canvas); on an error
+    // the next one.
+    let mut at = 0;
     let mut matched = vec![false; slots.len()];
     let mut last: Option<Truth> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        match fetch(endpoint, config, addr, server_name, left).await {
+        let (addr, server_name) = &targets[at];
+        // With other targets to try, one that does not answer gets a few seconds, not the whole budget.
+        let left = if targets.len() > 1 { left.min(FAILOVER_FETCH) } else { left };
+        match fetch(endpoint, config, *addr, server_name, left).await {
             Ok(truth) => {
                 v.fetches += 1;
                 v.error = None;
@@ -166,7 +174,10 @@ pub async fn verify(
                 }
                 last = Some(truth);
             }
-            Err(e) => v.error = Some(e),
+            Err(e) => {
+                v.error = Some(format!("{addr}: {e}"));
+                at = (at + 1) % targets.len();
+            }
         }
         let pending = slots.iter().enumerate().any(|(i, s)| !matched[i] && candidate(s));
         if (last.is_some() && !pending) || Instant::now() + RECHECK_EVERY >= deadline {

@@ -146,10 +146,8 @@ pub struct Ctx {
     pub max_wait_ms: u64,
     /// `--handshake-timeout`.
     pub handshake_timeout: Duration,
-    /// Server address.
-    pub addr: SocketAddr,
-    /// TLS server name (the target's host).
-    pub server_name: String,
+    /// Server addresses with their TLS server names: `--target`, then `--failover`.
+    pub targets: Vec<(SocketAddr, String)>,
     /// quinn client config for `protocol`.
     pub client_config: quinn::ClientConfig,
     /// Canvas size for legacy (canvas/1 learns it from WELCOME).
@@ -329,7 +327,7 @@ pub async fn run(
         () = run_ended(&mut phase) => return,
     }
     slot.set_status(Status::Connecting);
-    let mut conn = match connect(&ctx, &endpoint, &mut phase).await {
+    let mut conn = match connect(&ctx, &endpoint, &mut phase, 0).await {
         Ok(c) => c,
         Err(f) => return ctx.fail(idx, &slot, f),
     };
@@ -373,7 +371,8 @@ pub async fn run(
 }
 
 /// Connect again after a lost connection, retrying (100 ms, doubling to 1 s between attempts) for up to
-/// `window` or until the run closes.
+/// `window` or until the run closes; with `--failover` the attempts go round the other targets first, then
+/// `--target`.
 async fn reconnect(
     ctx: &Ctx,
     endpoint: &quinn::Endpoint,
@@ -382,13 +381,14 @@ async fn reconnect(
 ) -> Option<quinn::Connection> {
     let deadline = tokio::time::Instant::now() + window;
     let mut pause = Duration::from_millis(100);
+    let mut next = 1 % ctx.targets.len();
     loop {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             _ = phase.wait_for(|p| *p == Phase::Close) => return None,
         }
         let attempt = tokio::select! {
-            r = connect(ctx, endpoint, phase) => r.ok(),
+            r = connect(ctx, endpoint, phase, next) => r.ok(),
             () = tokio::time::sleep_until(deadline) => return None,
         };
         if attempt.is_some() {
@@ -398,6 +398,7 @@ async fn reconnect(
             return None;
         }
         pause = (pause * 2).min(Duration::from_secs(1));
+        next = (next + 1) % ctx.targets.len();
     }
 }
 
@@ -405,9 +406,11 @@ async fn connect(
     ctx: &Ctx,
     endpoint: &quinn::Endpoint,
     phase: &mut watch::Receiver<Phase>,
+    target: usize,
 ) -> Result<quinn::Connection, Failure> {
+    let (addr, name) = &ctx.targets[target];
     let connecting = endpoint
-        .connect_with(ctx.client_config.clone(), ctx.addr, &ctx.server_name)
+        .connect_with(ctx.client_config.clone(), *addr, name)
         .map_err(|e| Failure::new(FailKind::Connect, e.to_string()))?;
     tokio::select! {
         r = tokio::time::timeout(ctx.handshake_timeout, connecting) => match r {
