@@ -453,7 +453,7 @@ run_suite() {
       tc0=$(now)
       wait_file 300 "$cell.ready" "$cell.failed" || true
       if [[ $w == "$cell.ready" ]]; then
-        cell_client_args "$cell" "vm-$cell" "$dir/summary.json"
+        cell_client_args "$cell" "vm-$cell" "$dir/summary.json" "$([[ $cell == uring ]] && echo impaired)"
         c=(ip netns exec "$NS" timeout -k 10 "$((SECS + 150))" "$RUNDIR/bin/client" "${CLIENT_ARGS[@]}")
         printf '%q ' "${c[@]}" >"$dir/client.cmd"
         rc=0

@@ -10,8 +10,8 @@ A cell passes when its server listened and exited 0 after SIGINT, the loadgen ex
 connected, none failed and every replica matching a fresh snapshot, while the loadgen moves its sockets to
 new ports every 3 s (--rebind-every: no connection may be re-established, every connection migrated, no
 hand-off between workers dropped; the uring cell with the reuseport steering program loaded). In a guest the
-uring cell runs over an impaired wire (guest.sh: netem, 1 % loss and reordering both ways) and also needs
-netem to have dropped packets in both directions. In the AF_XDP cells on eth1 (xdp-native, v6) also: zero-copy on every queue on the newest kernel (trixie-backports) and on none with the server's note
+uring cell instead runs over an impaired wire without rebinding (guest.sh: netem, 1 % loss and reordering
+both ways; cells.sh says why) and needs netem to have dropped packets in both directions. In the AF_XDP cells on eth1 (xdp-native, v6) also: zero-copy on every queue on the newest kernel (trixie-backports) and on none with the server's note
 on the older ones, the driver's per-queue counters (ethtool -S: rxQ_xdp_redirects, txQ_xdp_tx) equal to the
 program's and the server's, and worker q on the CPU of queue q's IRQ effective affinity.
 """

@@ -138,6 +138,9 @@ const SOURCE_PRUNE_MIN: usize = 4096;
 /// A source bucket unused this long is full again and can go.
 const SOURCE_IDLE: Duration = Duration::from_secs(10);
 
+/// quiche errors on received packets printed per worker (the rest are only counted in `recv_errors`).
+const MAX_PRINTED_RECV_ERRORS: u64 = 10;
+
 /// Connections past `max_conns` kept at once only to send their CONNECTION_CLOSE; beyond, Initials are dropped.
 const MAX_REFUSING: usize = 256;
 
@@ -644,8 +647,21 @@ impl Endpoint {
             c.half_open = false;
             self.half_open_count -= 1;
         }
-        if recv.is_err() {
+        if let Err(e) = &recv {
             self.ctx.stats.recv_errors += 1;
+            // quiche closes the connection on any error but Done (a transport error to the client): say
+            // which, the first few times, so that a lost connection can be traced to its cause.
+            if self.ctx.stats.recv_errors <= MAX_PRINTED_RECV_ERRORS {
+                eprintln!(
+                    "server: worker {}: quiche refused a packet from {} (connection's address {}; {} migration(s) \
+                     on this worker): {e:?}; the connection is {}",
+                    self.ctx.cfg.worker,
+                    addrs.peer,
+                    c.peer,
+                    self.ctx.stats.migrations,
+                    if c.q.is_closed() || c.q.local_error().is_some() { "closed by quiche" } else { "still open" }
+                );
+            }
         } else if addrs.peer != c.peer {
             // The client's address changed (NAT rebinding or a new network): quiche validates the new path
             // and moves the connection to it.
