@@ -7,6 +7,11 @@
 #   ${P}-client2  eth1 (veth)                 + eth1.4000 (MTU 1400) 10.0.1.22/24 fd00:4000::22/64
 #   ${P}-switch   br0 with the peers s-srv (N queues), s-c1, s-c2: only VLAN 4000, tagged, passes
 #
+# With --hosts cluster (scripts/cluster.sh: several servers sharing one canvas through NATS), six more hosts
+# on the same VLAN, built the same way:
+#   ${P}-server2 10.0.1.11  ${P}-server3 10.0.1.12 (N queues each)   ${P}-client3 10.0.1.23
+#   ${P}-nats1   10.0.1.31  ${P}-nats2   10.0.1.32  ${P}-nats3 10.0.1.33 (fd00:4000::HOST alike)
+#
 # Nothing is created in the root network namespace (every veth is created inside the namespaces), nothing
 # is routed out, and addresses exist only inside the namespaces. The VLAN is dual-stack: beside the guide's
 # IPv4 addresses, a ULA prefix (fd00:4000::/64, never routed), added with `nodad` and with router solicitation
@@ -34,7 +39,7 @@
 # offload is left on; an XDP/AF_XDP receiver must not reject them as bad.
 #
 # Usage: scripts/testbed.sh up|down|status [--queues N] [--prefix P] [--vlan auto|8021q|bpf]
-#                                          [--dry-run] [--keep-on-failure]
+#                                          [--hosts base|cluster] [--dry-run] [--keep-on-failure]
 #   up      build the testbed and verify it with pings (client1 -> server, client2 -> server,
 #           client1 -> client2, 56-byte and 1372-byte DF payloads over eth1.4000). Idempotent: a complete
 #           testbed is left alone (only re-verified); a partial or different one is torn down and rebuilt.
@@ -42,6 +47,8 @@
 #   down    stop processes left inside the namespaces (by pid: TERM, then KILL after 5 s) and delete the
 #           namespaces (their veths and bridge go with them). Succeeds when nothing exists.
 #   status  print every namespace with its links and addresses; exit 1 when the testbed is incomplete.
+#   --hosts    base (default): server, client1, client2; cluster: also server2, server3, client3, nats1..3
+#              (give the same value to up, down and status)
 #   --dry-run  print the commands instead of running them (a shell script on stdout; its checks use
 #              ping); the state is still read to decide what would be done. Messages go to stderr.
 # Run it as root. One invocation per prefix at a time (different prefixes are independent).
@@ -56,6 +63,7 @@ QUEUES=2
 QUEUES_SET=0
 PREFIX=cv
 VLAN=auto
+HOSTSET=base
 DRY=0
 KEEP=0
 while (($#)); do
@@ -67,6 +75,8 @@ while (($#)); do
     --prefix=*) PREFIX=${1#*=} ;;
     --vlan) VLAN=${2:?--vlan needs a value}; shift ;;
     --vlan=*) VLAN=${1#*=} ;;
+    --hosts) HOSTSET=${2:?--hosts needs a value}; shift ;;
+    --hosts=*) HOSTSET=${1#*=} ;;
     --dry-run) DRY=1 ;;
     --keep-on-failure) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -81,6 +91,7 @@ fi
 [[ $PREFIX =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$ ]] || {
   echo "testbed: --prefix must match [A-Za-z0-9][A-Za-z0-9_-]{0,39}, got '$PREFIX'" >&2; exit 2; }
 [[ $VLAN =~ ^(auto|8021q|bpf)$ ]] || { echo "testbed: --vlan must be auto, 8021q or bpf" >&2; exit 2; }
+[[ $HOSTSET =~ ^(base|cluster)$ ]] || { echo "testbed: --hosts must be base or cluster" >&2; exit 2; }
 if ((EUID != 0)) && ! ((DRY)); then
   echo "testbed: must run as root (network namespaces and links); --dry-run works without" >&2
   exit 1
@@ -93,7 +104,18 @@ declare -A PORT=([server]=s-srv [client1]=s-c1 [client2]=s-c2)
 declare -A ADDR=([server]=10.0.1.10 [client1]=10.0.1.21 [client2]=10.0.1.22)
 declare -A ADDR6=([server]=fd00:4000::10 [client1]=fd00:4000::21 [client2]=fd00:4000::22)
 declare -A NQ=([server]=$QUEUES [client1]=1 [client2]=1)
-ALL_NS=("$PREFIX-server" "$PREFIX-client1" "$PREFIX-client2" "$SW")
+if [[ $HOSTSET == cluster ]]; then
+  HOSTS+=(server2 server3 client3 nats1 nats2 nats3)
+  PORT+=([server2]=s-srv2 [server3]=s-srv3 [client3]=s-c3 [nats1]=s-n1 [nats2]=s-n2 [nats3]=s-n3)
+  ADDR+=([server2]=10.0.1.11 [server3]=10.0.1.12 [client3]=10.0.1.23 [nats1]=10.0.1.31 [nats2]=10.0.1.32
+    [nats3]=10.0.1.33)
+  ADDR6+=([server2]=fd00:4000::11 [server3]=fd00:4000::12 [client3]=fd00:4000::23 [nats1]=fd00:4000::31
+    [nats2]=fd00:4000::32 [nats3]=fd00:4000::33)
+  NQ+=([server2]=$QUEUES [server3]=$QUEUES [client3]=1 [nats1]=1 [nats2]=1 [nats3]=1)
+fi
+ALL_NS=()
+for h in "${HOSTS[@]}"; do ALL_NS+=("$PREFIX-$h"); done
+ALL_NS+=("$SW")
 ns_of() { echo "$PREFIX-$1"; }
 
 msg() { echo "testbed: $*" >&2; }
@@ -421,7 +443,13 @@ verify() {
   # 56 bytes, then the guide's MTU check (§2.5) with DF: 1372 + 8 ICMP + 20 IP = 1400, and over IPv6
   # 1352 + 8 ICMPv6 + 40 IPv6 = 1400.
   local checks=()
-  for to in "client1 ${ADDR[server]}" "client2 ${ADDR[server]}" "client1 ${ADDR[client2]}"; do
+  local pairs=("client1 ${ADDR[server]}" "client2 ${ADDR[server]}" "client1 ${ADDR[client2]}")
+  if [[ $HOSTSET == cluster ]]; then
+    pairs+=("client3 ${ADDR[server3]}" "client2 ${ADDR[server2]}" "server ${ADDR[nats1]}"
+      "server2 ${ADDR[nats2]}" "server3 ${ADDR[nats3]}" "nats1 ${ADDR[nats2]}" "nats2 ${ADDR[nats3]}"
+      "nats3 ${ADDR[nats1]}")
+  fi
+  for to in "${pairs[@]}"; do
     checks+=("$to 56" "$to 1372")
   done
   if [[ -d /proc/sys/net/ipv6 ]]; then
@@ -439,7 +467,7 @@ verify() {
     ((ok)) || fail "VERIFY FAILED: no echo reply from $to to $from over eth1.$VID (payload $size, DF)"
   done
   ((DRY)) || msg "verified: client1 -> ${ADDR[server]}, client2 -> ${ADDR[server]}," \
-    "client1 -> ${ADDR[client2]} (56 and 1372-byte DF pings over eth1.$VID)" \
+    "client1 -> ${ADDR[client2]}$([[ $HOSTSET == cluster ]] && echo ", the cluster hosts (each server and client3 -> its peer, each nats -> the next)") (56 and 1372-byte DF pings over eth1.$VID)" \
     "$([[ -d /proc/sys/net/ipv6 ]] && echo "and client1, client2 -> ${ADDR6[server]} (56 and 1352 bytes)")"
 }
 

@@ -1,0 +1,48 @@
+//! `scripts/cluster.sh run` on the cluster testbed (root): 3 `nats-server`s and 3 canvas servers in their
+//! own namespaces on VLAN 4000, one loadgen per client namespace with `--failover` to the other servers,
+//! and server3 SIGKILLed half way: its clients move to the other nodes and resume, the two live nodes end on
+//! the same canvas at the same stream position, every client connected, none failed, every replica
+//! matching (`OUT/cluster.json`, `pass`). Bounded (a few minutes here); the script tears everything down
+//! on every exit path.
+//!
+//! Needs root, nats-server and the release binaries. Without root it says why and passes, unless CI=true.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::netns::{root_or_skip, run_bounded};
+use e2e::{json, scratch};
+
+const LIMIT: Duration = Duration::from_secs(6 * 60);
+
+#[test]
+fn cluster_testbed_run_with_a_server_killed() {
+    if !root_or_skip("cluster_testbed", "network namespaces") {
+        return;
+    }
+    if e2e::nats::nats_server().is_none() {
+        e2e::skip_unless_ci("cluster_testbed: nats-server not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let out = scratch("cluster-testbed");
+    let t0 = Instant::now();
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=TERM", "--kill-after=30", &LIMIT.as_secs().to_string(), "bash"])
+        .arg(e2e::script("cluster.sh"))
+        .args(["run", "--prefix", "cvt", "--clients", "30", "--secs", "12", "--kill", "server", "--out"])
+        .arg(&out);
+    let o = run_bounded(&mut cmd, LIMIT + Duration::from_secs(60));
+    println!("{}", o.stdout);
+    eprintln!("{}", o.stderr);
+    eprintln!("cluster.sh run: exit {} after {:.0} s", o.code, t0.elapsed().as_secs_f64());
+    let r = json(&out.join("cluster.json"));
+    assert_eq!(r["pass"], true, "{r:#}");
+    assert_eq!(r["identical_canvases"], true, "{r:#}");
+    assert_eq!(r["killed"], "server3");
+    // server3's clients (client3) moved to the other nodes and resumed there.
+    let moved = r["loadgens"].as_array().unwrap().iter().find(|g| g["loadgen"] == "client3").unwrap().clone();
+    assert_eq!(moved["reconnects"], 30, "{moved:#}");
+    assert_eq!(moved["resumed"], 30, "{moved:#}");
+    assert_eq!(o.code, 0, "cluster.sh exit code");
+    let _ = std::fs::remove_dir_all(&out);
+}
