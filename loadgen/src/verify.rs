@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
 use canvas::{hash, Dims, Replica};
 
-use crate::client::{Slot, Status};
+use crate::client::{ReplicaSlot, Slot, Status};
 
 /// Pause between two comparisons of replicas that still differ.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(500);
@@ -141,6 +141,15 @@ fn candidate(slot: &Slot) -> bool {
     slot.status() == Status::Open && slot.replica().synced_pixels().is_some()
 }
 
+/// An open client whose replica exists but holds no whole canvas yet (its join snapshot is still on the
+/// way, e.g. over a lossy path): the check waits for it too, instead of leaving it out.
+fn joining(slot: &Slot) -> bool {
+    slot.status() == Status::Open && {
+        let r = slot.replica();
+        !matches!(*r, ReplicaSlot::None) && r.synced_pixels().is_none()
+    }
+}
+
 /// How long one fetch may take when other `--failover` targets remain to be tried.
 const FAILOVER_FETCH: Duration = Duration::from_secs(3);
 
@@ -179,7 +188,7 @@ pub async fn verify(
                 at = (at + 1) % targets.len();
             }
         }
-        let pending = slots.iter().enumerate().any(|(i, s)| !matched[i] && candidate(s));
+        let pending = slots.iter().enumerate().any(|(i, s)| !matched[i] && (candidate(s) || joining(s)));
         if (last.is_some() && !pending) || Instant::now() + RECHECK_EVERY >= deadline {
             break;
         }

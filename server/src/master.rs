@@ -1,11 +1,12 @@
 //! The master: the single writer of the canvas. It drains every worker's bounded write queue in batches,
 //! applies the writes in that one global order, and every broadcast interval closes a tick and publishes it.
+//! In cluster mode ([`Master::set_cluster`]) the global order is a stream's that every node applies: the
+//! master proposes its workers' writes there and applies what comes back, every node's.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use canvas::Canvas;
 use placelog::PlacementLog;
