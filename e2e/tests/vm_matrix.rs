@@ -13,7 +13,9 @@
 //!
 //! Needs root (network namespace, tap, tc) and qemu-system-x86 + virtme-ng (scripts/setup.sh). Without
 //! root it says why and passes, unless CI=true, where it fails; with CI=true it never skips.
-//! Bounded: the whole matrix gets 15 minutes (about 8 measured on a 2-core box).
+//! A cell that fails is run once more (its suite in a fresh guest, `scripts/vm.sh run SUITE --cells …`);
+//! the test fails when it fails again, and says FLAKY with the first failure when it passes.
+//! Bounded: the whole matrix gets 15 minutes (about 6–8 measured on a 2-core box), a rerun 6 more per suite.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ const CELLS: &[&str] = &["xdp-native", "xdp-generic", "uring", "v6"];
 /// The newest kernel, where virtio_net advertises AF_XDP zero-copy (6.18.15+).
 const ZC_SUITE: &str = "trixie-backports";
 const LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Bound on one suite's rerun of its failed cells.
+const RERUN_LIMIT: Duration = Duration::from_secs(6 * 60);
 
 #[test]
 fn vm_matrix() {
@@ -61,15 +65,59 @@ fn vm_matrix() {
 
     let path = out.join("vm-matrix.json");
     assert!(path.exists(), "scripts/vm.sh matrix (exit {code}) wrote no {}", path.display());
-    let records = json(&path);
-    let records = records.as_array().expect("a list of records");
-    let failed: Vec<String> = records
-        .iter()
-        .filter(|r| r["pass"] != true)
-        .map(|r| format!("{}/{}: {}", r["suite"], r["cell"], r["error"]))
-        .collect();
-    assert!(failed.is_empty(), "failed cells:\n{}", failed.join("\n"));
-    assert_eq!(code, 0, "scripts/vm.sh matrix exit code");
+    let mut records = json(&path).as_array().expect("a list of records").clone();
+    let failed: Vec<&serde_json::Value> = records.iter().filter(|r| r["pass"] != true).collect();
+    if failed.is_empty() {
+        assert_eq!(code, 0, "scripts/vm.sh matrix exit code");
+    } else {
+        // One more try for the failed cells, each suite in a fresh guest. Under TCG a cell can fail for
+        // reasons that are not the server's alone (see ARCHITECTURE.md "The VM rig": three such failures
+        // seen, each once); a failure that repeats fails the test, and a rerun that passes is printed as
+        // FLAKY with the first failure, so that it is never silent.
+        let first: Vec<String> =
+            failed.iter().map(|r| format!("{}/{}: {}", r["suite"], r["cell"], r["error"])).collect();
+        eprintln!("vm matrix: {} cell(s) failed; running them once more:\n{}", first.len(), first.join("\n"));
+        let mut by_suite: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for r in &failed {
+            let (suite, cell) = (r["suite"].as_str().unwrap_or("?"), r["cell"].as_str().unwrap_or("?"));
+            by_suite.entry(suite.to_string()).or_default().push(cell.to_string());
+        }
+        for (suite, cells) in by_suite {
+            let out2 = out.join(format!("rerun-{suite}"));
+            let mut cmd = Command::new("timeout");
+            cmd.args(["--signal=TERM", "--kill-after=30", &RERUN_LIMIT.as_secs().to_string(), "bash"])
+                .arg(e2e::script("vm.sh"))
+                .args(["run", &suite, "--cells", &cells.join(","), "--out"])
+                .arg(&out2);
+            let o = run_bounded(&mut cmd, RERUN_LIMIT + Duration::from_secs(60));
+            println!("{}", o.stdout);
+            eprintln!("{}", o.stderr);
+            let again = out2.join(format!("vm-{suite}.json"));
+            assert!(again.exists(), "the rerun of {suite} (exit {}) wrote no {}", o.code, again.display());
+            for r in json(&again).as_array().expect("a list of records") {
+                if let Some(old) =
+                    records.iter_mut().find(|x| x["suite"] == r["suite"] && x["cell"] == r["cell"])
+                {
+                    *old = r.clone();
+                }
+            }
+        }
+        let still: Vec<String> = records
+            .iter()
+            .filter(|r| r["pass"] != true)
+            .map(|r| format!("{}/{}: {}", r["suite"], r["cell"], r["error"]))
+            .collect();
+        assert!(
+            still.is_empty(),
+            "failed cells, also on a rerun:\n{}\n(first run:\n{})",
+            still.join("\n"),
+            first.join("\n")
+        );
+        eprintln!(
+            "vm matrix: FLAKY: every failed cell passed on its rerun; first run:\n{}",
+            first.join("\n")
+        );
+    }
     for suite in SUITES {
         for cell in CELLS {
             let r = records
