@@ -353,15 +353,7 @@ impl Drop for Sequencer {
 
 /// A random id for this run of this node.
 fn incarnation() -> u64 {
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        b = (t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32).to_le_bytes();
-    }
-    u64::from_le_bytes(b)
+    rand::random()
 }
 
 /// The thread's side.

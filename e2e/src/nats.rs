@@ -2,7 +2,7 @@
 //! here, routes between the three, store directories under a scratch directory. Every server is killed by
 //! pid when the value drops (and its store removed).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,10 +14,6 @@ pub struct Nats {
     ports: Vec<u16>,
     routes: Vec<u16>,
     servers: Vec<Option<Child>>,
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// The `nats-server` binary, if installed.
@@ -38,8 +34,8 @@ impl Nats {
         }
         let mut n = Nats {
             dir: crate::scratch(&format!("nats-{name}")),
-            ports: (0..3).map(|_| free_tcp_port()).collect(),
-            routes: (0..3).map(|_| free_tcp_port()).collect(),
+            ports: (0..3).map(|_| crate::free_tcp_port()).collect(),
+            routes: (0..3).map(|_| crate::free_tcp_port()).collect(),
             servers: Vec::new(),
         };
         for i in 0..3 {

@@ -87,6 +87,25 @@ impl GlobalOrder for cluster::Sequencer {
     }
 }
 
+/// Apply one stream message's writes to `canvas` (the same on every node: a write outside the canvas or the
+/// palette, which no node's validation lets through, is skipped); returns how many were skipped.
+pub fn apply_stream_writes<S: AsRef<[u8]> + AsMut<[u8]>>(
+    canvas: &mut Canvas<S>,
+    palette: u16,
+    writes: &[(u32, u8)],
+) -> u64 {
+    let len = canvas.dims().len();
+    let mut skipped = 0;
+    for &(i, c) in writes {
+        if (i as usize) < len && u16::from(c) < palette {
+            canvas.apply(i, c);
+        } else {
+            skipped += 1;
+        }
+    }
+    skipped
+}
+
 /// This node's batches waiting to come back from the stream, at most: past it the master stops draining its
 /// workers (about this many ticks of writes are in flight; then clients get REJECT busy, never an ACK for a
 /// write that could not be ordered).
@@ -308,7 +327,6 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         // The global order first: apply every message delivered, crediting this node's own batches.
         c.polled.clear();
         c.order.poll(usize::MAX, &mut c.polled);
-        let len = self.canvas.dims().len();
         for o in c.polled.drain(..) {
             c.seq = o.seq;
             self.stats.cluster_applied_msgs += 1;
@@ -319,13 +337,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
                     continue;
                 }
             };
-            for &(i, col) in &b.writes {
-                if (i as usize) < len && u16::from(col) < c.palette {
-                    self.canvas.apply(i, col);
-                } else {
-                    self.stats.cluster_invalid += 1;
-                }
-            }
+            self.stats.cluster_invalid += apply_stream_writes(&mut self.canvas, c.palette, &b.writes);
             self.stats.pixels_applied += b.writes.len() as u64;
             done += b.writes.len();
             if b.incarnation == c.incarnation {
@@ -553,9 +565,10 @@ mod tests {
         }
     }
 
-    fn master(start: u64, fail_at: u64) -> (Master<Vec<u8>>, Arc<Shared>, Committed) {
+    /// A master over a 4×4 canvas with one worker whose write queue holds `writes`, starting at `start`.
+    fn bare(writes: usize, start: u64) -> (Master<Vec<u8>>, Arc<Shared>) {
         let shared = Arc::new(Shared {
-            links: vec![WorkerLink::new(64, 64)],
+            links: vec![WorkerLink::new(writes, 64)],
             snapshot_wanted: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
@@ -566,7 +579,11 @@ mod tests {
             full_interval: 60,
             max_dgram: 1200,
         };
-        let mut m = Master::starting_at(Canvas::new(dims, vec![0; 16]).unwrap(), cfg, shared.clone(), start);
+        (Master::starting_at(Canvas::new(dims, vec![0; 16]).unwrap(), cfg, shared.clone(), start), shared)
+    }
+
+    fn master(start: u64, fail_at: u64) -> (Master<Vec<u8>>, Arc<Shared>, Committed) {
+        let (mut m, shared) = bare(64, start);
         let committed = Arc::new(Mutex::new(Vec::new()));
         m.set_log(Box::new(TestLog { committed: committed.clone(), fail_at }), 0);
         (m, shared, committed)
@@ -616,19 +633,7 @@ mod tests {
     }
 
     fn cluster_node(stream: &Arc<MemStream>, inc: u64) -> (Master<Vec<u8>>, Arc<Shared>) {
-        let shared = Arc::new(Shared {
-            links: vec![WorkerLink::new(256, 64)],
-            snapshot_wanted: AtomicBool::new(false),
-            shutdown: AtomicBool::new(false),
-        });
-        let dims = Dims { width: 4, height: 4 };
-        let cfg = MasterConfig {
-            batch_drain: 64,
-            tick: Duration::from_millis(100),
-            full_interval: 60,
-            max_dgram: 1200,
-        };
-        let mut m = Master::starting_at(Canvas::new(dims, vec![0; 16]).unwrap(), cfg, shared.clone(), 0);
+        let (mut m, shared) = bare(256, 0);
         m.set_cluster(Box::new(MemNode { stream: stream.clone(), inc, cursor: Mutex::new(0) }), 0, 32);
         (m, shared)
     }

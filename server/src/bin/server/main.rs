@@ -124,7 +124,6 @@ fn catch_up<S: AsRef<[u8]> + AsMut<[u8]>>(
     let t0 = std::time::Instant::now();
     let (mut at, mut invalid, mut said) = (0u64, 0u64, t0);
     let mut msgs = Vec::new();
-    let len = canvas.dims().len();
     while at < head {
         if t0.elapsed() > within {
             return Err(format!(
@@ -139,15 +138,7 @@ fn catch_up<S: AsRef<[u8]> + AsMut<[u8]>>(
         for o in &msgs {
             at = o.seq;
             match &o.batch {
-                Ok(b) => {
-                    for &(i, c) in &b.writes {
-                        if (i as usize) < len && u16::from(c) < palette {
-                            canvas.apply(i, c);
-                        } else {
-                            invalid += 1;
-                        }
-                    }
-                }
+                Ok(b) => invalid += server::master::apply_stream_writes(canvas, palette, &b.writes),
                 Err(_) => invalid += 1,
             }
         }
