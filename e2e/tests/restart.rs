@@ -26,6 +26,28 @@ fn sh(script: &str) {
     assert!(st.success(), "{script}");
 }
 
+/// `CLIENTS` writing canvas/1 clients on `listen` for 12 s that reconnect (`--reconnect 20`) when they lose
+/// their connection.
+fn resuming_clients(listen: &str, id: &str, summary: &std::path::Path) -> std::process::Child {
+    let mut args = client_args(&format!("https://{listen}"), id, "canvas1", CLIENTS, 12, summary);
+    args.extend(["--reconnect", "20", "--progress", "lines"].map(str::to_owned));
+    Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client")
+}
+
+/// The client's summary after the server went away once: every client came back once and resumed from its
+/// tick, none failed, every replica matches the server now serving, nothing left unresolved.
+fn all_came_back(summary: &std::path::Path) -> serde_json::Value {
+    let s = json(summary);
+    eprintln!("summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+    assert_eq!(n("failed"), 0, "{s}");
+    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
+    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
+    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the server now serving");
+    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
+    s
+}
+
 #[test]
 fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let dir = scratch("restart");
@@ -33,31 +55,23 @@ fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let listen = format!("127.0.0.1:{}", free_port());
     let server = start(&listen, &data);
     let summary = dir.join("summary.json");
-    let mut args = client_args(&format!("https://{listen}"), "resume", "canvas1", CLIENTS, 12, &summary);
-    args.extend(["--reconnect", "20", "--progress", "lines"].map(str::to_owned));
-    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    let mut client = resuming_clients(&listen, "resume", &summary);
     std::thread::sleep(Duration::from_secs(4));
     let t0 = Instant::now();
     assert_eq!(server.stop(Duration::from_secs(20)), 0, "graceful stop");
     let server = start(&listen, &data);
     eprintln!("restarted in {:.2?}", t0.elapsed());
     assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
-    let s = json(&summary);
-    eprintln!("summary: {s}");
+    let s = all_came_back(&summary);
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
-    assert_eq!(n("failed"), 0, "{s}");
-    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
-    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
     // The restarted server replayed the ticks after its last snapshot from the log: the resumed replicas
     // were caught up with deltas, not snapshots (one snapshot each: the one at the first join).
     assert_eq!(n("snapshots"), CLIENTS, "resumed with a delta, not a second snapshot");
-    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the restarted server");
     assert_eq!(
         n("pixels_applied") + n("pixels_rejected") + n("writes_unknown"),
         n("pixels_sent"),
         "every write answered, or in flight when its connection closed"
     );
-    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
 
     // A second signal while the first is handled forces the exit. Clients are connected, so the graceful
     // stop drains for at least three PTOs (quiche's closing period, > 75 ms) when the second one comes.
@@ -87,9 +101,7 @@ fn take_over_hands_the_port_and_the_canvas_to_the_new_server() {
     let listen = format!("127.0.0.1:{}", free_port());
     let old = start(&listen, &data);
     let summary = dir.join("summary.json");
-    let mut args = client_args(&format!("https://{listen}"), "handover", "canvas1", CLIENTS, 12, &summary);
-    args.extend(["--reconnect", "20", "--progress", "lines"].map(str::to_owned));
-    let mut client = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
+    let mut client = resuming_clients(&listen, "handover", &summary);
     std::thread::sleep(Duration::from_secs(4));
     let t0 = Instant::now();
     let new = Server::start(
@@ -106,14 +118,7 @@ fn take_over_hands_the_port_and_the_canvas_to_the_new_server() {
         new.startup
     );
     assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
-    let s = json(&summary);
-    eprintln!("summary: {s}");
-    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
-    assert_eq!(n("failed"), 0, "{s}");
-    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
-    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
-    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the new server's canvas");
-    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
+    all_came_back(&summary);
     assert_eq!(new.stop(Duration::from_secs(20)), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
