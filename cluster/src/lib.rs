@@ -217,7 +217,7 @@ impl Sequencer {
             // A cluster that just started elects its JetStream leader first (a few seconds): retry
             // within the deadline.
             let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-            let mut s = loop {
+            let s = loop {
                 let e = match tokio::time::timeout_at(deadline, js.get_or_create_stream(want.clone())).await {
                     Ok(Ok(s)) => break s,
                     Ok(Err(e)) => e.to_string(),
@@ -231,10 +231,9 @@ impl Sequencer {
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
-            let info = tokio::time::timeout(cfg.connect_timeout, s.info())
-                .await
-                .map_err(|_| ClusterError(format!("cluster: stream {} info timed out", cfg.stream)))?
-                .map_err(|e| ClusterError(format!("cluster: stream {} info: {e}", cfg.stream)))?;
+            // The stream's configuration and state as the create-or-get answer carried them: no second
+            // request (on a cluster that has just elected its leader, one more request could time out).
+            let info = s.cached_info();
             if info.config.subjects != [cfg.subject.clone()] {
                 return Err(ClusterError(format!(
                     "cluster: stream {} holds subjects {:?}, not {}: another application's stream? pick another name",
