@@ -12,6 +12,9 @@
 //! When NATS is unreachable, proposals wait in a bounded queue (the master stops taking writes it cannot
 //! order when the queue is full, and says so) and the reader waits; both resume from their positions when
 //! NATS returns. Nothing here blocks the master: the queues between them are lock-free and bounded.
+//!
+//! Snapshots of the canvas go to a JetStream object store bucket beside the stream ([`snapshots`]): a node
+//! that joins loads the newest one the stream can continue from and reads the stream only after it.
 
 #![forbid(unsafe_code)]
 
@@ -25,7 +28,10 @@ use crossbeam_queue::ArrayQueue;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+pub mod snapshots;
 pub mod wire;
+
+pub use snapshots::Snapshot;
 
 /// Writes in one proposal at most (a message stays well below NATS's default 1 MiB payload limit: 5 bytes a
 /// write). The master splits larger batches.
@@ -51,8 +57,13 @@ pub struct Config {
     pub subject: String,
     /// Replicas of the stream when this node creates it (JetStream needs at least that many servers).
     pub replicas: usize,
-    /// Apply the stream from the message after this sequence number (0: from the start).
-    pub start_after: u64,
+    /// Read the stream from the message after this sequence number at once (`Some(0)`: from the start);
+    /// `None`: only once [`Sequencer::read_after`] says where (after the node has loaded a snapshot).
+    pub start_after: Option<u64>,
+    /// Use the snapshot bucket: load the newest snapshot at start, store the ones offered.
+    pub snapshots: bool,
+    /// A node does not store a snapshot when the bucket's is younger than this (nodes take turns).
+    pub snapshot_min_gap: Duration,
     /// How long starting may take to reach NATS and to find or create the stream (a cluster that has just
     /// started needs a few seconds to elect its JetStream leader).
     pub connect_timeout: Duration,
@@ -73,7 +84,9 @@ impl Config {
             stream: "CANVAS".into(),
             subject: "canvas.writes".into(),
             replicas: 3,
-            start_after: 0,
+            start_after: None,
+            snapshots: true,
+            snapshot_min_gap: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(2),
             max_proposals: 4096,
@@ -117,6 +130,17 @@ pub struct Status {
     pub corrupt: AtomicU64,
     /// Times the reader started over from its position after an error.
     pub reader_restarts: AtomicU64,
+    /// Stream sequence numbers the reader found missing (messages removed from the stream): never, unless
+    /// someone deleted or purged messages; the canvas lacks their writes.
+    pub missing: AtomicU64,
+    /// Snapshots this node stored in the bucket.
+    pub snapshots_stored: AtomicU64,
+    /// Snapshots offered but not stored (the bucket's was as new, or recent).
+    pub snapshots_skipped: AtomicU64,
+    /// Snapshots that could not be stored (NATS error; the next offer tries again).
+    pub snapshot_failures: AtomicU64,
+    /// The stream position of the newest snapshot known to be in the bucket (0: none).
+    pub snapshot_seq: AtomicU64,
     /// The latest problem, for people.
     pub last_error: Mutex<Option<String>>,
 }
@@ -149,7 +173,12 @@ impl std::error::Error for ClusterError {}
 pub struct Sequencer {
     incarnation: u64,
     head_at_start: u64,
+    first_at_start: u64,
     replicas: usize,
+    snapshot: Mutex<Option<Snapshot>>,
+    snapshot_note: Option<String>,
+    read_from: Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
+    offered: Arc<Mutex<Option<Snapshot>>>,
     proposals: Arc<ArrayQueue<Proposal>>,
     ordered: Arc<ArrayQueue<Ordered>>,
     wake: Arc<Notify>,
@@ -172,7 +201,7 @@ impl Sequencer {
             .map_err(|e| ClusterError(format!("cluster: tokio runtime: {e}")))?;
         let status = Arc::new(Status::default());
         let urls = cfg.urls.join(",");
-        let (js, head, replicas) = rt.block_on(async {
+        let (js, head, first, replicas, stream_id, store, snapshot, snapshot_note) = rt.block_on(async {
             let st = status.clone();
             let client = async_nats::ConnectOptions::new()
                 .name(format!("canvas node {}", cfg.node))
@@ -240,16 +269,62 @@ impl Sequencer {
                     cfg.stream, info.config.subjects, cfg.subject
                 )));
             }
-            Ok::<_, ClusterError>((js, info.state.last_sequence, info.config.num_replicas))
+            let (head, first) = (info.state.last_sequence, info.state.first_sequence);
+            let stream_id = snapshots::stream_id(info);
+            // The snapshot bucket, and the newest snapshot the stream continues from.
+            let (mut store, mut snap, mut note) = (None, None, None);
+            if cfg.snapshots {
+                let s = loop {
+                    let e = match tokio::time::timeout_at(deadline, snapshots::open_bucket(&js, &cfg.stream, cfg.replicas)).await {
+                        Ok(Ok(s)) => break s,
+                        Ok(Err(e)) => e,
+                        Err(_) => "no answer".to_string(),
+                    };
+                    if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+                        return Err(ClusterError(format!("cluster: {e} (within {:?})", cfg.connect_timeout)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                // Retried within the deadline (a NATS server that has just died may still lead the bucket's
+                // stream); a snapshot that cannot be had is not fatal: the stream holds every message.
+                (snap, note) = loop {
+                    let e = match tokio::time::timeout_at(deadline, snapshots::load(&s, &cfg.stream, &stream_id, head)).await {
+                        Ok(Ok(loaded)) => break loaded,
+                        Ok(Err(e)) => e,
+                        Err(_) => "no answer".to_string(),
+                    };
+                    if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+                        break (None, Some(format!("warning: could not load the snapshot within {:?} ({e}): applying the whole stream", cfg.connect_timeout)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
+                if let Some(sn) = &snap {
+                    status.snapshot_seq.store(sn.seq, Ordering::Relaxed);
+                }
+                store = Some(s);
+            }
+            Ok::<_, ClusterError>((js, head, first, info.config.num_replicas, stream_id, store, snap, note))
         })?;
         let incarnation = incarnation();
         let proposals = Arc::new(ArrayQueue::new(cfg.max_proposals.max(1)));
         let ordered = Arc::new(ArrayQueue::new(cfg.max_ordered.max(1)));
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
+        let offered = Arc::new(Mutex::new(None));
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+        let read_from = match cfg.start_after {
+            Some(n) => {
+                let _ = read_tx.send(n);
+                None
+            }
+            None => Some(read_tx),
+        };
         let io = Io {
             cfg: cfg.clone(),
             js,
+            store,
+            stream_id,
+            offered: offered.clone(),
             incarnation,
             proposals: proposals.clone(),
             ordered: ordered.clone(),
@@ -262,15 +337,20 @@ impl Sequencer {
             .spawn(move || {
                 let io = Arc::new(io);
                 rt.block_on(async {
-                    let (a, b) = (io.clone(), io.clone());
-                    tokio::join!(a.publisher(), b.reader());
+                    let (a, b, c) = (io.clone(), io.clone(), io.clone());
+                    tokio::join!(a.publisher(), b.reader(read_rx), c.snapshotter());
                 });
             })
             .map_err(|e| ClusterError(format!("cluster: thread: {e}")))?;
         Ok(Self {
             incarnation,
             head_at_start: head,
+            first_at_start: first,
             replicas,
+            snapshot: Mutex::new(snapshot),
+            snapshot_note,
+            read_from: Mutex::new(read_from),
+            offered,
             proposals,
             ordered,
             wake,
@@ -291,9 +371,41 @@ impl Sequencer {
         self.head_at_start
     }
 
+    /// The stream's first sequence number when this node started (1, or the first message kept after
+    /// older ones were removed; 0 for an empty stream).
+    pub fn first_at_start(&self) -> u64 {
+        self.first_at_start
+    }
+
     /// The stream's replica count.
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// The newest snapshot the stream continues from, as loaded at start (taken once).
+    pub fn take_snapshot(&self) -> Option<Snapshot> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Why a stored snapshot was not loaded, if one was there but unusable.
+    pub fn snapshot_note(&self) -> Option<&str> {
+        self.snapshot_note.as_deref()
+    }
+
+    /// Start reading the stream from the message after `seq` (when `Config::start_after` was `None`);
+    /// later calls do nothing.
+    pub fn read_after(&self, seq: u64) {
+        if let Some(tx) = self.read_from.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// Offer a snapshot of the canvas at stream position `snap.seq` for the bucket; it replaces one
+    /// offered earlier and not stored yet. Stored unless the bucket's is as new or recent (see
+    /// `Config::snapshot_min_gap`).
+    pub fn offer_snapshot(&self, snap: Snapshot) {
+        *self.offered.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
+        self.wake.notify_one();
     }
 
     /// Queue a batch for publication; gives it back when the queue is full (NATS unreachable or slow).
@@ -359,6 +471,9 @@ fn incarnation() -> u64 {
 struct Io {
     cfg: Config,
     js: jetstream::Context,
+    store: Option<async_nats::jetstream::object_store::ObjectStore>,
+    stream_id: String,
+    offered: Arc<Mutex<Option<Snapshot>>>,
     incarnation: u64,
     proposals: Arc<ArrayQueue<Proposal>>,
     ordered: Arc<ArrayQueue<Ordered>>,
@@ -433,10 +548,58 @@ impl Io {
         }
     }
 
-    /// Read the stream in order from `start_after + 1` and hand every message to the master; start over
-    /// from the position reached after any error.
-    async fn reader(&self) {
-        let mut next = self.cfg.start_after + 1;
+    /// Store what [`Sequencer::offer_snapshot`] offered, one at a time.
+    async fn snapshotter(&self) {
+        let Some(store) = &self.store else { return };
+        while !self.stopping() {
+            let offer = self.offered.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(snap) = offer else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let put = snapshots::store(
+                store,
+                &self.cfg.stream,
+                &self.stream_id,
+                &self.cfg.node,
+                &snap,
+                self.cfg.snapshot_min_gap,
+            );
+            let s = &self.status;
+            match tokio::time::timeout(Duration::from_secs(30), put).await {
+                Ok(Ok(Ok(seq))) => {
+                    s.snapshots_stored.fetch_add(1, Ordering::Relaxed);
+                    s.snapshot_seq.fetch_max(seq, Ordering::Relaxed);
+                }
+                Ok(Ok(Err(skipped))) => {
+                    s.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                    if let snapshots::Skipped::Newer(seq) = skipped {
+                        s.snapshot_seq.fetch_max(seq, Ordering::Relaxed);
+                    }
+                }
+                Ok(Err(e)) => {
+                    s.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                    s.problem(format!("{e} (the next offer tries again)"));
+                }
+                Err(_) => {
+                    s.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                    s.problem(format!("storing snapshot at {}: no answer within 30 s", snap.seq));
+                }
+            }
+        }
+    }
+
+    /// Read the stream in order from the position `start` gives (+ 1) and hand every message to the master;
+    /// start over from the position reached after any error.
+    async fn reader(&self, start: tokio::sync::oneshot::Receiver<u64>) {
+        let after = tokio::select! {
+            r = start => match r {
+                Ok(n) => n,
+                Err(_) => return, // the Sequencer is gone
+            },
+            () = async { while !self.stopping() { tokio::time::sleep(Duration::from_millis(20)).await } } => return,
+        };
+        let mut next = after + 1;
         let mut backoff = Duration::from_millis(50);
         while !self.stopping() {
             match self.read_from(next).await {
@@ -499,6 +662,12 @@ impl Io {
             let seq = m.info().map_err(|e| (next, e))?.stream_sequence;
             if seq < next {
                 continue;
+            }
+            if seq > next {
+                self.status.missing.fetch_add(seq - next, Ordering::Relaxed);
+                self.status.problem(format!(
+                    "stream messages {next}..{seq} are gone (deleted or purged): their writes are missing from this node's canvas"
+                ));
             }
             let batch = wire::decode(&m.payload);
             if let Err(e) = &batch {

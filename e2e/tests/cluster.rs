@@ -2,8 +2,8 @@
 //! (`e2e::nats::Nats`), three servers on loopback ports joined to it, and one loadgen per server writing
 //! through it. Every node ends on the same canvas (hash) at the same stream position, every client's
 //! replica matches its node, every write was ACKed and every ACKed write is visible; one NATS server killed
-//! mid-run loses nothing and fails no client. Then: a node started later catches up with the stream before
-//! it serves, and `--cluster` with no NATS answering is a clear error. And: a canvas server killed mid-run
+//! mid-run loses nothing and fails no client. Then: a node started later loads the newest snapshot from
+//! the cluster's bucket and applies the stream after it before it serves, and `--cluster` with no NATS answering is a clear error. And: a canvas server killed mid-run
 //! (SIGKILL): its clients (`client --reconnect --failover`) resume on another node from their ticks, with
 //! deltas, and converge.
 //!
@@ -41,6 +41,8 @@ fn start_node(nats: &Nats, dir: &std::path::Path, name: &str) -> Node {
             &nats.cluster_arg(),
             "--cluster-node",
             name,
+            "--cluster-snapshot-secs",
+            "2",
             "--stats-json",
             stats.to_str().unwrap(),
         ],
@@ -119,15 +121,31 @@ fn three_servers_share_one_canvas_through_jetstream() {
     for n in &nodes {
         assert_eq!(applied(n), sent, "every node applied every node's writes");
     }
-    // A node joining now catches up with the stream before it serves: the same canvas at its first tick.
+    // A node joining now loads the newest snapshot (the nodes offered one every 2 s) and applies the
+    // stream after it before it serves: the same canvas at its first tick.
     let d = start_node(&nats, &dir, "d");
     assert_eq!(converged(&[&nodes[0], &d]), (hash.clone(), seq), "caught up before serving");
     assert_eq!(applied(&d), 0, "the catch-up is not counted as applied writes");
+    let mut stored = 0;
+    let mut joined = serde_json::Value::Null;
     for n in nodes.into_iter().chain([d]) {
         let stats = n.stats.clone();
         assert_eq!(n.server.stop(Duration::from_secs(20)), 0);
-        eprintln!("node: {}", json(&stats)["cluster"]);
+        let c = json(&stats)["cluster"].clone();
+        eprintln!("node: {c}");
+        stored += c["snapshots_stored"].as_u64().unwrap();
+        assert_eq!(c["missing"].as_u64(), Some(0), "{c}");
+        joined = c;
     }
+    let from = joined["started_from_snapshot"].as_u64().unwrap();
+    assert!(stored > 0, "the nodes stored snapshots");
+    assert!(from > 0 && from <= seq, "node d started from a snapshot: {joined}");
+    assert_eq!(
+        joined["caught_up_messages"].as_u64(),
+        Some(seq - from),
+        "and applied only the stream after it: {joined}"
+    );
+    eprintln!("node d: snapshot at {from} of {seq}, {} messages applied after it", seq - from);
     drop(nats);
     // No NATS: a clear error naming the URL and what to do.
     let url = format!("nats://127.0.0.1:{}", free_tcp_port());

@@ -18,7 +18,7 @@ fn node(nats: &Nats, name: &str, start_after: u64) -> Sequencer {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         let mut cfg = Config::new(nats.urls(), name);
-        cfg.start_after = start_after;
+        cfg.start_after = Some(start_after);
         cfg.connect_timeout = Duration::from_secs(5);
         match Sequencer::start(cfg) {
             Ok(s) => return s,
@@ -208,4 +208,76 @@ fn no_nats_is_a_clear_error() {
     cfg.connect_timeout = Duration::from_secs(2);
     let e = Sequencer::start(cfg).unwrap_err().to_string();
     assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("--cluster"), "{e}");
+}
+
+/// Wait (bounded) until `cond` holds for `s`'s status.
+fn wait_status(s: &Sequencer, what: &str, cond: impl Fn(&cluster::Status) -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !cond(s.status()) {
+        assert!(Instant::now() < end, "{what} within 30 s (status {:?})", s.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Snapshots go to the object store beside the stream: a node started later (with one NATS server of
+/// three just killed: the bucket's leader may be re-elected meanwhile, the load is retried) gets the newest
+/// one the stream continues from (bytes intact, at its position) and reads the stream only after it; an
+/// older offer is not stored; a snapshot stored for an earlier stream of the same name is not used.
+#[test]
+fn a_joining_node_loads_the_newest_snapshot_and_reads_only_after_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(mut nats) = Nats::start("cluster-snapshots") else { return };
+    let a = node(&nats, "a", 0);
+    propose_all(&a, 0, 1..=20, 5 * MS);
+    wait_status(&a, "all published", |st| st.published.load(Relaxed) > 0 && a.backlog() == 0);
+    std::thread::sleep(Duration::from_millis(200)); // the last publish in flight
+    let n = (a.status().published.load(Relaxed) - a.status().duplicates.load(Relaxed)) as usize;
+    let msgs = collect(&a, n, Duration::from_secs(30));
+    assert!(n >= 4, "{n} messages");
+    let seq = msgs.last().unwrap().seq;
+    let canvas_at = |k: usize| fold(&msgs[..k]);
+    // The canvas after the first `half` messages (at its position), then an older offer, which is skipped.
+    let half = n / 2;
+    let at_half = cluster::Snapshot { seq: msgs[half - 1].seq, bytes: canvas_at(half) };
+    a.offer_snapshot(at_half.clone());
+    wait_status(&a, "stored", |st| st.snapshots_stored.load(Relaxed) == 1);
+    a.offer_snapshot(cluster::Snapshot { seq: msgs[0].seq, bytes: canvas_at(1) });
+    wait_status(&a, "older offer skipped", |st| st.snapshots_skipped.load(Relaxed) == 1);
+    assert_eq!(a.status().snapshot_seq.load(Relaxed), at_half.seq);
+
+    nats.kill(0);
+    // A node started now (reading only when told where) gets that snapshot and reads the rest.
+    let mut cfg = Config::new(nats.urls(), "b");
+    cfg.connect_timeout = Duration::from_secs(10);
+    let b = Sequencer::start(cfg).expect("b");
+    assert_eq!((b.head_at_start(), b.first_at_start()), (seq, msgs[0].seq));
+    let snap = b.take_snapshot().expect("the stored snapshot");
+    assert_eq!(snap, at_half, "the bytes and position stored");
+    assert!(b.take_snapshot().is_none(), "taken once");
+    b.read_after(snap.seq);
+    let rest = collect(&b, n - half, Duration::from_secs(30));
+    let seqs = |m: &[Ordered]| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&rest), seqs(&msgs[half..]), "only what follows the snapshot");
+    // The snapshot plus the rest folds to the whole stream's canvas.
+    let mut canvas = snap.bytes.clone();
+    for m in &rest {
+        for &(i, c) in &m.batch.as_ref().unwrap().writes {
+            canvas[i as usize] = c;
+        }
+    }
+    assert_eq!(canvas, canvas_at(n));
+    b.stop(Duration::ZERO);
+    a.stop(Duration::from_secs(1));
+
+    // The stream deleted and created again under its name: the old stream's snapshot is not used.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[1].as_str()).await.unwrap());
+        js.delete_stream("CANVAS").await.unwrap();
+    });
+    let c = node(&nats, "c", 0);
+    assert_eq!(c.head_at_start(), 0, "a new, empty stream");
+    assert!(c.take_snapshot().is_none(), "the earlier stream's snapshot is not this one's");
+    assert!(c.snapshot_note().is_some_and(|n| n.contains("earlier stream")), "{:?}", c.snapshot_note());
+    c.stop(Duration::ZERO);
 }

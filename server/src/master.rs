@@ -56,6 +56,8 @@ pub struct MasterStats {
     /// Cluster mode: loops the master did not drain its workers because too many of its batches were
     /// waiting for the stream (NATS away or slow): the workers' queues fill and they answer REJECT busy.
     pub cluster_stalls: u64,
+    /// Cluster mode: snapshots of the canvas offered for the cluster's snapshot bucket.
+    pub cluster_snapshots_offered: u64,
 }
 
 /// Where a cluster node's writes get their global order: [`cluster::Sequencer`] (tests use an in-memory
@@ -70,6 +72,8 @@ pub trait GlobalOrder: Send + std::fmt::Debug {
     fn poll(&self, max: usize, out: &mut Vec<cluster::Ordered>) -> usize;
     /// At shutdown: give what is queued up to `drain` to be published, then stop.
     fn close(&mut self, _drain: Duration) {}
+    /// A snapshot of the canvas at a stream position, for nodes that join later (may be dropped).
+    fn offer_snapshot(&self, _snap: cluster::Snapshot) {}
 }
 
 impl GlobalOrder for cluster::Sequencer {
@@ -84,6 +88,9 @@ impl GlobalOrder for cluster::Sequencer {
     }
     fn close(&mut self, drain: Duration) {
         self.shutdown(drain);
+    }
+    fn offer_snapshot(&self, snap: cluster::Snapshot) {
+        cluster::Sequencer::offer_snapshot(self, snap);
     }
 }
 
@@ -134,6 +141,11 @@ struct ClusterState {
     /// The tick's sequence number when the last tick was closed.
     seq_at_tick: u64,
     polled: Vec<cluster::Ordered>,
+    /// Offer a snapshot this often (None: never), next at `next_snapshot`, unless the canvas is still at
+    /// `snapshot_seq` (the last one offered).
+    snapshot_every: Option<Duration>,
+    next_snapshot: Instant,
+    snapshot_seq: u64,
 }
 
 /// What a master restored from a placement log starts from (see [`Master::resume`]).
@@ -259,12 +271,21 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
     /// Cluster mode: drain writes into batches proposed to `order` instead of applying them, and apply
     /// what `order` hands back in the global order (this node's writes are credited, so ACKed, only
     /// then). `seq` is the stream sequence number the canvas already holds (the master's start tick must
-    /// be `seq << CLUSTER_TICK_SHIFT`); `palette` bounds the colors applied.
-    pub fn set_cluster(&mut self, order: Box<dyn GlobalOrder>, seq: u64, palette: u16) {
+    /// be `seq << CLUSTER_TICK_SHIFT`); `palette` bounds the colors applied. Every `snapshot_every` (the
+    /// first after a random part of it, so that nodes started together take turns) the canvas is offered
+    /// to `order` as a snapshot at the position it is at, if that moved since the last one.
+    pub fn set_cluster(
+        &mut self,
+        order: Box<dyn GlobalOrder>,
+        seq: u64,
+        palette: u16,
+        snapshot_every: Option<Duration>,
+    ) {
         let n = self.shared.links.len();
         self.stats.cluster_seq = seq;
+        let incarnation = order.incarnation();
         self.cluster = Some(ClusterState {
-            incarnation: order.incarnation(),
+            incarnation,
             order,
             palette,
             outgoing: Vec::new(),
@@ -275,6 +296,12 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             seq,
             seq_at_tick: seq,
             polled: Vec::new(),
+            snapshot_every,
+            // The node's random incarnation picks the phase.
+            next_snapshot: Instant::now()
+                + snapshot_every
+                    .map_or(Duration::ZERO, |d| d.mul_f64(0.5 + (incarnation % 1000) as f64 / 2000.0)),
+            snapshot_seq: seq,
         });
     }
 
@@ -350,6 +377,22 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
             }
         }
         self.stats.cluster_seq = c.seq;
+        if let Some(every) = c.snapshot_every {
+            if c.seq > c.snapshot_seq && Instant::now() >= c.next_snapshot {
+                c.next_snapshot = Instant::now() + every;
+                c.snapshot_seq = c.seq;
+                // The canvas holds exactly the messages up to `c.seq` (this node's writes count only once
+                // they came back from the stream).
+                let bytes = placelog::format::encode_snapshot(
+                    c.seq,
+                    self.canvas.hash(),
+                    self.canvas.dims(),
+                    self.canvas.pixels(),
+                );
+                c.order.offer_snapshot(cluster::Snapshot { seq: c.seq, bytes });
+                self.stats.cluster_snapshots_offered += 1;
+            }
+        }
         // Then this node's writes, unless the stream is not keeping up.
         if c.pending.len() >= CLUSTER_MAX_PENDING || c.refused.is_some() {
             self.stats.cluster_stalls += 1;
@@ -601,6 +644,7 @@ mod tests {
         stream: Arc<MemStream>,
         inc: u64,
         cursor: Mutex<usize>,
+        offered: Arc<Mutex<Vec<cluster::Snapshot>>>,
     }
 
     impl GlobalOrder for MemNode {
@@ -630,11 +674,16 @@ mod tests {
             *c += n;
             n
         }
+        fn offer_snapshot(&self, snap: cluster::Snapshot) {
+            self.offered.lock().unwrap().push(snap);
+        }
     }
 
     fn cluster_node(stream: &Arc<MemStream>, inc: u64) -> (Master<Vec<u8>>, Arc<Shared>) {
         let (mut m, shared) = bare(256, 0);
-        m.set_cluster(Box::new(MemNode { stream: stream.clone(), inc, cursor: Mutex::new(0) }), 0, 32);
+        let node =
+            MemNode { stream: stream.clone(), inc, cursor: Mutex::new(0), offered: Default::default() };
+        m.set_cluster(Box::new(node), 0, 32, None);
         (m, shared)
     }
 
@@ -675,6 +724,36 @@ mod tests {
         a.end_tick();
         assert_eq!(published(&sa), vec![((2 << CLUSTER_TICK_SHIFT) + 1, 2)]);
         assert_eq!(a.stats().cluster_seq, 2);
+    }
+
+    #[test]
+    fn a_cluster_node_offers_snapshots_of_the_canvas_at_its_stream_position() {
+        let stream = Arc::new(MemStream::default());
+        let offered = Arc::new(Mutex::new(Vec::new()));
+        let (mut m, shared) = bare(256, 0);
+        let node =
+            MemNode { stream: stream.clone(), inc: 0xa, cursor: Mutex::new(0), offered: offered.clone() };
+        // Every 0 s: whenever the position moved.
+        m.set_cluster(Box::new(node), 0, 32, Some(Duration::ZERO));
+        let dims = m.canvas().dims();
+        for round in 1..=3u8 {
+            shared.links[0].writes.push(PixelWrite { index: u32::from(round), color: round }).unwrap();
+            m.drain(); // proposes at the end of the tick ...
+            m.end_tick();
+            m.drain(); // ... and applies it here, then offers the canvas at that position
+            m.end_tick();
+            m.drain(); // the position did not move: nothing offered
+        }
+        let offered = offered.lock().unwrap();
+        assert_eq!(offered.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        for s in offered.iter() {
+            let d = placelog::format::decode_snapshot(&s.bytes, dims).expect("a valid snapshot");
+            assert_eq!(d.tick, s.seq, "at the position it names");
+            let want: Vec<u8> =
+                (0..16u8).map(|i| if (1..=s.seq as u8).contains(&i) { i } else { 0 }).collect();
+            assert_eq!(d.pixels, want, "the canvas holding exactly messages 1..={}", s.seq);
+        }
+        assert_eq!(m.stats().cluster_snapshots_offered, 3);
     }
 
     #[test]

@@ -513,6 +513,7 @@ fn json(live: &Live) -> String {
         "ticks": stats.ticks,
         "canvas_tick": canvas_tick,
         "cluster_seq": stats.cluster_seq,
+        "cluster_snapshots_offered": stats.cluster_snapshots_offered,
         "datagrams_in": b.rx_datagrams,
         "datagrams_out": b.tx_datagrams,
         "bytes_out": b.tx_bytes,

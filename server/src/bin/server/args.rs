@@ -260,6 +260,12 @@ pub(crate) struct Args {
     /// With --cluster: how long to wait at start to catch up with the stream before serving, in seconds.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) cluster_catch_up_secs: u64,
+    /// With --cluster: offer a snapshot of the canvas to the cluster's snapshot bucket (a JetStream object
+    /// store, `<stream>_SNAPSHOTS`) every this many seconds, so that a node joining later loads it and
+    /// applies only the stream after it; a node skips its turn when the bucket's snapshot is younger than
+    /// half this (nodes take turns). 0: never store one (joining nodes still load what is there).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub(crate) cluster_snapshot_secs: u64,
     /// Hand the port over deliberately: when another canvas server holds --listen's port, send it SIGTERM
     /// (its graceful stop: CONNECTION_CLOSE to its clients, its log flushed, XDP detached), wait for it
     /// to exit, then start (with the same --data-dir it resumes the canvas; `client --reconnect` clients

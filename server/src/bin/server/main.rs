@@ -112,17 +112,18 @@ fn tripwire(
     Ok((count, h))
 }
 
-/// Apply the stream to `canvas` until `head` (the stream's last sequence when this node joined), bounded by
-/// `within`; returns the sequence reached and the invalid writes skipped.
+/// Apply the stream to `canvas` (which holds it up to `from`) until `head` (the stream's last sequence when
+/// this node joined), bounded by `within`; returns the sequence reached and the invalid writes skipped.
 fn catch_up<S: AsRef<[u8]> + AsMut<[u8]>>(
     seq: &cluster::Sequencer,
     canvas: &mut Canvas<S>,
     palette: u16,
+    from: u64,
     head: u64,
     within: Duration,
 ) -> Result<(u64, u64), String> {
     let t0 = std::time::Instant::now();
-    let (mut at, mut invalid, mut said) = (0u64, 0u64, t0);
+    let (mut at, mut invalid, mut said) = (from, 0u64, t0);
     let mut msgs = Vec::new();
     while at < head {
         if t0.elapsed() > within {
@@ -217,7 +218,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--provided-buffers must be a power of two, got {}", a.provided_buffers).into());
     }
     if !a.cluster.is_empty() && a.data_dir.is_some() {
-        return Err("--cluster with --data-dir: in a cluster the stream is the log (snapshots to the cluster are not built yet): drop --data-dir".into());
+        return Err("--cluster with --data-dir: in a cluster the stream is the log and its snapshots are in the cluster's bucket: drop --data-dir".into());
     }
     if a.take_over {
         take_over(a.listen, Duration::from_secs(a.take_over_timeout_secs))?;
@@ -293,9 +294,10 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         resume = server::master::Resume { start: r.next_tick, last_change: r.last_change, history: r.tail };
         log = Some(l);
     }
-    let mut canvas = Canvas::new(dims, mem)?;
-    // The cluster: join the stream and apply it up to its head before serving.
+    // The cluster: join the stream, load the newest snapshot into the canvas memory and apply the stream
+    // after it up to its head before serving.
     let mut joined = None;
+    let mut cluster_from = 0;
     if !a.cluster.is_empty() {
         let node = a.cluster_node.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -304,28 +306,82 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = cluster::Config::new(a.cluster.clone(), node.clone());
         cfg.replicas = a.cluster_replicas;
         cfg.stream = a.cluster_stream.clone();
+        cfg.snapshot_min_gap = Duration::from_secs(a.cluster_snapshot_secs) / 2;
         let seq = cluster::Sequencer::start(cfg)?;
         let head = seq.head_at_start();
         eprintln!(
-            "server: cluster: node {node} ({:016x}) joined stream {} (R={}) on {}; catching up to {head}",
+            "server: cluster: node {node} ({:016x}) joined stream {} (R={}, head {head}) on {}",
             seq.incarnation(),
             a.cluster_stream,
             seq.replicas(),
             a.cluster.join(",")
         );
+        if let Some(why) = seq.snapshot_note() {
+            eprintln!("server: cluster: {why}");
+        }
         let t0 = std::time::Instant::now();
-        let (at, invalid) =
-            catch_up(&seq, &mut canvas, a.palette, head, Duration::from_secs(a.cluster_catch_up_secs))?;
+        if let Some(snap) = seq.take_snapshot() {
+            match placelog::format::decode_snapshot(&snap.bytes, dims) {
+                Ok(d) if d.tick == snap.seq => {
+                    mem.as_mut()[..dims.len()].copy_from_slice(&d.pixels);
+                    cluster_from = snap.seq;
+                    eprintln!(
+                        "server: cluster: loaded the snapshot at stream position {} ({} bytes) in {:.1} ms",
+                        snap.seq,
+                        snap.bytes.len(),
+                        t0.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                Ok(d) => eprintln!(
+                    "server: cluster: warning: the stored snapshot says position {} in its metadata and {} inside: not used; applying the whole stream",
+                    snap.seq, d.tick
+                ),
+                Err((16, e)) => {
+                    return Err(format!(
+                        "cluster: the cluster's snapshot is of {e}: every node of a cluster needs the same --width/--height"
+                    )
+                    .into())
+                }
+                Err((at, e)) => eprintln!(
+                    "server: cluster: warning: the stored snapshot at {} is damaged (byte {at}: {e}): not used; applying the whole stream",
+                    snap.seq
+                ),
+            }
+        }
+        let first = seq.first_at_start();
+        if first > cluster_from + 1 {
+            return Err(format!(
+                "cluster: stream {} starts at message {first} (older ones were removed) and no usable snapshot covers what came before: \
+                 this node cannot rebuild the canvas (restore the {} bucket, or start a new stream with --cluster-stream)",
+                a.cluster_stream,
+                cluster::snapshots::bucket_name(&a.cluster_stream)
+            )
+            .into());
+        }
+        seq.read_after(cluster_from);
+        joined = Some((seq, head, node, t0));
+    }
+    let mut canvas = Canvas::new(dims, mem)?;
+    if let Some((seq, head, node, t0)) = joined.take() {
+        let (at, invalid) = catch_up(
+            &seq,
+            &mut canvas,
+            a.palette,
+            cluster_from,
+            head,
+            Duration::from_secs(a.cluster_catch_up_secs),
+        )?;
         let mut scratch = Vec::new();
         canvas.end_tick(&mut scratch);
         eprintln!(
-            "server: cluster: applied the stream up to {at} in {:.1} ms ({invalid} invalid writes skipped); serving from tick {}",
+            "server: cluster: at stream position {at} after {} messages applied after position {cluster_from}, in {:.1} ms ({invalid} invalid writes skipped); serving from tick {}",
+            at - cluster_from,
             t0.elapsed().as_secs_f64() * 1e3,
             at << server::master::CLUSTER_TICK_SHIFT
         );
         let start = at << server::master::CLUSTER_TICK_SHIFT;
         resume = server::master::Resume { start, last_change: start, history: Vec::new() };
-        joined = Some((seq, at, node));
+        joined = Some((seq, at, node, t0));
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -564,9 +620,12 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         master.set_log(Box::new(l), a.snapshot_every_ticks);
     }
     let mut cluster_report = None;
-    if let Some((seq, at, node)) = joined {
+    let mut caught_up = 0;
+    if let Some((seq, at, node, _)) = joined {
+        caught_up = at - cluster_from;
         cluster_report = Some((seq.status().clone(), node, seq.incarnation(), seq.replicas()));
-        master.set_cluster(Box::new(seq), at, a.palette);
+        let every = (a.cluster_snapshot_secs > 0).then(|| Duration::from_secs(a.cluster_snapshot_secs));
+        master.set_cluster(Box::new(seq), at, a.palette, every);
     }
     let mode_name = match a.mode {
         Mode::Uring => "uring",
@@ -791,6 +850,14 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             delivered: st.delivered.load(Ordering::Relaxed),
             corrupt: st.corrupt.load(Ordering::Relaxed),
             reader_restarts: st.reader_restarts.load(Ordering::Relaxed),
+            missing: st.missing.load(Ordering::Relaxed),
+            started_from_snapshot: cluster_from,
+            caught_up_messages: caught_up,
+            snapshots_offered: ms.cluster_snapshots_offered,
+            snapshots_stored: st.snapshots_stored.load(Ordering::Relaxed),
+            snapshots_skipped: st.snapshots_skipped.load(Ordering::Relaxed),
+            snapshot_failures: st.snapshot_failures.load(Ordering::Relaxed),
+            snapshot_seq: st.snapshot_seq.load(Ordering::Relaxed),
             last_error: st.last_error(),
         }),
         canvas_hash: format!("{:016x}", master.canvas().hash()),

@@ -95,6 +95,18 @@ pub(crate) struct ClusterReport {
     pub(crate) delivered: u64,
     pub(crate) corrupt: u64,
     pub(crate) reader_restarts: u64,
+    /// Stream messages found missing (removed from the stream): 0 unless someone purged it.
+    pub(crate) missing: u64,
+    /// The stream position of the snapshot this node started from (0: none, the whole stream applied).
+    pub(crate) started_from_snapshot: u64,
+    /// The stream messages applied at start, after that snapshot, to reach the stream's head.
+    pub(crate) caught_up_messages: u64,
+    pub(crate) snapshots_offered: u64,
+    pub(crate) snapshots_stored: u64,
+    pub(crate) snapshots_skipped: u64,
+    pub(crate) snapshot_failures: u64,
+    /// The newest snapshot's position known to be in the bucket.
+    pub(crate) snapshot_seq: u64,
     pub(crate) last_error: Option<String>,
 }
 
