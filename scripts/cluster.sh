@@ -6,7 +6,8 @@
 #         nats namespace (client port 4222, routes on 6222, store under the state directory)
 #   down  stop the NATS servers (by pid), remove the testbed and the state directory
 #   run   up; three canvas servers (uring, -w 1, --cluster) on 10.0.1.10-12; one loadgen per client
-#         namespace, each on its own server with --failover to the other two; optionally a fault half way
+#         namespace, each on its own server with --failover to the other two and an observer replica on
+#         each of them (--observe: write -> visible across nodes); optionally a fault half way
 #         (--kill nats: nats1 SIGKILLed; --kill server: server3 SIGKILLed, its clients move); then every
 #         live node's canvas hash and stream position compared, and OUT/cluster.json written (also copied
 #         to out/cluster.json); down. Exit 0 when every live node has the same canvas at the same position
@@ -161,6 +162,7 @@ do_run() {
     for j in 0 1 2; do ((j == i)) || others+=("https://${SRV_IPS[$j]}:4433"); done
     ip netns exec "$(ns "${CLI_NS[$i]}")" "$bin/client" --target "https://${SRV_IPS[$i]}:4433" \
       --failover "$(IFS=,; echo "${others[*]}")" --reconnect 30 --keep-alive 1000 --idle-timeout 3000 \
+      --observe "$(IFS=,; echo "${others[*]}")" \
       --clients "$CLIENTS" --replicas "$CLIENTS" --id "${CLI_NS[$i]}" --protocol canvas1 --duration "$SECS" \
       --max-conn-jitter 2000 --min-pixel-wait 1000 --max-pixel-wait 3000 --progress lines \
       --summary-json "$OUT/${CLI_NS[$i]}.json" >"$OUT/${CLI_NS[$i]}.log" 2>&1 &

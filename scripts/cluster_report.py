@@ -3,9 +3,11 @@
 
   cluster_report.py OUT KILL KILLED     KILL: none|nats|server (the fault asked for); KILLED: what was killed
 
-Passes when every live node reports the same canvas hash at the same stream position and every loadgen ended
-with every client connected, 0 failed and every replica matching. Write->visible across nodes is not
-measured yet (the loadgen observes its own node only): the field says so.
+Passes when every live node reports the same canvas hash at the same stream position, every loadgen ended
+with every client connected, 0 failed and every replica matching, and every loadgen's observers on the other
+live nodes (`client --observe`) matched their node and saw every ACKed write. Write->visible across nodes
+is each loadgen's: from a write's send by its clients until an observer on another node reached the tick the
+write's ACK named (one sample per write and observer); per loadgen, and the range over the loadgens.
 """
 import json
 import os
@@ -21,6 +23,16 @@ def load(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def cross_range(loadgens):
+    """The range over the loadgens of their cross-node p50, p99 and max (percentiles do not merge)."""
+    ls = [g.get("visible_other_nodes_ms") for g in loadgens if g.get("visible_other_nodes_ms")]
+    ls = [l for l in ls if l.get("samples")]
+    if not ls:
+        return None
+    return {k: [min(l[k] for l in ls), max(l[k] for l in ls)] for k in ("p50", "p99", "max")} | {
+        "samples": sum(l["samples"] for l in ls), "note": "[lowest, highest] over the loadgens"}
 
 
 def main():
@@ -56,7 +68,18 @@ def main():
         rec["ack_ms"] = s.get("ack_latency_ms")
         rec["visible_same_node_ms"] = s.get("latency_ms")
         rec["resumed"] = (s.get("sync_reasons") or {}).get("resume")
+        x = s.get("cross_node") or {}
+        rec["visible_other_nodes_ms"] = x.get("latency_ms")
+        rec["observers"] = {k: x.get(k) for k in ("observe", "connected", "failed", "replicas_matching", "not_seen")}
         loadgens.append(rec)
+        # Observers of live nodes must match them and have seen every ACKed write.
+        watched_live = sum(1 for o in (x.get("observe") or []) if not any(
+            n["killed"] and o == f"https://{n['addr']}:4433" for n in nodes))
+        if not x:
+            errors.append(f"{cli}: no cross-node figures (client without --observe?)")
+        elif x.get("replicas_matching") != watched_live or x.get("not_seen") != 0:
+            errors.append(f"{cli}: observers matching {x.get('replicas_matching')}/{watched_live} live nodes, "
+                          f"{x.get('not_seen')} ACKed writes not seen there")
         if s.get("connected") != s.get("clients") or s.get("failed") != 0:
             errors.append(f"{cli}: connected {s.get('connected')}/{s.get('clients')}, failed {s.get('failed')}")
         if s.get("replicas_matching") != s.get("replicas_checked") or not s.get("replicas_checked"):
@@ -64,8 +87,7 @@ def main():
     res = {
         "fault": kill, "killed": killed or None, "nodes": nodes, "identical_canvases": identical,
         "loadgens": loadgens,
-        "cross_node_visible_ms": None,
-        "cross_node_visible_note": "not measured yet: the loadgen sees its own node's broadcast only",
+        "cross_node_visible_ms": cross_range(loadgens),
         "errors": errors, "pass": not errors,
     }
     with open(os.path.join(out, "cluster.json"), "w") as f:
@@ -84,6 +106,15 @@ def main():
               f"replicas {g['replicas_matching']}/{g['replicas_checked']}, {g['pixels_applied']}/{g['pixels_sent']} ACKed "
               f"({g['writes_unknown']} lost in flight), {g['reconnects']} reconnects, ACK p50/p99 {a.get('p50')}/{a.get('p99')} ms, "
               f"visible p50/p99 {v.get('p50')}/{v.get('p99')} ms")
+        x = g.get("visible_other_nodes_ms") or {}
+        o = g.get("observers") or {}
+        print(f"      on the other nodes: p50/p99/max {x.get('p50')}/{x.get('p99')}/{x.get('max')} ms over {x.get('samples')} "
+              f"samples; observers {o.get('connected')} connected, {o.get('failed')} failed, {o.get('replicas_matching')} matching, "
+              f"{o.get('not_seen')} ACKed writes not seen")
+    x = res["cross_node_visible_ms"]
+    if x:
+        print(f"write -> visible on another node: p50 {x['p50'][0]}-{x['p50'][1]} ms, p99 {x['p99'][0]}-{x['p99'][1]} ms "
+              f"(range over the loadgens, {x['samples']} samples)")
     print("identical canvases on every live node" if identical else "CANVASES DIFFER")
     for e in errors:
         print(f"  error: {e}")

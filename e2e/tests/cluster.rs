@@ -1,7 +1,8 @@
 //! Three canvas servers, one canvas (`--cluster`): a 3-node NATS JetStream cluster on loopback
 //! (`e2e::nats::Nats`), three servers on loopback ports joined to it, and one loadgen per server writing
 //! through it. Every node ends on the same canvas (hash) at the same stream position, every client's
-//! replica matches its node, every write was ACKed and every ACKed write is visible; one NATS server killed
+//! replica matches its node, every write was ACKed and every ACKed write is visible, on its own node and
+//! (observers, `client --observe`) on the other two; one NATS server killed
 //! mid-run loses nothing and fails no client. Then: a node started later loads the newest snapshot from
 //! the cluster's bucket and applies the stream after it before it serves, and `--cluster` with no NATS answering is a clear error. And: a canvas server killed mid-run
 //! (SIGKILL): its clients (`client --reconnect --failover`) resume on another node from their ticks, with
@@ -96,6 +97,14 @@ fn three_servers_share_one_canvas_through_jetstream() {
             &summary,
         );
         args.extend(["--replicas", &CLIENTS.to_string()].map(str::to_owned));
+        // An observer on each other node: write -> visible across nodes.
+        let others: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, o)| format!("https://{}", o.listen))
+            .collect();
+        args.extend(["--observe".to_string(), others.join(",")]);
         let c = Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client");
         clients.push((c, summary));
     }
@@ -112,7 +121,17 @@ fn three_servers_share_one_canvas_through_jetstream() {
         assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches its node: {s}");
         assert_eq!(n("pixels_applied"), n("pixels_sent"), "every write ACKed: {s}");
         assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0, "{s}");
-        assert_eq!(n("snapshots"), CLIENTS, "one snapshot per client, at the join (repairs are deltas): {s}");
+        assert_eq!(n("snapshots"), CLIENTS + 2, "one snapshot per client and observer, at the join: {s}");
+        let x = &s["cross_node"];
+        let xn = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("cross_node.{k} missing: {s}"));
+        assert_eq!(
+            (xn("connected"), xn("replicas_matching")),
+            (2, 2),
+            "both observers match their nodes: {x}"
+        );
+        assert_eq!(xn("not_seen"), 0, "every ACKed write visible on the other nodes: {x}");
+        assert_eq!(x["latency_ms"]["samples"].as_u64(), Some(2 * n("pixels_applied")), "{x}");
+        eprintln!("write -> visible on the other nodes: {}", x["latency_ms"]);
         sent += n("pixels_sent");
     }
     let refs: Vec<&Node> = nodes.iter().collect();

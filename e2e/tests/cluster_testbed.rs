@@ -1,6 +1,6 @@
 //! `scripts/cluster.sh run` on the cluster testbed (root): 3 `nats-server`s and 3 canvas servers in their
-//! own namespaces on VLAN 4000, one loadgen per client namespace with `--failover` to the other servers,
-//! and server3 SIGKILLed half way: its clients move to the other nodes and resume, the two live nodes end on
+//! own namespaces on VLAN 4000, one loadgen per client namespace with `--failover` to the other servers
+//! and an observer on each (`--observe`: write -> visible across nodes), and server3 SIGKILLed half way: its clients move to the other nodes and resume, the two live nodes end on
 //! the same canvas at the same stream position, every client connected, none failed, every replica
 //! matching (`OUT/cluster.json`, `pass`). Bounded (a few minutes here); the script tears everything down
 //! on every exit path.
@@ -43,6 +43,9 @@ fn cluster_testbed_run_with_a_server_killed() {
     let moved = r["loadgens"].as_array().unwrap().iter().find(|g| g["loadgen"] == "client3").unwrap().clone();
     assert_eq!(moved["reconnects"], 30, "{moved:#}");
     assert_eq!(moved["resumed"], 30, "{moved:#}");
+    // Write -> visible across nodes was measured (observers on the other nodes; `pass` checked that those
+    // on live nodes matched them and saw every ACKed write).
+    assert!(r["cross_node_visible_ms"]["samples"].as_u64().is_some_and(|n| n > 0), "{r:#}");
     assert_eq!(o.code, 0, "cluster.sh exit code");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -143,6 +143,13 @@ pub struct Args {
     /// the end check fetches the canvas from the first that answers. Comma-separated or repeated.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     pub failover: Vec<String>,
+    /// Also keep one full replica connected to each of these servers (other `--cluster` nodes of the same
+    /// canvas); it never writes. Write → visible across servers is measured from a write's send by this
+    /// process's clients until each observer's replica reaches the tick the write's ACK named (a tick
+    /// names the same canvas on every node); each observer's replica is checked against its own server at
+    /// the end. canvas/1 only. Comma-separated or repeated.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub observe: Vec<String>,
     /// Every this many seconds of the write phase, move every endpoint to a new UDP socket (a new source
     /// port), as a NAT rebinding does: the connections must carry on (the server migrates them, also
     /// when the new address reaches another of its workers).
@@ -196,6 +203,12 @@ impl Args {
         }
         for f in &self.failover {
             parse_target(f).map_err(|e| e.replace("--target", "--failover"))?;
+        }
+        if !self.observe.is_empty() && self.protocol != Protocol::Canvas1 {
+            return Err("--observe compares ticks across servers: use it with --protocol canvas1".into());
+        }
+        for o in &self.observe {
+            parse_target(o).map_err(|e| e.replace("--target", "--observe"))?;
         }
         if let Some(r) = self.rebind_every {
             if !(r.is_finite() && r > 0.0) {
@@ -386,5 +399,10 @@ mod tests {
         assert!(e.contains("--reconnect"), "{e}");
         let e = failover(&["--reconnect", "5", "--failover", "http://127.0.0.1:4434"]).unwrap_err();
         assert!(e.starts_with("--failover"), "{e}");
+        assert_eq!(failover(&["--observe", "https://127.0.0.1:4434,127.0.0.1:4435"]), Ok(()));
+        let e = failover(&["--observe", "http://127.0.0.1:4434"]).unwrap_err();
+        assert!(e.starts_with("--observe"), "{e}");
+        let e = failover(&["--observe", "127.0.0.1:4434", "--protocol", "legacy"]).unwrap_err();
+        assert!(e.contains("canvas1"), "{e}");
     }
 }

@@ -5,13 +5,15 @@
 //!
 //! Layout: [`config`] (flags) → [`tls`] and [`net`] (QUIC config, sockets, endpoints) → [`client`] (one
 //! task per client, per protocol) → [`verify`] (replicas vs the server's canvas) → [`run`] (phases) →
-//! [`stats`], [`progress`] and [`summary`] (CSV, progress lines or bar, JSON, table). [`sys`] holds the
+//! [`stats`], [`progress`] and [`summary`] (CSV, progress lines or bar, JSON, table); [`cross`] measures
+//! write → visible across servers (`--observe`). [`sys`] holds the
 //! only unsafe code (two libc calls).
 #![deny(unsafe_code)]
 
 pub mod audit;
 pub mod client;
 pub mod config;
+pub mod cross;
 pub mod net;
 pub mod progress;
 pub mod run;

@@ -102,6 +102,16 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         }
         targets.push((a, t.host));
     }
+    let mut observe_targets = Vec::new();
+    for o in &args.observe {
+        let t = parse_target(o)?;
+        let a = t.resolve().await.map_err(|e| e.replace("--target", "--observe"))?;
+        if a.is_ipv4() != addr.is_ipv4() {
+            return Err(format!("--observe {o}: {a} is not of --target's address family ({addr})"));
+        }
+        observe_targets.push((a, t.host));
+    }
+    let observers = observe_targets.len();
     let transport = Arc::new(tls::transport(args)?);
     let client_config = tls::client_config(args.protocol.alpn(), transport.clone())?;
     let verify_config = tls::client_config(proto::ALPN, transport)?;
@@ -122,6 +132,9 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         max_wait_ms: args.max_pixel_wait,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         targets: targets.clone(),
+        writers: args.clients,
+        observe_targets: observe_targets.clone(),
+        cross: (observers > 0).then(|| crate::cross::Cross::new(observers)),
         client_config,
         legacy_dims: Dims { width: args.width, height: args.height },
         full_replicas: args.replicas.unwrap_or(args.clients).min(args.clients),
@@ -157,7 +170,8 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     let mut reporter = reporter.with_progress(progress.clone());
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
-    let slots: Vec<Arc<Slot>> = (0..args.clients).map(|_| Arc::default()).collect();
+    // The writers, then one observer per --observe server.
+    let slots: Vec<Arc<Slot>> = (0..args.clients + observers).map(|_| Arc::default()).collect();
     let mut tasks = JoinSet::new();
     for (i, slot) in slots.iter().enumerate() {
         tasks.spawn(client::run(ctx.clone(), i, slot.clone(), endpoints[i % n_ep].clone(), phase_rx.clone()));
@@ -213,7 +227,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
-        if ctx.counters.failed.load(Relaxed) as usize == args.clients {
+        if ctx.counters.failed.load(Relaxed) as usize >= args.clients {
             note(format!("[{}] every client failed: ending the run early", args.id));
             break;
         }
@@ -230,25 +244,48 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
             Protocol::Legacy => LEGACY_DRAIN.min(verify_timeout),
         };
         let deadline = Instant::now() + budget;
-        while Instant::now() < deadline && !slots.iter().all(|s| s.status() != Status::Open || s.settled()) {
+        // Every writer's writes ACKed and visible on its server, and on every observer's.
+        let settled = || {
+            let (writers, watchers) = slots.split_at(args.clients);
+            writers.iter().all(|s| s.status() != Status::Open || s.settled())
+                && watchers.iter().enumerate().all(|(j, s)| {
+                    s.status() != Status::Open || ctx.cross.as_ref().is_none_or(|x| x.not_seen(j) == 0)
+                })
+        };
+        while Instant::now() < deadline && !settled() {
             tokio::time::sleep(DRAIN_POLL).await;
         }
-        let open = || slots.iter().filter(|s| s.status() == Status::Open);
+        let (writers, watchers) = slots.split_at(args.clients);
+        let open = || writers.iter().filter(|s| s.status() == Status::Open);
         let unresolved: u64 = open().map(|s| u64::from(s.unresolved.load(Relaxed))).sum();
         let invisible: u64 = open().map(|s| u64::from(s.invisible.load(Relaxed))).sum();
+        // Of the observers still connected (one whose server died sees nothing more).
+        let not_seen: u64 = ctx.cross.as_ref().map_or(0, |x| {
+            let open = watchers.iter().enumerate().filter(|(_, s)| s.status() == Status::Open);
+            open.map(|(j, _)| x.not_seen(j) as u64).sum()
+        });
+        let deadline = Instant::now() + verify_timeout;
         let verdict = if ctx.counters.handshakes.load(Relaxed) == 0 {
             verify::Verdict { error: Some("no client connected".into()), ..Default::default() }
         } else {
-            verify::verify(&slots, &endpoints[0], &verify_config, &targets, Instant::now() + verify_timeout)
-                .await
+            verify::verify(writers, &endpoints[0], &verify_config, &targets, deadline).await
         };
-        (unresolved, invisible, verdict)
+        // Each observer against its own server.
+        let mut watched = Vec::new();
+        for (slot, t) in watchers.iter().zip(&observe_targets) {
+            let one = std::slice::from_ref(slot);
+            watched.push(
+                verify::verify(one, &endpoints[0], &verify_config, std::slice::from_ref(t), deadline).await,
+            );
+        }
+        (unresolved, invisible, verdict, not_seen, watched)
     };
-    let (unresolved, invisible, verdict) = tokio::select! {
+    let (unresolved, invisible, verdict, not_seen, watched) = tokio::select! {
         r = settle => r,
         _ = tokio::signal::ctrl_c() => {
             note(format!("[{}] interrupted again: skipping verification", args.id));
-            (0, 0, verify::Verdict { error: Some("skipped (interrupted)".into()), ..Default::default() })
+            let skipped = verify::Verdict { error: Some("skipped (interrupted)".into()), ..Default::default() };
+            (0, 0, skipped, 0, Vec::new())
         }
     };
 
@@ -285,7 +322,19 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
     }
 
     let c = &ctx.counters;
-    let count = |st: Status| slots.iter().filter(|s| s.status() == st).count();
+    let count = |st: Status| slots[..args.clients].iter().filter(|s| s.status() == st).count();
+    let cross_node = ctx.cross.as_ref().map(|x| crate::summary::CrossNode {
+        observe: args.observe.clone(),
+        connected: slots[args.clients..]
+            .iter()
+            .filter(|s| matches!(s.status(), Status::Open | Status::Closed))
+            .count(),
+        failed: x.failed.load(Relaxed),
+        replicas_matching: watched.iter().map(|v| v.matching).sum(),
+        errors: watched.iter().filter_map(|v| v.error.clone()).collect(),
+        latency_ms: x.latency.total(),
+        not_seen,
+    });
     let failed_by_kind: BTreeMap<&'static str, u64> =
         FailKind::ALL.iter().zip(&c.fail_kinds).map(|(k, v)| (k.name(), v.load(Relaxed))).collect();
     let rejected_by_reason: BTreeMap<&'static str, u64> =
@@ -318,6 +367,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         verify: verdict,
         latency_ms: ctx.latency.total(),
         ack_latency_ms: ctx.ack_latency.total(),
+        cross_node,
         duration_s,
         elapsed_s: t0.elapsed().as_secs_f64(),
         rx_datagrams: c.rx_datagrams.load(Relaxed),

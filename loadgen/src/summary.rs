@@ -75,6 +75,8 @@ pub struct Summary {
     /// Write → ACK latency (canvas/1; no samples for legacy, which has no acknowledgements): how long
     /// ingest takes, measured apart from the broadcast.
     pub ack_latency_ms: LatencyMs,
+    /// Write → visible on other servers (`--observe`).
+    pub cross_node: Option<CrossNode>,
     /// Length of the write phase.
     pub duration_s: f64,
     /// Wall time of the whole run (connect, write, drain, verify, close).
@@ -109,6 +111,26 @@ pub struct Summary {
     pub usage: Usage,
     /// The first failure, if any.
     pub first_error: Option<String>,
+}
+
+/// Write → visible across servers (`--observe`, see [`crate::cross`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CrossNode {
+    /// The observed servers.
+    pub observe: Vec<String>,
+    /// Observers connected at the end (of `observe.len()`).
+    pub connected: usize,
+    /// Observers whose connection failed for good (their server died); not counted in `failed`.
+    pub failed: u64,
+    /// Observers whose replica equalled their own server's canvas at the end.
+    pub replicas_matching: usize,
+    /// Why an observer's check failed, if one did.
+    pub errors: Vec<String>,
+    /// From a write's send by this process's clients until an observer's replica reached its ACKed tick
+    /// (one sample per write and observer).
+    pub latency_ms: LatencyMs,
+    /// ACKed writes an observer still connected had not seen when verification began.
+    pub not_seen: u64,
 }
 
 impl Summary {
@@ -165,6 +187,27 @@ impl Summary {
         if a.samples > 0 {
             row("ack p50", format!("{:.1} ms", a.p50), format!("write -> ACK, {} samples", a.samples));
             row("ack p99", format!("{:.1} ms", a.p99), format!("max {:.1} ms", a.max));
+        }
+        if let Some(x) = &self.cross_node {
+            let l = &x.latency_ms;
+            row(
+                "other node p50",
+                format!("{:.1} ms", l.p50),
+                format!("write -> visible on {}, {} samples", x.observe.join(" "), l.samples),
+            );
+            row(
+                "other node p99",
+                format!("{:.1} ms", l.p99),
+                format!(
+                    "max {:.1} ms; observers {}/{} connected ({} failed), {} matching, {} acked writes not seen",
+                    l.max,
+                    x.connected,
+                    x.observe.len(),
+                    x.failed,
+                    x.replicas_matching,
+                    x.not_seen
+                ),
+            );
         }
         row(
             "rx datagrams",
@@ -311,6 +354,7 @@ mod tests {
             },
             latency_ms: LatencyMs { p50: 45.12, p99: 98.25, max: 120.5, samples: 1200 },
             ack_latency_ms: LatencyMs { p50: 2.5, p99: 9.75, max: 20.0, samples: 1300 },
+            cross_node: None,
             duration_s: 5.0,
             elapsed_s: 7.25,
             rx_datagrams: 98765,

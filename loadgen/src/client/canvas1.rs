@@ -86,6 +86,8 @@ struct Session<'a> {
     ack_lat: Vec<u64>,
     /// This connection's number in `--write-log`.
     session: u64,
+    /// An observer (`--observe`): its index; it never writes.
+    observer: Option<usize>,
 }
 
 fn replica(rep: &mut ReplicaSlot) -> Option<&mut Replica> {
@@ -100,7 +102,7 @@ fn bad<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Failure {
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a Ctx, slot: &'a Slot, light: bool) -> Self {
+    fn new(ctx: &'a Ctx, slot: &'a Slot, light: bool, observer: Option<usize>) -> Self {
         Self {
             ctx,
             slot,
@@ -114,6 +116,7 @@ impl<'a> Session<'a> {
             lat: Vec::new(),
             ack_lat: Vec::new(),
             session: ctx.write_log.as_ref().map_or(0, |l| l.session()),
+            observer,
         }
     }
 
@@ -160,6 +163,9 @@ impl<'a> Session<'a> {
                         l.acked(self.session, id, tick);
                     }
                     self.ack_lat.push(micros(sent, now));
+                    if let Some(x) = &self.ctx.cross {
+                        x.acked(tick, sent);
+                    }
                     if self.visible_tick(r.as_deref()).is_some_and(|t| t >= tick) {
                         self.lat.push(micros(sent, now));
                     } else {
@@ -249,6 +255,11 @@ impl<'a> Session<'a> {
         }
         self.slot.unresolved.store(self.writes.outstanding as u32, Relaxed);
         self.slot.invisible.store(self.acked.len() as u32, Relaxed);
+        // An observer: tell the other clients' ACKed writes how far its server has shown the canvas.
+        if let (Some(i), Some(x), Some(v)) = (self.observer, &self.ctx.cross, self.visible_tick(r.as_deref()))
+        {
+            x.reached(i, v, now);
+        }
     }
 
     /// Whether a quiet client must wake up to let the replica re-check for gaps (buffered ticks, or a tick
@@ -280,6 +291,7 @@ pub async fn drive(
     rng: &mut SmallRng,
     phase: &mut watch::Receiver<Phase>,
     full: bool,
+    observer: Option<usize>,
 ) -> Result<(), Failure> {
     let (mut send, mut recv) = match tokio::time::timeout(ctx.handshake_timeout, conn.open_bi()).await {
         Ok(Ok(s)) => s,
@@ -290,7 +302,7 @@ pub async fn drive(
     };
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut out_pos = 0usize;
-    let mut s = Session::new(ctx, slot, !full);
+    let mut s = Session::new(ctx, slot, !full, observer);
     // A replica from a connection that was lost resumes from its tick (`--reconnect`).
     let have_tick = match &mut *slot.replica() {
         ReplicaSlot::Canvas1(r) => {
@@ -358,7 +370,7 @@ pub async fn drive(
                     if big && fr.buffered() == 0 {
                         fr = FrameReader::new(); // give the snapshot-sized buffer back
                     }
-                    if welcomed && *phase.borrow() == Phase::Run {
+                    if welcomed && observer.is_none() && *phase.borrow() == Phase::Run {
                         writing = true;
                         write_sleep.as_mut().reset(ctx.next_write_at(rng, now));
                     }

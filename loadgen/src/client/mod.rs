@@ -148,6 +148,12 @@ pub struct Ctx {
     pub handshake_timeout: Duration,
     /// Server addresses with their TLS server names: `--target`, then `--failover`.
     pub targets: Vec<(SocketAddr, String)>,
+    /// Clients `0..writers` write; client `writers + j` is the observer of `observe_targets[j]`.
+    pub writers: usize,
+    /// `--observe` servers.
+    pub observe_targets: Vec<(SocketAddr, String)>,
+    /// Write → visible on the `--observe` servers (None without observers).
+    pub cross: Option<crate::cross::Cross>,
     /// quinn client config for `protocol`.
     pub client_config: quinn::ClientConfig,
     /// Canvas size for legacy (canvas/1 learns it from WELCOME).
@@ -218,8 +224,17 @@ impl Failure {
 impl Ctx {
     fn fail(&self, idx: usize, slot: &Slot, f: Failure) {
         slot.set_status(Status::Failed);
-        self.counters.fail(f.kind);
-        let msg = format!("client {idx}: {}: {}", f.kind.name(), f.msg);
+        // An observer's loss (its server died) is the cross-node figures', not a client failure.
+        let msg = match (idx.checked_sub(self.writers), &self.cross) {
+            (Some(j), Some(x)) => {
+                x.observer_failed();
+                format!("observer of {}: {}: {}", self.observe_targets[j].0, f.kind.name(), f.msg)
+            }
+            _ => {
+                self.counters.fail(f.kind);
+                format!("client {idx}: {}: {}", f.kind.name(), f.msg)
+            }
+        };
         if self.errors_printed.fetch_add(1, Relaxed) < MAX_PRINTED_ERRORS {
             crate::progress::note(format!("[{}] {msg}", self.id));
         }
@@ -327,17 +342,25 @@ pub async fn run(
         () = run_ended(&mut phase) => return,
     }
     slot.set_status(Status::Connecting);
-    let mut conn = match connect(&ctx, &endpoint, &mut phase, 0).await {
+    // An observer (`--observe`) goes to its own server, and back to it after a lost connection.
+    let observer = idx.checked_sub(ctx.writers);
+    let targets = match observer {
+        Some(j) => std::slice::from_ref(&ctx.observe_targets[j]),
+        None => &ctx.targets[..],
+    };
+    let mut conn = match connect(&ctx, &endpoint, &mut phase, &targets[0]).await {
         Ok(c) => c,
         Err(f) => return ctx.fail(idx, &slot, f),
     };
     ctx.counters.handshakes.fetch_add(1, Relaxed);
-    let full = idx < ctx.full_replicas;
+    let full = observer.is_some() || idx < ctx.full_replicas;
     loop {
         ctx.counters.active.fetch_add(1, Relaxed);
         slot.set_status(Status::Open);
         let r = match ctx.protocol {
-            Protocol::Canvas1 => canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
+            Protocol::Canvas1 => {
+                canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full, observer).await
+            }
             Protocol::Legacy => legacy::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
         };
         ctx.counters.active.fetch_sub(1, Relaxed);
@@ -359,7 +382,7 @@ pub async fn run(
         c.writes_unknown.fetch_add(u64::from(slot.unresolved.swap(0, Relaxed)), Relaxed);
         c.acked_unfollowed.fetch_add(u64::from(slot.invisible.swap(0, Relaxed)), Relaxed);
         slot.set_status(Status::Connecting);
-        match reconnect(&ctx, &endpoint, &mut phase, window).await {
+        match reconnect(&ctx, &endpoint, &mut phase, targets, window).await {
             Some(new) => {
                 conn = new;
                 c.reconnects.fetch_add(1, Relaxed);
@@ -371,24 +394,25 @@ pub async fn run(
 }
 
 /// Connect again after a lost connection, retrying (100 ms, doubling to 1 s between attempts) for up to
-/// `window` or until the run closes; with `--failover` the attempts go round the other targets first, then
-/// `--target`.
+/// `window` or until the run closes; the attempts go round `targets` from the second (with `--failover`:
+/// the other servers first, then `--target`).
 async fn reconnect(
     ctx: &Ctx,
     endpoint: &quinn::Endpoint,
     phase: &mut watch::Receiver<Phase>,
+    targets: &[(SocketAddr, String)],
     window: Duration,
 ) -> Option<quinn::Connection> {
     let deadline = tokio::time::Instant::now() + window;
     let mut pause = Duration::from_millis(100);
-    let mut next = 1 % ctx.targets.len();
+    let mut next = 1 % targets.len();
     loop {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             _ = phase.wait_for(|p| *p == Phase::Close) => return None,
         }
         let attempt = tokio::select! {
-            r = connect(ctx, endpoint, phase, next) => r.ok(),
+            r = connect(ctx, endpoint, phase, &targets[next]) => r.ok(),
             () = tokio::time::sleep_until(deadline) => return None,
         };
         if attempt.is_some() {
@@ -398,7 +422,7 @@ async fn reconnect(
             return None;
         }
         pause = (pause * 2).min(Duration::from_secs(1));
-        next = (next + 1) % ctx.targets.len();
+        next = (next + 1) % targets.len();
     }
 }
 
@@ -406,9 +430,8 @@ async fn connect(
     ctx: &Ctx,
     endpoint: &quinn::Endpoint,
     phase: &mut watch::Receiver<Phase>,
-    target: usize,
+    (addr, name): &(SocketAddr, String),
 ) -> Result<quinn::Connection, Failure> {
-    let (addr, name) = &ctx.targets[target];
     let connecting = endpoint
         .connect_with(ctx.client_config.clone(), *addr, name)
         .map_err(|e| Failure::new(FailKind::Connect, e.to_string()))?;
