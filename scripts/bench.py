@@ -367,7 +367,8 @@ def write_reports(b, phases, modes):
     lines += ["", "Softirq is box-wide (server and clients share this machine); \"+½ softirq\" charges the server half of "
               "it (each datagram crosses one server-side and one client-side kernel path of comparable cost here).",
               f"Command: `scripts/bench.sh{' --quick' if b.a.quick else ''}"
-              f"{''.join(' --server-arg=' + x for x in b.a.server_arg)}`; files: {b.out}"]
+              f"{''.join(' --server-arg=' + x for x in b.a.server_arg)}"
+              f"{' --server-bin ' + str(SERVER) if b.a.server_bin else ''}`; files: {b.out}"]
     (b.out / "results.md").write_text("\n".join(lines) + "\n")
     plots(b, med, phases, modes)
     print("\n".join(lines))
@@ -491,9 +492,15 @@ def main():
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="one more server argument for every run (repeatable; e.g. --server-arg=--retry-above-rate "
                         "--server-arg=0), for an A/B of a flag")
+    p.add_argument("--server-bin", type=Path, default=None, metavar="PATH",
+                   help="another server binary (default target/release/server), for an A/B of two builds with the "
+                        "same client")
     p.add_argument("--phases", nargs="+", default=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"],
                    choices=["handshake", "load1", "load2", "load3", "ramp", "overload", "scale", "flood"], help="which phases to run")
     a = p.parse_args()
+    if a.server_bin is not None:
+        global SERVER
+        SERVER = a.server_bin.resolve()
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, XDP)")
     for f in (SERVER, CLIENT):

@@ -8,12 +8,14 @@
 #   run   up; three canvas servers (uring, -w 1, --cluster) on 10.0.1.10-12; one loadgen per client
 #         namespace, each on its own server with --failover to the other two and an observer replica on
 #         each of them (--observe: write -> visible across nodes); optionally a fault half way
-#         (--kill nats: nats1 SIGKILLed; --kill server: server3 SIGKILLed, its clients move); then every
+#         (--kill nats: nats1 SIGKILLed; --kill nats-leader: the NATS server leading the CANVAS stream;
+#         --kill server: server3 SIGKILLed, its clients move); then every
 #         live node's canvas hash and stream position compared, and OUT/cluster.json written (also copied
 #         to out/cluster.json); down. Exit 0 when every live node has the same canvas at the same position
 #         and every loadgen ended with 0 failed and every replica matching.
 #
-# Usage: scripts/cluster.sh up|down|run [--prefix P] [--clients N] [--secs S] [--kill none|nats|server]
+# Usage: scripts/cluster.sh up|down|run [--prefix P] [--clients N] [--secs S]
+#                                       [--kill none|nats|nats-leader|server]
 #                                       [--out DIR]
 #   --prefix   namespace prefix (default cvc; one cluster per prefix)
 #   --clients  clients per loadgen (default 100)      --secs  write phase per loadgen (default 20)
@@ -43,7 +45,7 @@ done
 in_range() { [[ $1 =~ ^[0-9]+$ ]] && (($1 >= $2 && $1 <= $3)); }
 in_range "$CLIENTS" 1 100000 || { echo "cluster: --clients must be 1..100000" >&2; exit 2; }
 in_range "$SECS" 4 3600 || { echo "cluster: --secs must be 4..3600" >&2; exit 2; }
-[[ $KILL =~ ^(none|nats|server)$ ]] || { echo "cluster: --kill none|nats|server" >&2; exit 2; }
+[[ $KILL =~ ^(none|nats|nats-leader|server)$ ]] || { echo "cluster: --kill none|nats|nats-leader|server" >&2; exit 2; }
 ((EUID == 0)) || { echo "cluster: must run as root (network namespaces)" >&2; exit 1; }
 
 msg() { echo "cluster: $*" >&2; }
@@ -78,6 +80,7 @@ nats_up() {
     cat >"$dir/nats.conf" <<EOF
 server_name: nats$((i + 1))
 listen: ${NATS_IPS[$i]}:4222
+http: ${NATS_IPS[$i]}:8222
 jetstream { store_dir: "$dir/store", max_memory_store: 256MB, max_file_store: 4GB }
 cluster { name: canvas, listen: ${NATS_IPS[$i]}:6222, routes: [nats-route://10.0.1.31:6222, nats-route://10.0.1.32:6222, nats-route://10.0.1.33:6222] }
 EOF
@@ -116,6 +119,17 @@ do_down() {
   rm -rf "$STATE"
 }
 
+# JetStream's view (meta leader, stream and consumer leaders) from the NATS server at $1's monitoring port,
+# or "{}".
+jsz() {
+  ip netns exec "$(ns client1)" python3 -c '
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(f"http://{sys.argv[1]}:8222/jsz?accounts=true&streams=true&consumers=true", timeout=3).read().decode())
+except Exception:
+    print("{}")' "$1"
+}
+
 # /metrics.json of the server at $1 (fetched from client1's namespace), or "{}".
 metrics() {
   ip netns exec "$(ns client1)" python3 -c '
@@ -134,7 +148,7 @@ cleanup_run() {
 }
 
 do_run() {
-  local bin=$REPO/target/release i p
+  local bin=${BIN_DIR:-$REPO/target/release} i p  # BIN_DIR: other server/client binaries (A/B runs)
   [[ -x $bin/server && -x $bin/client ]] || { msg "build first: cargo build --release"; exit 1; }
   OUT=${OUT:-$REPO/out/cluster-$(date +%Y%m%d-%H%M%S)}
   mkdir -p "$OUT"
@@ -171,8 +185,19 @@ do_run() {
   local killed=""
   if [[ $KILL != none ]]; then
     sleep $((SECS / 2))
-    if [[ $KILL == nats ]]; then
-      kill -KILL "$(cat "$STATE/nats1/pid")"; killed=nats1
+    if [[ $KILL == nats || $KILL == nats-leader ]]; then
+      # Which roles the NATS servers hold (meta leader, stream leaders, consumers), asked of nats2.
+      jsz "${NATS_IPS[1]}" >"$OUT/jsz-before-kill.json"
+      killed=nats1
+      if [[ $KILL == nats-leader ]]; then
+        killed=$(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(next((s["cluster"]["leader"] for a in j.get("account_details") or [] for s in a.get("stream_detail") or []
+            if s.get("name") == "CANVAS" and (s.get("cluster") or {}).get("leader")), ""))' "$OUT/jsz-before-kill.json")
+        [[ $killed =~ ^nats[123]$ ]] || { msg "could not tell the CANVAS stream's leader (see $OUT/jsz-before-kill.json)"; exit 1; }
+      fi
+      kill -KILL "$(cat "$STATE/$killed/pid")"
     else
       kill -KILL "${SRV_PIDS[2]}"; killed=server3
     fi
@@ -204,6 +229,7 @@ do_run() {
     wait "${SRV_PIDS[$i]}" 2>/dev/null || true
     SRV_PIDS[i]=""
   done
+  for i in 1 2 3; do cp "$STATE/nats$i/log" "$OUT/nats$i.log" 2>/dev/null || true; done
   python3 "$REPO/scripts/cluster_report.py" "$OUT" "$KILL" "$killed" || rc=1
   mkdir -p "$REPO/out"
   cp "$OUT/cluster.json" "$REPO/out/cluster.json"

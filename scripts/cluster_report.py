@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Judge and tabulate a `scripts/cluster.sh run`: OUT/cluster.json, one table on stdout.
 
-  cluster_report.py OUT KILL KILLED     KILL: none|nats|server (the fault asked for); KILLED: what was killed
+  cluster_report.py OUT KILL KILLED     KILL: none|nats|nats-leader|server (the fault asked for); KILLED: what was killed
 
 Passes when every live node reports the same canvas hash at the same stream position, every loadgen ended
 with every client connected, 0 failed and every replica matching, and every loadgen's observers on the other
@@ -35,6 +35,23 @@ def cross_range(loadgens):
         "samples": sum(l["samples"] for l in ls), "note": "[lowest, highest] over the loadgens"}
 
 
+def roles(out, killed):
+    """What the killed NATS server led when it died (from jsz-before-kill.json), or None."""
+    j = load(os.path.join(out, "jsz-before-kill.json"))
+    if not j:
+        return None
+    held = {"meta_leader": (j.get("meta_cluster") or {}).get("leader") == killed, "streams_led": [], "consumers_led": 0,
+            "consumers": 0}
+    for acc in j.get("account_details") or []:
+        for st in acc.get("stream_detail") or []:
+            if (st.get("cluster") or {}).get("leader") == killed:
+                held["streams_led"].append(st.get("name"))
+            for c in st.get("consumer_detail") or []:
+                held["consumers"] += 1
+                held["consumers_led"] += (c.get("cluster") or {}).get("leader") == killed
+    return held
+
+
 def main():
     out, kill, killed = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
     nodes, errors = [], []
@@ -47,7 +64,8 @@ def main():
             "canvas_hash": m.get("canvas_hash"), "cluster_seq": m.get("cluster_seq"),
             "pixels_applied": m.get("pixels_applied"), "connections_accepted": (st.get("totals") or {}).get("accepted"),
             "published": c.get("published"), "publish_failures": c.get("publish_failures"),
-            "reader_restarts": c.get("reader_restarts"), "last_error": c.get("last_error"),
+            "reader_restarts": c.get("reader_restarts"), "direct_reads": c.get("direct_reads"),
+            "last_error": c.get("last_error"),
         })
     live = [n for n in nodes if not n["killed"]]
     states = {(n["canvas_hash"], n["cluster_seq"]) for n in live}
@@ -85,14 +103,16 @@ def main():
         if s.get("replicas_matching") != s.get("replicas_checked") or not s.get("replicas_checked"):
             errors.append(f"{cli}: replicas {s.get('replicas_matching')}/{s.get('replicas_checked')}")
     res = {
-        "fault": kill, "killed": killed or None, "nodes": nodes, "identical_canvases": identical,
+        "fault": kill, "killed": killed or None, "killed_nats_roles": roles(out, killed) if kill.startswith("nats") else None,
+        "nodes": nodes, "identical_canvases": identical,
         "loadgens": loadgens,
         "cross_node_visible_ms": cross_range(loadgens),
         "errors": errors, "pass": not errors,
     }
     with open(os.path.join(out, "cluster.json"), "w") as f:
         json.dump(res, f, indent=2)
-    print(f"fault: {kill}{' (' + killed + ' killed)' if killed else ''}")
+    print(f"fault: {kill}{' (' + killed + ' killed)' if killed else ''}"
+          + (f"; it held {res['killed_nats_roles']}" if res["killed_nats_roles"] else ""))
     for n in nodes:
         print(f"  {n['node']:8} {n['addr']:10} {'KILLED' if n['killed'] else 'live':6} canvas {n['canvas_hash']} "
               f"at {n['cluster_seq']}, {n['pixels_applied']} writes applied, {n['published']} published")

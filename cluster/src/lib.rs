@@ -88,7 +88,7 @@ impl Config {
             snapshots: true,
             snapshot_min_gap: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
-            publish_timeout: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(1),
             max_proposals: 4096,
             max_ordered: 4096,
         }
@@ -130,6 +130,8 @@ pub struct Status {
     pub corrupt: AtomicU64,
     /// Times the reader started over from its position after an error.
     pub reader_restarts: AtomicU64,
+    /// Messages read by direct get (from any replica) while the reader had no working consumer.
+    pub direct_reads: AtomicU64,
     /// Stream sequence numbers the reader found missing (messages removed from the stream): never, unless
     /// someone deleted or purged messages; the canvas lacks their writes.
     pub missing: AtomicU64,
@@ -241,6 +243,9 @@ impl Sequencer {
                 num_replicas: cfg.replicas,
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
+                // Direct gets are answered by any replica: the reader's way on while its consumer is
+                // being replaced (see `Io::read_direct`).
+                allow_direct: true,
                 ..Default::default()
             };
             // A cluster that just started elects its JetStream leader first (a few seconds): retry
@@ -270,6 +275,14 @@ impl Sequencer {
                 )));
             }
             let (head, first) = (info.state.last_sequence, info.state.first_sequence);
+            if !info.config.allow_direct {
+                // A stream created by an earlier version: allow direct gets (a config update, harmless).
+                let mut cfg = info.config.clone();
+                cfg.allow_direct = true;
+                if let Err(e) = js.update_stream(&cfg).await {
+                    status.problem(format!("stream {}: could not allow direct gets ({e}): a reader whose consumer is lost waits for a new one", cfg.name));
+                }
+            }
             let stream_id = snapshots::stream_id(info);
             // The snapshot bucket, and the newest snapshot the stream continues from.
             let (mut store, mut snap, mut note) = (None, None, None);
@@ -540,8 +553,10 @@ impl Io {
                         if self.stopping() {
                             return; // never ACKed: the writes in it were not acknowledged to anyone
                         }
+                        // At most 250 ms between attempts: a stream without a leader (its NATS server
+                        // died) gets one within seconds, and the first attempt after that succeeds.
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        backoff = (backoff * 2).min(Duration::from_millis(250));
                     }
                 }
             }
@@ -601,13 +616,30 @@ impl Io {
         };
         let mut next = after + 1;
         let mut backoff = Duration::from_millis(50);
+        // A handle (no request): consumers and direct gets without asking the leader for the stream's info.
+        let direct = match self.js.get_stream_no_info(&self.cfg.stream).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.status.problem(format!("stream {}: {e}", self.cfg.stream));
+                return;
+            }
+        };
         while !self.stopping() {
-            match self.read_from(next).await {
+            match self.read_from(next, &direct).await {
                 Ok(n) => next = n,
                 Err((n, e)) => {
                     next = n;
                     self.status.reader_restarts.fetch_add(1, Ordering::Relaxed);
                     self.status.problem(format!("reading the stream from {next}: {e} (starting over)"));
+                    // Until a new consumer can be had (creating one needs the stream's leader and the
+                    // cluster's meta leader, which a dead NATS server may have been), read what the
+                    // stream holds from any replica.
+                    let before = next;
+                    next = self.read_direct(&direct, next).await;
+                    if next > before {
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -615,9 +647,63 @@ impl Io {
         }
     }
 
+    /// Hand the messages from `next` on to the master by direct gets of exact sequence numbers (one
+    /// request each, answered by any replica that has the message) until one is not there (the head, a
+    /// replica still catching up, or a removed message: the consumer deals with those) or fails; returns
+    /// the next sequence wanted. By exact number, not "the next one from": a replica that is catching up
+    /// after a restart can hold later messages without the earlier ones.
+    async fn read_direct(&self, s: &stream::Stream<()>, mut next: u64) -> u64 {
+        while !self.stopping() {
+            let get = s.direct_get(next);
+            let m = match tokio::time::timeout(API_TIMEOUT, get).await {
+                Ok(Ok(m)) => m,
+                _ => break,
+            };
+            if m.sequence != next || m.subject.as_str() != self.cfg.subject {
+                break; // not what was asked: leave it to a consumer
+            }
+            self.status.direct_reads.fetch_add(1, Ordering::Relaxed);
+            if !self.deliver(m.sequence, &m.payload, next).await {
+                break;
+            }
+            next = m.sequence + 1;
+        }
+        next
+    }
+
+    /// Hand message `seq` to the master (waiting while its queue is full); `next` is the sequence that was
+    /// expected (a larger `seq` means messages were removed). False when stopping first.
+    async fn deliver(&self, seq: u64, payload: &[u8], next: u64) -> bool {
+        if seq > next {
+            self.status.missing.fetch_add(seq - next, Ordering::Relaxed);
+            self.status.problem(format!(
+                "stream messages {next}..{seq} are gone (deleted or purged): their writes are missing from this node's canvas"
+            ));
+        }
+        let batch = wire::decode(payload);
+        if let Err(e) = &batch {
+            self.status.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.status.problem(format!("stream message {seq}: {e} (skipped)"));
+        }
+        let mut o = Ordered { seq, batch };
+        // Backpressure: the master is behind; wait for room (the stream keeps the rest).
+        while let Err(back) = self.ordered.push(o) {
+            if self.stopping() {
+                return false;
+            }
+            o = back;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.status.delivered.store(seq, Ordering::Release);
+        true
+    }
+
     /// One ordered consumer from `next`; returns the next sequence wanted.
-    async fn read_from(&self, mut next: u64) -> Result<u64, (u64, async_nats::Error)> {
-        let s = self.js.get_stream(&self.cfg.stream).await.map_err(|e| (next, e.into()))?;
+    async fn read_from(
+        &self,
+        mut next: u64,
+        s: &stream::Stream<()>,
+    ) -> Result<u64, (u64, async_nats::Error)> {
         let deliver_policy = if next <= 1 {
             consumer::DeliverPolicy::All
         } else {
@@ -641,12 +727,26 @@ impl Io {
                     // server died with it, and no error reached us): start over from `next`.
                     if progress.elapsed() >= STALL_CHECK {
                         progress = Instant::now();
-                        let last = s.get_info().await.map_err(|e| (next, e.into()))?.state.last_sequence;
-                        if last >= next {
+                        // Asked of any replica (a direct get); a stream that does not allow those is
+                        // asked through its leader.
+                        let get = s.direct_get(next);
+                        let ahead = match tokio::time::timeout(API_TIMEOUT, get).await {
+                            Ok(Ok(m)) => m.sequence >= next,
+                            Ok(Err(e)) if e.kind() == stream::DirectGetErrorKind::NotFound => false,
+                            _ => {
+                                let info = self
+                                    .js
+                                    .get_stream(&self.cfg.stream)
+                                    .await
+                                    .map_err(|e| (next, e.into()))?;
+                                info.cached_info().state.last_sequence >= next
+                            }
+                        };
+                        if ahead {
                             return Err((
                                 next,
                                 format!(
-                                    "consumer stalled: the stream is at {last}, delivered up to {}",
+                                    "consumer stalled: the stream has {next}, delivered up to {}",
                                     next - 1
                                 )
                                 .into(),
@@ -663,27 +763,9 @@ impl Io {
             if seq < next {
                 continue;
             }
-            if seq > next {
-                self.status.missing.fetch_add(seq - next, Ordering::Relaxed);
-                self.status.problem(format!(
-                    "stream messages {next}..{seq} are gone (deleted or purged): their writes are missing from this node's canvas"
-                ));
+            if !self.deliver(seq, &m.payload, next).await {
+                return Ok(next);
             }
-            let batch = wire::decode(&m.payload);
-            if let Err(e) = &batch {
-                self.status.corrupt.fetch_add(1, Ordering::Relaxed);
-                self.status.problem(format!("stream message {seq}: {e} (skipped)"));
-            }
-            let mut o = Ordered { seq, batch };
-            // Backpressure: the master is behind; wait for room (the stream keeps the rest).
-            while let Err(back) = self.ordered.push(o) {
-                if self.stopping() {
-                    return Ok(next);
-                }
-                o = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            self.status.delivered.store(seq, Ordering::Release);
             next = seq + 1;
             progress = Instant::now();
         }

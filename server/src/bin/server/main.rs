@@ -151,6 +151,51 @@ fn catch_up<S: AsRef<[u8]> + AsMut<[u8]>>(
     Ok((at, invalid))
 }
 
+/// Says on stderr what the cluster connection does while serving: NATS lost and back, and the latest
+/// problem (publish retries, reader restarts, snapshot failures), at most every 5 s.
+struct ClusterWatch {
+    st: Arc<cluster::Status>,
+    connected: bool,
+    troubles: u64,
+    said: Option<std::time::Instant>,
+}
+
+impl ClusterWatch {
+    fn new(st: Arc<cluster::Status>) -> Self {
+        Self { connected: true, troubles: 0, said: None, st }
+    }
+
+    fn troubles(&self) -> u64 {
+        let st = &self.st;
+        [&st.publish_failures, &st.reader_restarts, &st.snapshot_failures, &st.missing]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn check(&mut self) {
+        let connected = self.st.connected.load(Ordering::Acquire);
+        if connected != self.connected {
+            self.connected = connected;
+            if connected {
+                eprintln!("server: cluster: NATS connection back: the writes that waited are published, and ACKed once ordered");
+            } else {
+                eprintln!(
+                    "server: cluster: warning: lost the NATS connection (reconnecting): no write is ACKed until the stream has ordered it; writes wait, and are answered REJECT busy once the queues fill"
+                );
+            }
+        }
+        let troubles = self.troubles();
+        if troubles > self.troubles && self.said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            self.troubles = troubles;
+            self.said = Some(std::time::Instant::now());
+            if let Some(e) = self.st.last_error() {
+                eprintln!("server: cluster: warning: {e}");
+            }
+        }
+    }
+}
+
 /// `--take-over`: stop the canvas server(s) holding `listen`'s port with SIGTERM and wait (bounded by
 /// `timeout`) until they have exited, before this one opens its data directory and binds. A holder that is
 /// not a canvas server (another command name) is never signalled: that is an error. Nothing holding the
@@ -741,12 +786,21 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
     );
 
-    // The master runs here until a signal; it watches `stop` through `shared.shutdown`.
+    // The master runs here until a signal; it watches `stop` through `shared.shutdown`. The same thread
+    // says what the cluster connection does.
     let watcher = {
         let (stop, shared) = (stop.clone(), shared.clone());
+        let mut cluster_watch = cluster_report.as_ref().map(|(st, ..)| ClusterWatch::new(st.clone()));
         std::thread::spawn(move || {
+            let mut n = 0u64;
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(20));
+                n += 1;
+                if n.is_multiple_of(25) {
+                    if let Some(w) = &mut cluster_watch {
+                        w.check();
+                    }
+                }
             }
             shared.shutdown.store(true, Ordering::Release);
         })
@@ -850,6 +904,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             delivered: st.delivered.load(Ordering::Relaxed),
             corrupt: st.corrupt.load(Ordering::Relaxed),
             reader_restarts: st.reader_restarts.load(Ordering::Relaxed),
+            direct_reads: st.direct_reads.load(Ordering::Relaxed),
             missing: st.missing.load(Ordering::Relaxed),
             started_from_snapshot: cluster_from,
             caught_up_messages: caught_up,

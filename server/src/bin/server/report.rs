@@ -95,6 +95,8 @@ pub(crate) struct ClusterReport {
     pub(crate) delivered: u64,
     pub(crate) corrupt: u64,
     pub(crate) reader_restarts: u64,
+    /// Messages read by direct get while the reader had no working consumer.
+    pub(crate) direct_reads: u64,
     /// Stream messages found missing (removed from the stream): 0 unless someone purged it.
     pub(crate) missing: u64,
     /// The stream position of the snapshot this node started from (0: none, the whole stream applied).
