@@ -30,7 +30,7 @@ pub struct Summary {
     pub failed_by_kind: BTreeMap<&'static str, u64>,
     /// Clients that never started connecting (the run ended during their jitter).
     pub never_started: usize,
-    /// Handshakes that completed (including clients that failed later).
+    /// Handshakes that completed (including clients that failed later, and `--observe` observers).
     pub handshakes: u64,
     /// Writes sent.
     pub pixels_sent: u64,
@@ -81,7 +81,7 @@ pub struct Summary {
     pub duration_s: f64,
     /// Wall time of the whole run (connect, write, drain, verify, close).
     pub elapsed_s: f64,
-    /// Datagrams received.
+    /// Datagrams received (`--observe` observers' included).
     pub rx_datagrams: u64,
     /// Datagram payload bytes received.
     pub rx_bytes: u64,
@@ -90,7 +90,7 @@ pub struct Summary {
     /// SYNCs by reason (canvas/1): gap (a loss), lag (behind an ACKed or announced tick with no progress),
     /// overfull (too many ticks buffered), fresh (no usable state).
     pub sync_reasons: SyncReasons,
-    /// Snapshots installed in replicas.
+    /// Snapshots installed in replicas (`--observe` observers' included).
     pub snapshots: u64,
     /// Replica hash mismatches.
     pub hash_mismatches: u64,
