@@ -122,6 +122,9 @@ pub struct Status {
     pub published: AtomicU64,
     /// Of those, acknowledged as duplicates (a retry of a message the stream already had).
     pub duplicates: AtomicU64,
+    /// The newest of this node's batches the stream has acknowledged (batches are acknowledged in order;
+    /// [`Sequencer::backlog`] empty only means none is waiting to be sent, one may still be in flight).
+    pub acked_batch: AtomicU64,
     /// Publish attempts that failed or timed out (each is retried).
     pub publish_failures: AtomicU64,
     /// The newest stream sequence number handed to the master.
@@ -544,6 +547,7 @@ impl Io {
                         if ack.duplicate {
                             self.status.duplicates.fetch_add(1, Ordering::Relaxed);
                         }
+                        self.status.acked_batch.store(last, Ordering::Release);
                         backoff = Duration::from_millis(50);
                         break;
                     }
