@@ -180,9 +180,9 @@ pub struct Sequencer {
     head_at_start: u64,
     first_at_start: u64,
     replicas: usize,
-    snapshot: Mutex<Option<Snapshot>>,
+    snapshot: Option<Snapshot>,
     snapshot_note: Option<String>,
-    read_from: Mutex<Option<tokio::sync::oneshot::Sender<u64>>>,
+    read_from: Option<tokio::sync::oneshot::Sender<u64>>,
     offered: Arc<Mutex<Option<Snapshot>>>,
     proposals: Arc<ArrayQueue<Proposal>>,
     ordered: Arc<ArrayQueue<Ordered>>,
@@ -205,122 +205,8 @@ impl Sequencer {
             .build()
             .map_err(|e| ClusterError(format!("cluster: tokio runtime: {e}")))?;
         let status = Arc::new(Status::default());
-        let urls = cfg.urls.join(",");
-        let (js, head, first, replicas, stream_id, store, snapshot, snapshot_note) = rt.block_on(async {
-            let st = status.clone();
-            let client = async_nats::ConnectOptions::new()
-                .name(format!("canvas node {}", cfg.node))
-                .connection_timeout(cfg.connect_timeout)
-                .event_callback(move |ev| {
-                    let st = st.clone();
-                    async move {
-                        match ev {
-                            async_nats::Event::Connected => st.connected.store(true, Ordering::Release),
-                            async_nats::Event::Disconnected => {
-                                st.connected.store(false, Ordering::Release);
-                                st.problem("disconnected from NATS (reconnecting)".into());
-                            }
-                            other => st.problem(format!("NATS: {other}")),
-                        }
-                    }
-                })
-                .connect(cfg.urls.clone());
-            let client = tokio::time::timeout(cfg.connect_timeout, client)
-                .await
-                .map_err(|_| {
-                    ClusterError(format!(
-                        "cluster: no NATS server at {urls} answered within {:?}: start the cluster (scripts/cluster.sh up) or fix --cluster",
-                        cfg.connect_timeout
-                    ))
-                })?
-                .map_err(|e| ClusterError(format!("cluster: cannot connect to NATS at {urls}: {e}: start it or fix --cluster")))?;
-            status.connected.store(true, Ordering::Release);
-            let mut js = jetstream::new(client);
-            // JetStream API requests (consumer creation, stream info) time out after this: when a NATS
-            // server dies with the stream's leader or this node's consumer on it, the requests sent to it
-            // until the cluster notices fail fast and are retried, instead of waiting 5 s each.
-            js.set_timeout(API_TIMEOUT);
-            let want = stream::Config {
-                name: cfg.stream.clone(),
-                subjects: vec![cfg.subject.clone()],
-                num_replicas: cfg.replicas,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                // Direct gets are answered by any replica: the reader's way on while its consumer is
-                // being replaced (see `Io::read_direct`).
-                allow_direct: true,
-                ..Default::default()
-            };
-            // A cluster that just started elects its JetStream leader first (a few seconds): retry
-            // within the deadline.
-            let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-            let s = loop {
-                let e = match tokio::time::timeout_at(deadline, js.get_or_create_stream(want.clone())).await {
-                    Ok(Ok(s)) => break s,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "no answer".to_string(),
-                };
-                if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
-                    return Err(ClusterError(format!(
-                        "cluster: stream {} on {urls} not available within {:?}: {e} (JetStream on? {} servers up for R={}?)",
-                        cfg.stream, cfg.connect_timeout, cfg.replicas, cfg.replicas
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            };
-            // The stream's configuration and state as the create-or-get answer carried them: no second
-            // request (on a cluster that has just elected its leader, one more request could time out).
-            let info = s.cached_info();
-            if info.config.subjects != [cfg.subject.clone()] {
-                return Err(ClusterError(format!(
-                    "cluster: stream {} holds subjects {:?}, not {}: another application's stream? pick another name",
-                    cfg.stream, info.config.subjects, cfg.subject
-                )));
-            }
-            let (head, first) = (info.state.last_sequence, info.state.first_sequence);
-            if !info.config.allow_direct {
-                // A stream created by an earlier version: allow direct gets (a config update, harmless).
-                let mut cfg = info.config.clone();
-                cfg.allow_direct = true;
-                if let Err(e) = js.update_stream(&cfg).await {
-                    status.problem(format!("stream {}: could not allow direct gets ({e}): a reader whose consumer is lost waits for a new one", cfg.name));
-                }
-            }
-            let stream_id = snapshots::stream_id(info);
-            // The snapshot bucket, and the newest snapshot the stream continues from.
-            let (mut store, mut snap, mut note) = (None, None, None);
-            if cfg.snapshots {
-                let s = loop {
-                    let e = match tokio::time::timeout_at(deadline, snapshots::open_bucket(&js, &cfg.stream, cfg.replicas)).await {
-                        Ok(Ok(s)) => break s,
-                        Ok(Err(e)) => e,
-                        Err(_) => "no answer".to_string(),
-                    };
-                    if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
-                        return Err(ClusterError(format!("cluster: {e} (within {:?})", cfg.connect_timeout)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                };
-                // Retried within the deadline (a NATS server that has just died may still lead the bucket's
-                // stream); a snapshot that cannot be had is not fatal: the stream holds every message.
-                (snap, note) = loop {
-                    let e = match tokio::time::timeout_at(deadline, snapshots::load(&s, &cfg.stream, &stream_id, head)).await {
-                        Ok(Ok(loaded)) => break loaded,
-                        Ok(Err(e)) => e,
-                        Err(_) => "no answer".to_string(),
-                    };
-                    if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
-                        break (None, Some(format!("warning: could not load the snapshot within {:?} ({e}): applying the whole stream", cfg.connect_timeout)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                };
-                if let Some(sn) = &snap {
-                    status.snapshot_seq.store(sn.seq, Ordering::Relaxed);
-                }
-                store = Some(s);
-            }
-            Ok::<_, ClusterError>((js, head, first, info.config.num_replicas, stream_id, store, snap, note))
-        })?;
+        let Joined { js, head, first, replicas, stream_id, store, snapshot, snapshot_note } =
+            rt.block_on(join(&cfg, &status))?;
         let incarnation = incarnation();
         let proposals = Arc::new(ArrayQueue::new(cfg.max_proposals.max(1)));
         let ordered = Arc::new(ArrayQueue::new(cfg.max_ordered.max(1)));
@@ -363,9 +249,9 @@ impl Sequencer {
             head_at_start: head,
             first_at_start: first,
             replicas,
-            snapshot: Mutex::new(snapshot),
+            snapshot,
             snapshot_note,
-            read_from: Mutex::new(read_from),
+            read_from,
             offered,
             proposals,
             ordered,
@@ -399,8 +285,8 @@ impl Sequencer {
     }
 
     /// The newest snapshot the stream continues from, as loaded at start (taken once).
-    pub fn take_snapshot(&self) -> Option<Snapshot> {
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    pub fn take_snapshot(&mut self) -> Option<Snapshot> {
+        self.snapshot.take()
     }
 
     /// Why a stored snapshot was not loaded, if one was there but unusable.
@@ -410,8 +296,8 @@ impl Sequencer {
 
     /// Start reading the stream from the message after `seq` (when `Config::start_after` was `None`);
     /// later calls do nothing.
-    pub fn read_after(&self, seq: u64) {
-        if let Some(tx) = self.read_from.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    pub fn read_after(&mut self, seq: u64) {
+        if let Some(tx) = self.read_from.take() {
             let _ = tx.send(seq);
         }
     }
@@ -476,6 +362,152 @@ impl Drop for Sequencer {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
     }
+}
+
+/// What joining the cluster found (see [`join`]).
+struct Joined {
+    js: jetstream::Context,
+    head: u64,
+    first: u64,
+    replicas: usize,
+    stream_id: String,
+    store: Option<async_nats::jetstream::object_store::ObjectStore>,
+    snapshot: Option<Snapshot>,
+    snapshot_note: Option<String>,
+}
+
+/// `attempt` until it succeeds, every 250 ms, until `deadline`; the last error when it never did (a
+/// cluster that has just started elects its JetStream leaders first; a NATS server that has just died may
+/// still lead a stream).
+async fn retry_until<T, F, Fut>(deadline: tokio::time::Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        let e = match tokio::time::timeout_at(deadline, attempt()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => "no answer".to_string(),
+        };
+        if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Connect to NATS, find or create the stream, and (with `cfg.snapshots`) open the snapshot bucket and
+/// load the newest snapshot the stream continues from; all within `cfg.connect_timeout`.
+async fn join(cfg: &Config, status: &Arc<Status>) -> Result<Joined, ClusterError> {
+    let urls = cfg.urls.join(",");
+    let st = status.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("canvas node {}", cfg.node))
+        .connection_timeout(cfg.connect_timeout)
+        .event_callback(move |ev| {
+            let st = st.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => st.connected.store(true, Ordering::Release),
+                    async_nats::Event::Disconnected => {
+                        st.connected.store(false, Ordering::Release);
+                        st.problem("disconnected from NATS (reconnecting)".into());
+                    }
+                    other => st.problem(format!("NATS: {other}")),
+                }
+            }
+        })
+        .connect(cfg.urls.clone());
+    let client = tokio::time::timeout(cfg.connect_timeout, client)
+        .await
+        .map_err(|_| {
+            ClusterError(format!(
+                "cluster: no NATS server at {urls} answered within {:?}: start the cluster (scripts/cluster.sh up) or fix --cluster",
+                cfg.connect_timeout
+            ))
+        })?
+        .map_err(|e| ClusterError(format!("cluster: cannot connect to NATS at {urls}: {e}: start it or fix --cluster")))?;
+    status.connected.store(true, Ordering::Release);
+    let mut js = jetstream::new(client);
+    // JetStream API requests (consumer creation, stream info) time out after this: when a NATS server dies
+    // with the stream's leader or this node's consumer on it, the requests sent to it until the cluster
+    // notices fail fast and are retried, instead of waiting 5 s each.
+    js.set_timeout(API_TIMEOUT);
+    let want = stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![cfg.subject.clone()],
+        num_replicas: cfg.replicas,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        // Direct gets are answered by any replica: the reader's way on while its consumer is being
+        // replaced (see `Io::read_direct`).
+        allow_direct: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    let s = retry_until(deadline, || async { js.get_or_create_stream(want.clone()).await.map_err(|e| e.to_string()) })
+        .await
+        .map_err(|e| {
+            ClusterError(format!(
+                "cluster: stream {} on {urls} not available within {:?}: {e} (JetStream on? {} servers up for R={}?)",
+                cfg.stream, cfg.connect_timeout, cfg.replicas, cfg.replicas
+            ))
+        })?;
+    // The stream's configuration and state as the create-or-get answer carried them: no second request (on
+    // a cluster that has just elected its leader, one more request could time out).
+    let info = s.cached_info();
+    if info.config.subjects != [cfg.subject.clone()] {
+        return Err(ClusterError(format!(
+            "cluster: stream {} holds subjects {:?}, not {}: another application's stream? pick another name",
+            cfg.stream, info.config.subjects, cfg.subject
+        )));
+    }
+    if !info.config.allow_direct {
+        // A stream created by an earlier version: allow direct gets (a config update, harmless).
+        let mut c = info.config.clone();
+        c.allow_direct = true;
+        if let Err(e) = js.update_stream(&c).await {
+            status.problem(format!(
+                "stream {}: could not allow direct gets ({e}): a reader whose consumer is lost waits for a new one",
+                c.name
+            ));
+        }
+    }
+    let head = info.state.last_sequence;
+    let stream_id = snapshots::stream_id(info);
+    let (mut store, mut snapshot, mut snapshot_note) = (None, None, None);
+    if cfg.snapshots {
+        let bucket = retry_until(deadline, || snapshots::open_bucket(&js, &cfg.stream, cfg.replicas))
+            .await
+            .map_err(|e| ClusterError(format!("cluster: {e} (within {:?})", cfg.connect_timeout)))?;
+        // A snapshot that cannot be had is not fatal: the stream holds every message.
+        (snapshot, snapshot_note) =
+            match retry_until(deadline, || snapshots::load(&bucket, &cfg.stream, &stream_id, head)).await {
+                Ok(loaded) => loaded,
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "warning: could not load the snapshot within {:?} ({e}): applying the whole stream",
+                        cfg.connect_timeout
+                    )),
+                ),
+            };
+        if let Some(sn) = &snapshot {
+            status.snapshot_seq.store(sn.seq, Ordering::Relaxed);
+        }
+        store = Some(bucket);
+    }
+    Ok(Joined {
+        head,
+        first: info.state.first_sequence,
+        replicas: info.config.num_replicas,
+        stream_id,
+        store,
+        snapshot,
+        snapshot_note,
+        js,
+    })
 }
 
 /// A random id for this run of this node.

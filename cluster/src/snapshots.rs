@@ -62,6 +62,11 @@ pub(crate) async fn open_bucket(
     .map_err(|e| format!("snapshot bucket {bucket}: {e}"))
 }
 
+/// The stream position an object's metadata names.
+fn seq_of(info: &object_store::ObjectInfo) -> Option<u64> {
+    info.metadata.get(SEQ).and_then(|s| s.parse().ok())
+}
+
 /// What the bucket holds for `stream`: `(seq, stream id, modified)` of the stored snapshot, `None` when
 /// there is none.
 pub(crate) async fn stored(
@@ -70,7 +75,7 @@ pub(crate) async fn stored(
 ) -> Result<Option<(u64, String, Option<SystemTime>)>, String> {
     match store.info(stream).await {
         Ok(info) if !info.deleted => {
-            let seq = info.metadata.get(SEQ).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            let seq = seq_of(&info).ok_or_else(|| {
                 format!("snapshot {stream}: no {SEQ} in its metadata (not stored by a canvas server?)")
             })?;
             let id = info.metadata.get(STREAM).cloned().unwrap_or_default();
@@ -108,7 +113,7 @@ pub(crate) async fn load(
     let mut bytes = Vec::with_capacity(obj.info().size);
     obj.read_to_end(&mut bytes).await.map_err(|e| format!("snapshot {stream}: reading it: {e}"))?;
     // The object may have been replaced between the info and the read: take the position it says.
-    let seq = obj.info().metadata.get(SEQ).and_then(|s| s.parse().ok()).unwrap_or(seq);
+    let seq = seq_of(obj.info()).unwrap_or(seq);
     if seq > head {
         return Ok((
             None,

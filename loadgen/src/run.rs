@@ -1,6 +1,7 @@
 //! The run: set up endpoints and clients, write for `--duration`, drain, verify replicas, close, report.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -88,29 +89,33 @@ fn connect_hint(s: &Summary) -> String {
     }
 }
 
+/// The servers named by `flag` (`--failover`, `--observe`), resolved; each must be of `addr`'s address
+/// family (the endpoints are bound for it).
+async fn more_targets(
+    flag: &str,
+    urls: &[String],
+    addr: SocketAddr,
+) -> Result<Vec<(SocketAddr, String)>, String> {
+    let mut out = Vec::with_capacity(urls.len());
+    for u in urls {
+        let t = parse_target(u).map_err(|e| e.replace("--target", flag))?;
+        let a = t.resolve().await.map_err(|e| e.replace("--target", flag))?;
+        if a.is_ipv4() != addr.is_ipv4() {
+            return Err(format!("{flag} {u}: {a} is not of --target's address family ({addr})"));
+        }
+        out.push((a, t.host));
+    }
+    Ok(out)
+}
+
 /// One whole run.
 pub async fn run(args: &Args) -> Result<Summary, String> {
     let t0 = Instant::now();
     let target = parse_target(&args.target)?;
     let addr = target.resolve().await?;
     let mut targets = vec![(addr, target.host.clone())];
-    for f in &args.failover {
-        let t = parse_target(f)?;
-        let a = t.resolve().await.map_err(|e| e.replace("--target", "--failover"))?;
-        if a.is_ipv4() != addr.is_ipv4() {
-            return Err(format!("--failover {f}: {a} is not of --target's address family ({addr})"));
-        }
-        targets.push((a, t.host));
-    }
-    let mut observe_targets = Vec::new();
-    for o in &args.observe {
-        let t = parse_target(o)?;
-        let a = t.resolve().await.map_err(|e| e.replace("--target", "--observe"))?;
-        if a.is_ipv4() != addr.is_ipv4() {
-            return Err(format!("--observe {o}: {a} is not of --target's address family ({addr})"));
-        }
-        observe_targets.push((a, t.host));
-    }
+    targets.extend(more_targets("--failover", &args.failover, addr).await?);
+    let observe_targets = more_targets("--observe", &args.observe, addr).await?;
     let observers = observe_targets.len();
     let transport = Arc::new(tls::transport(args)?);
     let client_config = tls::client_config(args.protocol.alpn(), transport.clone())?;

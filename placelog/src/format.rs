@@ -22,6 +22,9 @@ pub const LOG_HEADER: usize = 16;
 pub const SNAP_MAGIC: &[u8; 8] = b"CPSNAP01";
 /// Snapshot header length.
 pub const SNAP_HEADER: usize = 40;
+/// Where a snapshot's dimensions are: [`decode_snapshot`] reports a snapshot of other dimensions at this
+/// offset (and nothing else there), so a caller can tell "another canvas" from damage.
+pub const SNAP_DIMS_AT: u64 = 16;
 /// Record kind: a tick's changes.
 pub const KIND_CHANGES: u8 = 1;
 /// Record kind: a tick-number reservation.
@@ -222,7 +225,10 @@ pub fn decode_snapshot(buf: &[u8], dims: Dims) -> Result<SnapshotData, (u64, Str
         height: u16::from_le_bytes(buf[18..20].try_into().expect("2 bytes")),
     };
     if d != dims {
-        return Err((16, format!("a {}x{} canvas, not {}x{}", d.width, d.height, dims.width, dims.height)));
+        return Err((
+            SNAP_DIMS_AT,
+            format!("a {}x{} canvas, not {}x{}", d.width, d.height, dims.width, dims.height),
+        ));
     }
     let hash = u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(buf[32..36].try_into().expect("4 bytes"));

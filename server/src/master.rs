@@ -378,8 +378,9 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> Master<S> {
         }
         self.stats.cluster_seq = c.seq;
         if let Some(every) = c.snapshot_every {
-            if c.seq > c.snapshot_seq && Instant::now() >= c.next_snapshot {
-                c.next_snapshot = Instant::now() + every;
+            let now = (c.seq > c.snapshot_seq).then(Instant::now);
+            if let Some(now) = now.filter(|&now| now >= c.next_snapshot) {
+                c.next_snapshot = now + every;
                 c.snapshot_seq = c.seq;
                 // The canvas holds exactly the messages up to `c.seq` (this node's writes count only once
                 // they came back from the stream).

@@ -352,7 +352,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         cfg.replicas = a.cluster_replicas;
         cfg.stream = a.cluster_stream.clone();
         cfg.snapshot_min_gap = Duration::from_secs(a.cluster_snapshot_secs) / 2;
-        let seq = cluster::Sequencer::start(cfg)?;
+        let mut seq = cluster::Sequencer::start(cfg)?;
         let head = seq.head_at_start();
         eprintln!(
             "server: cluster: node {node} ({:016x}) joined stream {} (R={}, head {head}) on {}",
@@ -381,7 +381,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
                     "server: cluster: warning: the stored snapshot says position {} in its metadata and {} inside: not used; applying the whole stream",
                     snap.seq, d.tick
                 ),
-                Err((16, e)) => {
+                Err((placelog::format::SNAP_DIMS_AT, e)) => {
                     return Err(format!(
                         "cluster: the cluster's snapshot is of {e}: every node of a cluster needs the same --width/--height"
                     )
