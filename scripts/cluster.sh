@@ -119,26 +119,21 @@ do_down() {
   rm -rf "$STATE"
 }
 
-# JetStream's view (meta leader, stream and consumer leaders) from the NATS server at $1's monitoring port,
-# or "{}".
-jsz() {
+# The JSON body at URL $1, fetched from client1's namespace (3 s at most), or "{}".
+http_json() {
   ip netns exec "$(ns client1)" python3 -c '
 import sys, urllib.request
 try:
-    print(urllib.request.urlopen(f"http://{sys.argv[1]}:8222/jsz?accounts=true&streams=true&consumers=true", timeout=3).read().decode())
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())
 except Exception:
     print("{}")' "$1"
 }
 
-# /metrics.json of the server at $1 (fetched from client1's namespace), or "{}".
-metrics() {
-  ip netns exec "$(ns client1)" python3 -c '
-import sys, urllib.request
-try:
-    print(urllib.request.urlopen(f"http://{sys.argv[1]}:9090/metrics.json", timeout=3).read().decode())
-except Exception:
-    print("{}")' "$1"
-}
+# JetStream's view (meta leader, stream and consumer leaders) from the NATS server at $1's monitoring port.
+jsz() { http_json "http://$1:8222/jsz?accounts=true&streams=true&consumers=true"; }
+
+# /metrics.json of the canvas server at $1.
+metrics() { http_json "http://$1:9090/metrics.json"; }
 
 SRV_PIDS=() CLI_PIDS=()
 cleanup_run() {

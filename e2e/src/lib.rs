@@ -197,6 +197,24 @@ pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
+/// A `client --reconnect` summary (at `path`) after the server its `clients` clients were on went away once
+/// (restarted, or killed with `--failover` elsewhere): every client came back once and resumed from its
+/// tick, none failed, every replica matches the server now serving, nothing left unresolved. Returns it.
+///
+/// # Panics
+/// When any of that does not hold.
+pub fn all_resumed(path: &Path, clients: u64) -> serde_json::Value {
+    let s = json(path);
+    eprintln!("summary: {s}");
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
+    assert_eq!(n("failed"), 0, "{s}");
+    assert_eq!(n("reconnects"), clients, "every client came back once: {s}");
+    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(clients), "and resumed from its tick: {s}");
+    assert_eq!(n("replicas_matching"), clients, "every replica matches the server now serving: {s}");
+    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0, "{s}");
+    s
+}
+
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

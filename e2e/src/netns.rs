@@ -82,6 +82,22 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
     Output { code, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
 }
 
+/// Run `scripts/SCRIPT ARGS --out OUT` under `timeout`: SIGTERM at `limit` (the script's traps then tear
+/// down what it started: namespaces, guests, processes by pid), SIGKILL 30 s later if that hangs (exit 124
+/// or 137 then); stdout and stderr captured, the whole bounded by `limit` + 60 s.
+///
+/// # Panics
+/// When it cannot be spawned or outlives that bound.
+pub fn run_script(script: &str, args: &[&str], out: &std::path::Path, limit: Duration) -> Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--signal=TERM", "--kill-after=30", &limit.as_secs().to_string(), "bash"])
+        .arg(crate::script(script))
+        .args(args)
+        .arg("--out")
+        .arg(out);
+    run_bounded(&mut cmd, limit + Duration::from_secs(60))
+}
+
 /// Read `r` to the end on a thread of its own.
 fn drain<R: Read + Send + 'static>(mut r: R) -> JoinHandle<String> {
     std::thread::spawn(move || {

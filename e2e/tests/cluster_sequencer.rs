@@ -249,7 +249,7 @@ fn a_joining_node_loads_the_newest_snapshot_and_reads_only_after_it() {
     // A node started now (reading only when told where) gets that snapshot and reads the rest.
     let mut cfg = Config::new(nats.urls(), "b");
     cfg.connect_timeout = Duration::from_secs(10);
-    let b = Sequencer::start(cfg).expect("b");
+    let mut b = Sequencer::start(cfg).expect("b");
     assert_eq!((b.head_at_start(), b.first_at_start()), (seq, msgs[0].seq));
     let snap = b.take_snapshot().expect("the stored snapshot");
     assert_eq!(snap, at_half, "the bytes and position stored");
@@ -275,7 +275,7 @@ fn a_joining_node_loads_the_newest_snapshot_and_reads_only_after_it() {
         let js = async_nats::jetstream::new(async_nats::connect(nats.urls()[1].as_str()).await.unwrap());
         js.delete_stream("CANVAS").await.unwrap();
     });
-    let c = node(&nats, "c", 0);
+    let mut c = node(&nats, "c", 0);
     assert_eq!(c.head_at_start(), 0, "a new, empty stream");
     assert!(c.take_snapshot().is_none(), "the earlier stream's snapshot is not this one's");
     assert!(c.snapshot_note().is_some_and(|n| n.contains("earlier stream")), "{:?}", c.snapshot_note());

@@ -7,10 +7,9 @@
 //!
 //! Needs root, nats-server and the release binaries. Without root it says why and passes, unless CI=true.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::netns::{root_or_skip, run_bounded};
+use e2e::netns::{root_or_skip, run_script};
 use e2e::{json, scratch};
 
 const LIMIT: Duration = Duration::from_secs(6 * 60);
@@ -26,12 +25,8 @@ fn cluster_testbed_run_with_a_server_killed() {
     }
     let out = scratch("cluster-testbed");
     let t0 = Instant::now();
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--signal=TERM", "--kill-after=30", &LIMIT.as_secs().to_string(), "bash"])
-        .arg(e2e::script("cluster.sh"))
-        .args(["run", "--prefix", "cvt", "--clients", "30", "--secs", "12", "--kill", "server", "--out"])
-        .arg(&out);
-    let o = run_bounded(&mut cmd, LIMIT + Duration::from_secs(60));
+    let args = ["run", "--prefix", "cvt", "--clients", "30", "--secs", "12", "--kill", "server"];
+    let o = run_script("cluster.sh", &args, &out, LIMIT);
     println!("{}", o.stdout);
     eprintln!("{}", o.stderr);
     eprintln!("cluster.sh run: exit {} after {:.0} s", o.code, t0.elapsed().as_secs_f64());

@@ -6,10 +6,9 @@
 //!
 //! Needs root. Without root it says why and passes, unless CI=true.
 
-use std::process::Command;
 use std::time::Duration;
 
-use e2e::netns::{root_or_skip, run_bounded};
+use e2e::netns::{netns_list, root_or_skip, run_script};
 use e2e::{json, scratch};
 
 #[test]
@@ -18,24 +17,8 @@ fn many_conns_script_holds_and_checks_its_connections() {
         return;
     }
     let out = scratch("many-conns");
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--signal=TERM", "--kill-after=20", "240", "bash"])
-        .arg(e2e::script("many_conns.sh"))
-        .args([
-            "--conns",
-            "2000",
-            "--arrive",
-            "5",
-            "--hold",
-            "10",
-            "--write-every",
-            "6",
-            "--replicas",
-            "20",
-            "--out",
-        ])
-        .arg(&out);
-    let o = run_bounded(&mut cmd, Duration::from_secs(300));
+    let args = ["--conns", "2000", "--arrive", "5", "--hold", "10", "--write-every", "6", "--replicas", "20"];
+    let o = run_script("many_conns.sh", &args, &out, Duration::from_secs(240));
     println!("{}", o.stdout);
     eprintln!("{}", o.stderr);
     let r = json(&out.join("conns.json"));
@@ -47,11 +30,7 @@ fn many_conns_script_holds_and_checks_its_connections() {
         "{r:#}"
     );
     assert_eq!(o.code, 0, "many_conns.sh exit code");
-    let ns = Command::new("ip").args(["netns", "list"]).output().expect("ip netns");
     let name = r["namespace"].as_str().expect("namespace in conns.json");
-    assert!(
-        !String::from_utf8_lossy(&ns.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)),
-        "{name} removed"
-    );
+    assert!(!netns_list().iter().any(|n| n == name), "{name} removed");
     let _ = std::fs::remove_dir_all(&out);
 }

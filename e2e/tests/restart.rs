@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{bin, client_args, free_port, json, scratch, wait_bounded, Server};
+use e2e::{bin, client_args, free_port, scratch, wait_bounded, Server};
 
 const CLIENTS: u64 = 30;
 
@@ -34,20 +34,6 @@ fn resuming_clients(listen: &str, id: &str, summary: &std::path::Path) -> std::p
     Command::new(bin("client")).args(&args).stdout(Stdio::null()).spawn().expect("client")
 }
 
-/// The client's summary after the server went away once: every client came back once and resumed from its
-/// tick, none failed, every replica matches the server now serving, nothing left unresolved.
-fn all_came_back(summary: &std::path::Path) -> serde_json::Value {
-    let s = json(summary);
-    eprintln!("summary: {s}");
-    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
-    assert_eq!(n("failed"), 0, "{s}");
-    assert_eq!(n("reconnects"), CLIENTS, "every client came back once");
-    assert_eq!(s["sync_reasons"]["resume"].as_u64(), Some(CLIENTS), "and resumed from its tick");
-    assert_eq!(n("replicas_matching"), CLIENTS, "every replica matches the server now serving");
-    assert_eq!(n("unresolved_writes") + n("acked_not_visible"), 0);
-    s
-}
-
 #[test]
 fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let dir = scratch("restart");
@@ -62,7 +48,7 @@ fn clients_reconnect_and_resume_across_a_graceful_restart() {
     let server = start(&listen, &data);
     eprintln!("restarted in {:.2?}", t0.elapsed());
     assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
-    let s = all_came_back(&summary);
+    let s = e2e::all_resumed(&summary, CLIENTS);
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {s}"));
     // The restarted server replayed the ticks after its last snapshot from the log: the resumed replicas
     // were caught up with deltas, not snapshots (one snapshot each: the one at the first join).
@@ -118,7 +104,7 @@ fn take_over_hands_the_port_and_the_canvas_to_the_new_server() {
         new.startup
     );
     assert_eq!(wait_bounded(&mut client, Duration::from_secs(120), "client"), 0, "client exit code");
-    all_came_back(&summary);
+    e2e::all_resumed(&summary, CLIENTS);
     assert_eq!(new.stop(Duration::from_secs(20)), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,7 +20,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::netns::{root_or_skip, run_bounded};
+use e2e::netns::{root_or_skip, run_bounded, run_script};
 use e2e::{json, scratch};
 
 const SUITES: &[&str] = &["host", "bookworm", "trixie", "trixie-backports"];
@@ -44,14 +44,9 @@ fn vm_matrix() {
     }
     let out = scratch("vm");
     let t0 = Instant::now();
-    // `timeout` sends SIGTERM at the limit, on which the script's trap stops QEMU (by pid) and deletes its
-    // namespace; SIGKILL 30 s later if that hangs (124 or 137 then), and `down` clears what it left.
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--signal=TERM", "--kill-after=30", &LIMIT.as_secs().to_string(), "bash"])
-        .arg(e2e::script("vm.sh"))
-        .args(["matrix", "--out"])
-        .arg(&out);
-    let o = run_bounded(&mut cmd, LIMIT + Duration::from_secs(60));
+    // At the limit the script's trap stops QEMU (by pid) and deletes its namespace; if that hangs (124 or
+    // 137), `down` clears what it left.
+    let o = run_script("vm.sh", &["matrix"], &out, LIMIT);
     let secs = t0.elapsed().as_secs_f64();
     println!("{}", o.stdout);
     eprintln!("{}", o.stderr);
@@ -84,12 +79,7 @@ fn vm_matrix() {
         }
         for (suite, cells) in by_suite {
             let out2 = out.join(format!("rerun-{suite}"));
-            let mut cmd = Command::new("timeout");
-            cmd.args(["--signal=TERM", "--kill-after=30", &RERUN_LIMIT.as_secs().to_string(), "bash"])
-                .arg(e2e::script("vm.sh"))
-                .args(["run", &suite, "--cells", &cells.join(","), "--out"])
-                .arg(&out2);
-            let o = run_bounded(&mut cmd, RERUN_LIMIT + Duration::from_secs(60));
+            let o = run_script("vm.sh", &["run", &suite, "--cells", &cells.join(",")], &out2, RERUN_LIMIT);
             println!("{}", o.stdout);
             eprintln!("{}", o.stderr);
             let again = out2.join(format!("vm-{suite}.json"));
