@@ -73,8 +73,11 @@ fn live_page_shows_the_canvas_and_counters_changing() {
             "50",
             "--max-pixel-wait",
             "200",
+            // An upper bound only: the client is stopped by SIGINT once both renders are done, so the
+            // renders fall inside the write phase however long Chromium takes to start (CI on 97831ef:
+            // the second render came after a 14 s run had ended and showed 0 connections).
             "--duration",
-            "14",
+            "120",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -88,6 +91,8 @@ fn live_page_shows_the_canvas_and_counters_changing() {
     let metrics = String::from_utf8(http_get(mport, "/metrics")).expect("utf-8 metrics");
     let png = http_get(mport, "/canvas.png");
 
+    // SIGINT: the client stops writing, drains, verifies its replicas and exits 0 if they match.
+    e2e::signal(client.id(), libc::SIGINT);
     let code = wait_bounded(&mut client, Duration::from_secs(90), "client");
     assert_eq!(server.stop(Duration::from_secs(20)), 0, "server exit code");
     assert_eq!(code, 0, "client exit code");
