@@ -40,6 +40,13 @@ impl Datagrams {
         (0..self.len()).map(move |i| self.get(i).expect("index in range"))
     }
 
+    /// Make room for `datagrams` more datagrams of `bytes` bytes in all, exactly: a batch encoded once and
+    /// then only read (a tick's diff, a catch-up delta) holds no growth slack.
+    pub fn reserve_exact(&mut self, datagrams: usize, bytes: usize) {
+        self.ends.reserve_exact(datagrams);
+        self.buf.reserve_exact(bytes);
+    }
+
     /// Start a new datagram; bytes pushed with [`Datagrams::extend`] go into it.
     pub fn begin(&mut self) {
         self.ends.push(self.buf.len());
@@ -88,5 +95,15 @@ mod tests {
         assert_eq!(d.current_len(), 4);
         assert_eq!(d.bytes(), 7);
         assert_eq!(d.iter().count(), 2);
+    }
+
+    #[test]
+    fn diff_parts_are_encoded_without_growth_slack() {
+        let entries: Vec<(u32, u8)> = (0..5000u32).map(|i| (i, 1)).collect();
+        let mut d = Datagrams::new();
+        crate::proto::encode_diff_parts(3, 2, 1, &entries, 1200, &mut d);
+        assert!(d.len() > 1);
+        assert_eq!(d.buf.capacity(), d.buf.len(), "payload bytes reserved exactly");
+        assert_eq!(d.ends.capacity(), d.ends.len(), "one end per part reserved exactly");
     }
 }

@@ -65,6 +65,7 @@ fn config(rounds_per_tick: u64) -> SimConfig {
             tick_ms: 100,
             dgram_queue: DEFAULT_QUIC.dgram_queue,
             broadcast_inflight: DEFAULT_BROADCAST_INFLIGHT,
+            catchup_budget: server::endpoint::DEFAULT_CATCHUP_BUDGET,
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 128,
             send_budget: 64,

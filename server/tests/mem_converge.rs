@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use canvas::{Cooldown, Dims, Pixel, Rules};
+use canvas::{proto, Cooldown, Dims, Pixel, Rules};
 use datapath::backend::mem::NetConfig;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -28,6 +28,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             tick_ms: 100,
             dgram_queue: 64,
             broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
+            catchup_budget: server::endpoint::DEFAULT_CATCHUP_BUDGET,
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 16,
             send_budget: 64,
@@ -247,6 +248,54 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     assert_eq!(syncs, 0, "the delta chained onto the replica: no SYNC");
     assert_eq!(snapshots, snapshots_before, "no snapshot");
     assert_eq!(sim.clients[0].replica.pixels(), sim.master.canvas().pixels());
+}
+
+/// Twelve clients stall one tick apart while the others write (their connections stop at different ticks,
+/// so they need different deltas), with a catch-up budget of one byte: past it a pull shares a delta that
+/// is already alive or waits for the next tick, so at most one coalesced delta is alive at a time. When
+/// they resume, every replica still converges, chaining onto shared deltas: no SYNC, no snapshot.
+#[test]
+fn a_catch_up_budget_bounds_live_deltas_and_every_stalled_client_still_converges() {
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let (cert, key) = (&tls.cert, &tls.key);
+    let mut cfg = config(24, 0.0, 0.0, 9);
+    cfg.workers = 1;
+    cfg.endpoint.catchup_budget = 1;
+    cfg.endpoint.broadcast_inflight = 4 * 1024;
+    let rounds_per_tick = cfg.rounds_per_tick;
+    let mut sim = Sim::new(cfg, cert, key);
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the stalls");
+    let before = sim.workers[0].0.stats();
+    let syncs_before: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum();
+    let mut rng = SmallRng::seed_from_u64(9);
+    for k in 12..24 {
+        sim.clients[k].stalled = true;
+        busy_rounds(&mut sim, &mut rng, rounds_per_tick, (60, 40), |_| 20);
+    }
+    for c in &mut sim.clients {
+        c.stalled = false;
+    }
+    assert!(sim.run_until(Duration::from_secs(120), Sim::converged), "every stalled client converges");
+    let s = sim.workers[0].0.stats();
+    let syncs: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum::<u64>() - syncs_before;
+    eprintln!(
+        "deltas built {}, pulls that shared a live delta {}, waited {}, live peak {} bytes, syncs {syncs}",
+        s.catchup_deltas - before.catchup_deltas,
+        s.catchup_shared,
+        s.catchup_deferred,
+        s.catchup_live_peak
+    );
+    assert!(s.catchup_shared + s.catchup_deferred > 0, "the budget was reached");
+    // One delta alive at a time: at most the 60×40 area once, 5 bytes an entry, plus each part's header.
+    let one = 60 * 40 * proto::ENTRY_LEN;
+    let parts = one.div_ceil(proto::entries_per_part(canvas::legacy::MAX_DATAGRAM) * proto::ENTRY_LEN);
+    assert!(s.catchup_live_peak as usize <= one + parts * proto::DIFF_PART_HEADER, "{}", s.catchup_live_peak);
+    assert_eq!(syncs, 0, "shared deltas chain onto the replicas: no SYNC");
+    assert_eq!(s.snapshots_sent, before.snapshots_sent, "no snapshot");
+    for c in &sim.clients {
+        assert_eq!(c.replica.pixels(), sim.master.canvas().pixels());
+    }
 }
 
 /// Stateless Retry on every new connection, and the r/place cooldown: one write per connection is applied,

@@ -367,6 +367,7 @@ pub fn encode_diff_parts(
     let per = entries_per_part(max);
     let parts = entries.len().div_ceil(per);
     assert!(parts <= usize::from(u16::MAX), "diff of {} entries needs more than 65535 parts", entries.len());
+    out.reserve_exact(parts, parts * DIFF_PART_HEADER + entries.len() * ENTRY_LEN);
     let mut scratch = Vec::with_capacity(max);
     for (part, chunk) in entries.chunks(per).enumerate() {
         scratch.clear();

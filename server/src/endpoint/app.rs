@@ -167,7 +167,7 @@ impl Ctx {
         // delta (an entry is 5 bytes on the wire).
         let to = self.last_change;
         let from_have = covered.then(|| self.delta(have, to)).filter(|d| match (d, &snapshot) {
-            (Some(d), Some(s)) => s.tick <= have || d.publication.entries.len() * 5 <= s.frame.len(),
+            (Some(d), Some(s)) => s.tick <= have || d.publication.len() * 5 <= s.frame.len(),
             _ => true,
         });
         let delta = match (from_have, snapshot) {
@@ -190,7 +190,7 @@ impl Ctx {
             if d.ticks > 1 {
                 self.stats.deltas_coalesced += 1;
                 self.stats.delta_ticks += d.ticks as u64;
-                self.stats.delta_entries += p.entries.len() as u64;
+                self.stats.delta_entries += p.len() as u64;
             }
             c.stream_out.push_back(Chunk::Diff(d.publication, 0));
         }

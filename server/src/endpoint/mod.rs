@@ -65,6 +65,9 @@ pub const ACK_DELAY: Duration = Duration::from_millis(10);
 /// round trip that is still ~320 KB/s per client, three times the fan-out of 20,000 writes/s to every
 /// client (5 bytes each); below that rate nothing changes, above it the client gets coalesced deltas.
 pub const DEFAULT_BROADCAST_INFLIGHT: usize = 32 * 1024;
+/// Default of [`EndpointConfig::catchup_budget`]: 32 MiB per worker, six coalesced deltas of the whole
+/// 1000 x 1000 canvas, or ~160 of the ~200 KB a client 10 s behind 20,000 writes/s needs.
+pub const DEFAULT_CATCHUP_BUDGET: usize = 32 << 20;
 /// Superseded timer entries tolerated beyond two per connection before the heap is purged.
 pub const TIMER_PURGE_SLACK: usize = 64;
 /// Smallest datagram that may carry a client Initial (RFC 9000 §14.1).
@@ -106,6 +109,10 @@ pub struct EndpointConfig {
     /// stale ticks in its receive buffer and holding a congestion window's worth of sent-packet records
     /// in quiche.
     pub broadcast_inflight: usize,
+    /// Bytes of coalesced catch-up deltas that connections may hold at once on this worker before a pull
+    /// that would build another one shares one already alive, or waits for the next tick (see
+    /// `Ctx::catchup_for`). One delta is always allowed, so every connection still makes progress.
+    pub catchup_budget: usize,
     /// Largest broadcast datagram payload (coalesced catch-up deltas are cut into datagrams of this size).
     pub max_datagram: usize,
     /// Changing ticks kept for catch-up at most (also bounded by their entries: at most as many as the canvas has pixels);
@@ -356,6 +363,11 @@ struct Ctx {
     wave_frontiers: VecDeque<u64>,
     /// Coalesced deltas, shared by every pull and SYNC reply asking for the same span.
     catchup: VecDeque<publication::CatchUp>,
+    /// Every coalesced delta built and perhaps still held by a connection (weakly: the connections own
+    /// them), for `catchup_budget`.
+    live: Vec<publication::LiveDelta>,
+    /// A pull waited for the catch-up budget: wake such connections at the next publication.
+    starved: bool,
     snapshot: Option<Arc<Snapshot>>,
     /// Per source address: (tokens, when last refilled), for `source_writes_per_sec`.
     source_buckets: HashMap<std::net::IpAddr, (f64, Instant)>,
@@ -465,6 +477,8 @@ impl Endpoint {
                 full_frontier: 0,
                 wave_frontiers: VecDeque::new(),
                 catchup: VecDeque::new(),
+                live: Vec::new(),
+                starved: false,
                 source_buckets: HashMap::new(),
                 source_prune_at: SOURCE_PRUNE_MIN,
                 snapshot: None,

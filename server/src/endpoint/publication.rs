@@ -94,6 +94,15 @@ impl Endpoint {
         if self.wave_left == 0 {
             self.advance_frontier();
         }
+        if std::mem::take(&mut self.ctx.starved) {
+            // Pulls that waited for the catch-up budget try again (deltas may have been dropped since).
+            let frontier = self.ctx.frontier;
+            for (key, c) in self.conns.iter_mut() {
+                if c.ready && c.outbox.is_empty() && c.proto != Proto::Pending && c.sent < frontier {
+                    Self::mark_dirty(&mut self.dirty, key, c);
+                }
+            }
+        }
     }
 
     /// Offer everything up to the newest changing tick (and the newest full snapshot, to legacy
@@ -140,14 +149,14 @@ impl Ctx {
     /// stays O(canvas) per worker however far behind a connection is.
     pub(super) fn remember(&mut self, p: Arc<Publication>) {
         self.last_change = p.tick;
-        self.history_entries += p.entries.len();
+        self.history_entries += p.len();
         self.history.push_back(p);
         let budget = self.cfg.rules.dims.len();
         while self.history.len() > self.cfg.history_ticks.max(1)
             || (self.history.len() > 1 && self.history_entries > budget)
         {
             let old = self.history.pop_front().expect("non-empty");
-            self.history_entries -= old.entries.len();
+            self.history_entries -= old.len();
             self.lost_change = self.lost_change.max(old.tick);
         }
     }
@@ -182,16 +191,23 @@ impl Ctx {
             }
         }
         if c.sent < self.frontier {
-            let from = self.anchor(c.sent);
-            let d = self.delta(from, self.frontier).expect("history holds a tick in (from, frontier]");
-            if d.ticks > 1 {
-                self.stats.catchups += 1;
+            match self.catchup_for(c.sent) {
+                Some(d) => {
+                    if d.ticks > 1 {
+                        self.stats.catchups += 1;
+                    }
+                    // The frontier, or less for a shared live delta (the next pull goes on from there).
+                    c.sent = d.publication.tick;
+                    c.outbox.push_back(match c.proto {
+                        Proto::Legacy => Out::Legacy(d.publication, 0),
+                        _ => Out::Parts(d.publication, 0),
+                    });
+                }
+                None => {
+                    self.stats.catchup_deferred += 1;
+                    self.starved = true;
+                }
             }
-            c.outbox.push_back(match c.proto {
-                Proto::Legacy => Out::Legacy(d.publication, 0),
-                _ => Out::Parts(d.publication, 0),
-            });
-            c.sent = self.frontier;
         }
         if c.proto == Proto::Canvas1 && c.outbox.is_empty() {
             // HEAD(Q, L) tells a connection that has every change up to L that nothing changed in (L, Q]:
@@ -223,6 +239,44 @@ impl Ctx {
         sent
     }
 
+    /// What a pull from tick `sent` (< the frontier) takes: the delta from its anchor to the frontier when
+    /// that is one tick, already built, or fits `catchup_budget` beside the deltas connections still hold
+    /// (or none is held: one is always allowed); past the budget, the live delta that covers `sent` and
+    /// reaches furthest (it moves the connection part of the way, at no new memory); else None, and the
+    /// connection pulls again at the next publication. So the bytes of catch-up deltas alive on a worker
+    /// stay within the budget plus one delta (a heap profile under overload had found them growing with
+    /// the backlog: 144 of 309 MB at 2,000 clients, twice the knee, 30 s), and what a connection holds is
+    /// still only a reference to a shared delta.
+    fn catchup_for(&mut self, sent: u64) -> Option<Delta> {
+        let from = self.anchor(sent);
+        let to = self.frontier;
+        let i = self.history.partition_point(|p| p.tick <= from);
+        let j = self.history.partition_point(|p| p.tick <= to);
+        let built = i < j && {
+            let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
+            j - i == 1 || self.catchup.iter().any(|d| d.first == first && d.last == last)
+        };
+        if built {
+            return self.delta(from, to);
+        }
+        // At most this many bytes: each changed pixel once, as a 5-byte entry.
+        let bound = self.history.range(i..j).map(|p| p.len()).sum::<usize>().min(self.cfg.rules.dims.len())
+            * proto::ENTRY_LEN;
+        self.live.retain(|d| d.publication.strong_count() > 0);
+        let live: usize = self.live.iter().map(|d| d.bytes).sum();
+        if live == 0 || live + bound <= self.cfg.catchup_budget {
+            return self.delta(from, to);
+        }
+        let (ticks, publication) = self
+            .live
+            .iter()
+            .filter(|d| d.from <= sent && sent < d.last)
+            .max_by_key(|d| d.last)
+            .and_then(|d| Some((d.ticks, d.publication.upgrade()?)))?;
+        self.stats.catchup_shared += 1;
+        Some(Delta { ticks, publication })
+    }
+
     /// Everything that changed after tick `from` up to changing tick `to`, from the history (which must
     /// reach back to `from`); None when nothing did. One tick alone is that tick's own publication; several
     /// are coalesced into one (base: the base of the first of them, which is ≤ `from`, so it chains onto a
@@ -241,24 +295,33 @@ impl Ctx {
         if let Some(d) = self.catchup.iter().find(|d| d.first == first && d.last == last) {
             return Some(Delta { ticks: j - i, publication: d.publication.clone() });
         }
-        let entries = publish::coalesce(self.history.range(i..j).map(|p| p.entries.as_slice()));
+        let sets: Vec<_> = self.history.range(i..j).map(|p| p.change_set()).collect();
+        let entries = publish::coalesce(sets.iter().map(|s| &s[..]));
         self.stats.catchup_deltas += 1;
         self.stats.catchup_ticks += (j - i) as u64;
         self.stats.catchup_entries += entries.len() as u64;
         let l = &self.history[j - 1];
-        let publication = Arc::new(Publication::encode(
+        let publication = Arc::new(Publication::coalesced(
             l.tick,
             self.history[i].base,
             l.hash,
             &entries,
             self.cfg.max_datagram,
-            Vec::new(),
-            None,
         ));
         if self.catchup.len() >= MAX_CATCHUP_CACHE {
             self.catchup.pop_front();
         }
         self.catchup.push_back(CatchUp { first, last, publication: publication.clone() });
+        self.live.retain(|d| d.publication.strong_count() > 0);
+        self.live.push(LiveDelta {
+            from,
+            last,
+            ticks: j - i,
+            bytes: publication.parts.bytes(),
+            publication: Arc::downgrade(&publication),
+        });
+        let live: usize = self.live.iter().map(|d| d.bytes).sum();
+        self.stats.catchup_live_peak = self.stats.catchup_live_peak.max(live as u64);
         Some(Delta { ticks: j - i, publication })
     }
 }
@@ -275,6 +338,17 @@ pub(super) struct CatchUp {
     first: u64,
     last: u64,
     publication: Arc<Publication>,
+}
+
+/// A coalesced delta some connection may still hold: it covers every change in (`from`, `last`].
+#[derive(Debug)]
+pub(super) struct LiveDelta {
+    from: u64,
+    last: u64,
+    ticks: usize,
+    /// Its encoded parts.
+    bytes: usize,
+    publication: std::sync::Weak<Publication>,
 }
 
 /// What [`Ctx::delta`] found.

@@ -86,6 +86,14 @@ pub struct EndpointStats {
     /// Pulls from a tick the history no longer reaches (canvas/1 clients then repair with SYNC; legacy
     /// connections get the newest snapshot).
     pub catchup_lost: u64,
+    /// Pulls that would have built a coalesced delta past `--catchup-budget-mib` and took one already
+    /// alive that covers their tick instead (it moves them part of the way).
+    pub catchup_shared: u64,
+    /// Pulls that waited for the next tick: past the budget and no live delta covered their tick.
+    pub catchup_deferred: u64,
+    /// The most bytes of coalesced deltas alive at once (held by connections or cached), as seen when one
+    /// was built.
+    pub catchup_live_peak: u64,
     /// Publications received from the master.
     pub publications: u64,
     /// Publications missed (the worker fell behind the master's queue).

@@ -368,6 +368,18 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         "Broadcast pulls from a tick the history no longer reaches.",
         &mut per(|w| w.endpoint.catchup_lost).into_iter(),
     );
+    family(
+        "broadcast_catchup_shared_total",
+        "counter",
+        "Broadcast pulls past --catchup-budget-mib that shared a coalesced delta already alive.",
+        &mut per(|w| w.endpoint.catchup_shared).into_iter(),
+    );
+    family(
+        "broadcast_catchup_deferred_total",
+        "counter",
+        "Broadcast pulls past --catchup-budget-mib that waited a tick (no live delta covered them).",
+        &mut per(|w| w.endpoint.catchup_deferred).into_iter(),
+    );
     let depths: Vec<(String, u64)> = src
         .shared
         .links

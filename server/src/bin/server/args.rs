@@ -218,6 +218,10 @@ pub(crate) struct Args {
     /// client gets coalesced deltas later instead of a queue of stale ticks.
     #[arg(long, default_value_t = server::endpoint::DEFAULT_BROADCAST_INFLIGHT / 1024)]
     pub(crate) broadcast_inflight_kib: usize,
+    /// Coalesced catch-up deltas (MiB per worker) that connections behind the broadcast may hold at once:
+    /// past it a pull shares a delta already alive or waits a tick, so memory under overload stays bounded.
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_CATCHUP_BUDGET >> 20, value_parser = usize_in(1, 1 << 20))]
+    pub(crate) catchup_budget_mib: usize,
     /// quiche DATAGRAM send-queue entries per connection.
     #[arg(long, default_value_t = DEFAULT_QUIC.dgram_queue, value_parser = usize_in(1, 65_536))]
     pub(crate) dgram_queue: usize,

@@ -708,6 +708,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             tick_ms: tick.as_millis() as u32,
             dgram_queue: a.dgram_queue,
             broadcast_inflight: a.broadcast_inflight_kib.saturating_mul(1024),
+            catchup_budget: a.catchup_budget_mib << 20,
             max_datagram: a.max_datagram,
             history_ticks: a.history_ticks,
             send_budget: a.send_budget,
@@ -959,16 +960,19 @@ fn report_live(
 fn print_budget(a: &Args, canvas: usize, workers: usize, sock: usize, per_worker_io: usize, io_name: &str) {
     let per_worker_conns = a.max_connections_per_worker * CONN_STATE_BYTES;
     let queues = workers * a.spsc_capacity * std::mem::size_of::<server::publish::PixelWrite>();
+    // Beyond the budget each worker may hold one more delta (at most the canvas, 5 bytes a pixel).
+    let catchup = workers * ((a.catchup_budget_mib << 20) + canvas * canvas::proto::ENTRY_LEN);
     eprintln!(
-        "server: memory budget: canvas {} + socket buffers {} + {io_name} {} ({workers} x {}) + write queues {} + connection state up to {} ({} conns x ~{} KiB) = {}",
+        "server: memory budget: canvas {} + socket buffers {} + {io_name} {} ({workers} x {}) + write queues {} + catch-up deltas up to {} + connection state up to {} ({} conns x ~{} KiB) = {}",
         mib(canvas),
         mib(sock),
         mib(workers * per_worker_io),
         mib(per_worker_io),
         mib(queues),
+        mib(catchup),
         mib(workers * per_worker_conns),
         workers * a.max_connections_per_worker,
         CONN_STATE_BYTES / 1024,
-        mib(canvas + sock + workers * per_worker_io + queues + workers * per_worker_conns),
+        mib(canvas + sock + workers * per_worker_io + queues + catchup + workers * per_worker_conns),
     );
 }
