@@ -120,8 +120,17 @@ fn live_page_shows_the_canvas_and_counters_changing() {
         "# TYPE canvas_tick_duration_seconds histogram",
         "canvas_tick_duration_seconds_bucket{le=\"+Inf\"}",
         "canvas_packets_received_total{worker=\"0\"}",
+        "# TYPE canvas_write_ack_wait_seconds histogram",
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family}:\n{metrics}");
+    }
+    // The writes so far were timed inside the server, to their ACKs' encoding and hand-over to quiche.
+    for stage in ["applied", "handed"] {
+        let key = format!("canvas_write_ack_wait_seconds_count{{stage=\"{stage}\"}} ");
+        let line =
+            metrics.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key}:\n{metrics}"));
+        let n: u64 = line[key.len()..].trim().parse().expect("a count");
+        assert!(n > 0, "{line}");
     }
     let head = String::from_utf8_lossy(&png[..png.len().min(512)]).to_ascii_lowercase();
     assert!(head.contains("content-type: image/png"), "canvas.png content type: {head}");

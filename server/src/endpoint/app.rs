@@ -108,7 +108,7 @@ impl Ctx {
                 }
                 c.cooldown = slot;
                 self.stats.pixels_queued += 1;
-                self.acks.push_back(id.map(|id| (key, c.gen, id)));
+                self.acks.push_back(id.map(|id| (key, c.gen, id, now)));
             }
             Err((reason, wait)) => {
                 self.stats.reject(reason);

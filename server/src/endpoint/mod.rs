@@ -23,7 +23,7 @@ mod publication;
 mod send;
 mod stats;
 
-pub use stats::EndpointStats;
+pub use stats::{EndpointStats, WaitHistogram, WAIT_BUCKETS_MS};
 
 /// Length of the connection ids this server issues: the owning worker's index (2 bytes, big-endian, see
 /// [`cid_owner`]), then 14 bytes of an HMAC of the client's first DCID under the worker's key.
@@ -195,8 +195,9 @@ impl Out {
 enum Chunk {
     /// Small control frames in order (WELCOME, SYNCED).
     Bytes(Vec<u8>, usize),
-    /// ACK and REJECT frames: they go ahead of any reply not yet started (see [`Conn::answers`]).
-    Answers(Vec<u8>, usize),
+    /// ACK and REJECT frames: they go ahead of any reply not yet started (see [`Conn::answers`]); with when
+    /// the oldest write ACKed in it was received (for `EndpointStats::ack_handed`).
+    Answers(Vec<u8>, usize, Option<Instant>),
     /// A shared SNAPSHOT frame.
     Snap(Arc<Snapshot>, usize),
     /// A shared DIFF frame (a SYNC reply's delta, encoded once per span).
@@ -206,7 +207,7 @@ enum Chunk {
 impl Chunk {
     fn cursor(&mut self) -> (&[u8], &mut usize) {
         match self {
-            Chunk::Bytes(b, i) | Chunk::Answers(b, i) => (b, i),
+            Chunk::Bytes(b, i) | Chunk::Answers(b, i, _) => (b, i),
             Chunk::Snap(s, i) => (&s.frame, i),
             Chunk::Diff(p, i) => (p.diff_frame(), i),
         }
@@ -215,7 +216,7 @@ impl Chunk {
     /// quiche has taken part of it: what follows must wait until it is whole on the stream.
     fn started(&self) -> bool {
         match self {
-            Chunk::Bytes(_, i) | Chunk::Answers(_, i) | Chunk::Snap(_, i) | Chunk::Diff(_, i) => *i > 0,
+            Chunk::Bytes(_, i) | Chunk::Answers(_, i, _) | Chunk::Snap(_, i) | Chunk::Diff(_, i) => *i > 0,
         }
     }
 }
@@ -281,20 +282,30 @@ impl Conn {
     /// queued replies not yet started (a SYNC reply may be a megabyte of SNAPSHOT and DIFF; an answer to a
     /// write must not wait behind it). Answers stay in order among themselves; each is a whole frame.
     fn answers(&mut self) -> &mut Vec<u8> {
+        self.answers_for(None)
+    }
+
+    /// [`Conn::answers`] for the ACK of a write received at `received` (the chunk remembers its oldest).
+    fn answers_for(&mut self, received: Option<Instant>) -> &mut Vec<u8> {
         let at = usize::from(self.stream_out.front().is_some_and(Chunk::started));
-        let reuse = matches!(self.stream_out.get(at), Some(Chunk::Answers(b, 0)) if b.len() < 16 * 1024);
+        let reuse = matches!(self.stream_out.get(at), Some(Chunk::Answers(b, 0, _)) if b.len() < 16 * 1024);
         if !reuse {
-            self.stream_out.insert(at, Chunk::Answers(Vec::with_capacity(64), 0));
+            self.stream_out.insert(at, Chunk::Answers(Vec::with_capacity(64), 0, None));
         }
         match self.stream_out.get_mut(at) {
-            Some(Chunk::Answers(b, _)) => b,
+            Some(Chunk::Answers(b, _, oldest)) => {
+                if let Some(t) = received {
+                    *oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+                b
+            }
             _ => unreachable!("just inserted"),
         }
     }
 
     /// ACK or REJECT bytes wait to be handed to quiche (they sit at the front, see [`Conn::answers`]).
     fn has_answers(&self) -> bool {
-        self.stream_out.iter().take(2).any(|ch| matches!(ch, Chunk::Answers(b, i) if *i < b.len()))
+        self.stream_out.iter().take(2).any(|ch| matches!(ch, Chunk::Answers(b, i, _) if *i < b.len()))
     }
 
     /// Bring `inflight` up to date with what quiche has seen acknowledged or lost. Returns whether
@@ -344,7 +355,9 @@ struct Ctx {
     epoch: Instant,
     stats: EndpointStats,
     /// One entry per write handed to the master, in order: who to ACK when the master reports it applied.
-    acks: VecDeque<Option<(usize, u32, u32)>>,
+    /// Per write handed to the master, in order: its connection (key, generation), request id and when it
+    /// was received; None for a write that asked for no ACK.
+    acks: VecDeque<Option<(usize, u32, u32, Instant)>>,
     applied: u64,
     history: VecDeque<Arc<Publication>>,
     /// Entries (pixels) summed over `history`.

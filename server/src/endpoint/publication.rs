@@ -28,7 +28,7 @@ impl Endpoint {
     }
 
     /// Apply one publication (public so deterministic tests can drive it).
-    pub fn on_publication(&mut self, _now: Instant, p: Arc<Publication>) {
+    pub fn on_publication(&mut self, now: Instant, p: Arc<Publication>) {
         let ctx = &mut self.ctx;
         ctx.stats.publications += 1;
         if ctx.snapshot.is_none() {
@@ -53,9 +53,10 @@ impl Endpoint {
             ctx.applied += 1;
             ctx.stats.pixels_applied += 1;
             match ctx.acks.pop_front() {
-                Some(Some((key, gen, id))) => {
+                Some(Some((key, gen, id, received))) => {
+                    ctx.stats.ack_applied.record(now.saturating_duration_since(received));
                     if let Some(c) = self.conns.get_mut(key).filter(|c| c.gen == gen) {
-                        proto::encode_ack(id, p.tick, c.answers());
+                        proto::encode_ack(id, p.tick, c.answers_for(Some(received)));
                         Self::mark_urgent(&mut self.urgent, &mut self.dirty, key, c);
                     }
                 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use datapath::seam::{Addrs, Datapath};
 
 use super::{
-    Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS, PACING_SLACK,
+    Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS, PACING_SLACK,
     TIMER_PURGE_SLACK, URGENT_BUDGET,
 };
 
@@ -121,7 +121,7 @@ impl Endpoint {
 
 impl Ctx {
     /// Hand queued control bytes to quiche, as far as the stream's flow control allows. Returns bytes taken.
-    fn feed_stream(&mut self, c: &mut Conn) -> usize {
+    fn feed_stream(&mut self, c: &mut Conn, now: Instant) -> usize {
         let Some(ctl) = c.ctl else { return 0 };
         let mut total = 0;
         while let Some(ch) = c.stream_out.front_mut() {
@@ -134,7 +134,9 @@ impl Ctx {
                     if *off < bytes.len() {
                         break;
                     }
-                    c.stream_out.pop_front();
+                    if let Some(Chunk::Answers(_, _, Some(oldest))) = c.stream_out.pop_front() {
+                        self.stats.ack_handed.record(now.saturating_duration_since(oldest));
+                    }
                 }
                 Err(quiche::Error::Done) => break,
                 Err(_) => {
@@ -213,7 +215,7 @@ impl Ctx {
             tx.tx_commit(p.buf.len(), p.addrs);
             self.stats.packets_out += 1;
         }
-        self.feed_stream(c);
+        self.feed_stream(c, now);
         if c.stream_out.len() > MAX_STREAM_CHUNKS && !c.q.is_closed() {
             let _ = c.q.close(true, APP_ERR_NOT_READING, b"control stream not read");
             c.stream_out.clear();
@@ -244,7 +246,7 @@ impl Ctx {
                 }
                 Err(quiche::Error::Done) => {
                     // quiche may have room again for control bytes or datagrams.
-                    if self.feed_stream(c) + self.feed_dgrams(c) == 0 {
+                    if self.feed_stream(c, now) + self.feed_dgrams(c) == 0 {
                         break;
                     }
                 }

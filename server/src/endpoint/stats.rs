@@ -116,6 +116,68 @@ pub struct EndpointStats {
     pub handoff_dropped: u64,
     /// Datagrams of this worker's connections handed over by other workers.
     pub handed_in: u64,
+    /// Write received → its ACK encoded (the master applied it and its tick came back), per ACKed write.
+    pub ack_applied: WaitHistogram,
+    /// Write received → its ACK handed to quiche (written onto the control stream; quiche then sends it as
+    /// its congestion window allows), per batch of answers, timed from the oldest write in the batch. The
+    /// rest of a client's write→ACK time is quiche, the network and the client.
+    pub ack_handed: WaitHistogram,
+}
+
+/// Upper bounds (ms) of the [`WaitHistogram`] buckets; the last bucket counts everything above.
+pub const WAIT_BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000];
+
+/// Counts of waits per bucket of [`WAIT_BUCKETS_MS`] (plus one above), and their sum.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct WaitHistogram {
+    /// Counts per bucket: `buckets[i]` counts waits ≤ `WAIT_BUCKETS_MS[i]` and above the bound before.
+    pub buckets: [u64; WAIT_BUCKETS_MS.len() + 1],
+    /// Sum of the waits, microseconds.
+    pub sum_us: u64,
+}
+
+impl WaitHistogram {
+    /// Count one wait.
+    pub fn record(&mut self, d: std::time::Duration) {
+        let us = d.as_micros();
+        let b = WAIT_BUCKETS_MS
+            .iter()
+            .position(|&ub| us <= u128::from(ub) * 1000)
+            .unwrap_or(WAIT_BUCKETS_MS.len());
+        self.buckets[b] += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+
+    /// Add another histogram's counts (another worker's).
+    pub fn merge(&mut self, other: &WaitHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// Waits counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The bucket bound (ms) under which at least `q` of the waits fall; None above the last bound or when
+    /// nothing was counted.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = (q * n as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= want.max(1) {
+                return WAIT_BUCKETS_MS.get(i).copied();
+            }
+        }
+        None
+    }
 }
 
 impl EndpointStats {
@@ -136,5 +198,35 @@ impl EndpointStats {
             + self.rejected_cooldown
             + self.rejected_busy
             + self.rejected_malformed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WaitHistogram, WAIT_BUCKETS_MS};
+    use std::time::Duration;
+
+    #[test]
+    fn wait_histogram_buckets_quantiles_and_merge() {
+        let mut h = WaitHistogram::default();
+        assert_eq!(h.quantile_ms(0.5), None, "nothing counted");
+        // 98 waits of 3 ms, one of exactly 100 ms, one of 20 s.
+        for _ in 0..98 {
+            h.record(Duration::from_millis(3));
+        }
+        h.record(Duration::from_millis(100));
+        h.record(Duration::from_secs(20));
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.buckets[1], 98, "3 ms falls in (1, 5]");
+        assert_eq!(h.buckets[5], 1, "100 ms is in the bucket bounded by 100");
+        assert_eq!(h.buckets[WAIT_BUCKETS_MS.len()], 1, "20 s is above the last bound");
+        assert_eq!(h.quantile_ms(0.5), Some(5));
+        assert_eq!(h.quantile_ms(0.99), Some(100));
+        assert_eq!(h.quantile_ms(1.0), None, "the slowest is above every bound");
+        assert_eq!(h.sum_us, 98 * 3_000 + 100_000 + 20_000_000);
+        let mut sum = WaitHistogram::default();
+        sum.merge(&h);
+        sum.merge(&h);
+        assert_eq!((sum.count(), sum.buckets[1], sum.sum_us), (200, 196, 2 * h.sum_us));
     }
 }

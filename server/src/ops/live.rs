@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use canvas::Dims;
 
-use crate::endpoint::EndpointStats;
+use crate::endpoint::{EndpointStats, WAIT_BUCKETS_MS};
 use crate::link::Shared;
 use crate::master::{MasterStats, TickObserver};
 use datapath::backend::xdp::XdpSockStats;
@@ -224,6 +224,11 @@ fn sum_workers(ws: &[WorkerLive]) -> (EndpointStats, BackendStats) {
         e.pixels_received += w.endpoint.pixels_received;
         e.pixels_applied += w.endpoint.pixels_applied;
         e.broadcast_dgrams += w.endpoint.broadcast_dgrams;
+        for (sum, h) in
+            [(&mut e.ack_applied, &w.endpoint.ack_applied), (&mut e.ack_handed, &w.endpoint.ack_handed)]
+        {
+            sum.merge(h);
+        }
         b.rx_datagrams += w.backend.rx_datagrams;
         b.tx_datagrams += w.backend.tx_datagrams;
         b.rx_bytes += w.backend.rx_bytes;
@@ -236,6 +241,8 @@ fn sum_workers(ws: &[WorkerLive]) -> (EndpointStats, BackendStats) {
 pub fn prometheus(live: &Live, src: &Sources) -> String {
     let ws = workers(live);
     let (stats, tick_buckets, tick_sum_us, _) = master(live);
+    let (summed, _) = sum_workers(&ws);
+    let (ack_applied, ack_handed) = (summed.ack_applied, summed.ack_handed);
     let mut s = String::with_capacity(8192);
     let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = (String, u64)>| {
         let _ = writeln!(s, "# HELP canvas_{name} {help}\n# TYPE canvas_{name} {kind}");
@@ -504,6 +511,28 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
     let _ = writeln!(s, "canvas_tick_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
     let _ = writeln!(s, "canvas_tick_duration_seconds_sum {}", tick_sum_us as f64 / 1e6);
     let _ = writeln!(s, "canvas_tick_duration_seconds_count {cum}");
+    let _ = writeln!(
+        s,
+        "# HELP canvas_write_ack_wait_seconds Write received -> its ACK encoded (stage applied) and handed to \
+         quiche (stage handed, per batch of answers, from its oldest write).\n# TYPE canvas_write_ack_wait_seconds \
+         histogram"
+    );
+    for (stage, h) in [("applied", ack_applied), ("handed", ack_handed)] {
+        let mut cum = 0;
+        for (i, ub) in WAIT_BUCKETS_MS.iter().enumerate() {
+            cum += h.buckets[i];
+            let _ = writeln!(
+                s,
+                "canvas_write_ack_wait_seconds_bucket{{stage=\"{stage}\",le=\"{}\"}} {cum}",
+                *ub as f64 / 1e3
+            );
+        }
+        cum += h.buckets[WAIT_BUCKETS_MS.len()];
+        let _ = writeln!(s, "canvas_write_ack_wait_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {cum}");
+        let _ =
+            writeln!(s, "canvas_write_ack_wait_seconds_sum{{stage=\"{stage}\"}} {}", h.sum_us as f64 / 1e6);
+        let _ = writeln!(s, "canvas_write_ack_wait_seconds_count{{stage=\"{stage}\"}} {cum}");
+    }
     s
 }
 

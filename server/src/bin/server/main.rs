@@ -860,7 +860,11 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     per_worker.sort_by_key(|r| r.worker);
     let ms = master.stats();
     let mut t = Totals { ticks: ms.ticks, pixels_applied: ms.pixels_applied, ..Default::default() };
+    let (mut applied, mut handed) =
+        (server::endpoint::WaitHistogram::default(), server::endpoint::WaitHistogram::default());
     for r in &per_worker {
+        applied.merge(&r.endpoint.ack_applied);
+        handed.merge(&r.endpoint.ack_handed);
         t.accepted += r.endpoint.accepted;
         t.closed += r.endpoint.closed;
         t.pixels_received += r.endpoint.pixels_received;
@@ -875,6 +879,23 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         "server: stopped: {} connections accepted, {} closed, {} pixels applied, {} rejected, {} ticks, {} datagrams in / {} out",
         t.accepted, t.closed, t.pixels_applied, t.pixels_rejected, t.ticks, t.datagrams_in, t.datagrams_out
     );
+    if handed.count() > 0 {
+        let q = |h: &server::endpoint::WaitHistogram, q| match h.quantile_ms(q) {
+            Some(ms) => format!("≤ {ms} ms"),
+            None => format!(
+                "> {} ms",
+                server::endpoint::WAIT_BUCKETS_MS[server::endpoint::WAIT_BUCKETS_MS.len() - 1]
+            ),
+        };
+        eprintln!(
+            "server: write -> ACK inside the server: applied p50 {} p99 {}, handed to quiche p50 {} p99 {} (a client's \
+             write -> ACK adds quiche's sending, the network and the client)",
+            q(&applied, 0.5),
+            q(&applied, 0.99),
+            q(&handed, 0.5),
+            q(&handed, 0.99)
+        );
+    }
     let report = Report {
         mode: mode_name,
         kernel: datapath::netdev::kernel_release(),
