@@ -66,7 +66,7 @@ pub const ACK_DELAY: Duration = Duration::from_millis(10);
 /// client (5 bytes each); below that rate nothing changes, above it the client gets coalesced deltas.
 pub const DEFAULT_BROADCAST_INFLIGHT: usize = 32 * 1024;
 /// Default of [`EndpointConfig::catchup_budget`]: 32 MiB per worker, six coalesced deltas of the whole
-/// 1000 x 1000 canvas, or ~160 of the ~200 KB a client 10 s behind 20,000 writes/s needs.
+/// 1000 x 1000 canvas (5 MB each), or ~30 of the ≤ 1 MB a client 10 s behind 20,000 writes/s lacks.
 pub const DEFAULT_CATCHUP_BUDGET: usize = 32 << 20;
 /// Superseded timer entries tolerated beyond two per connection before the heap is purged.
 pub const TIMER_PURGE_SLACK: usize = 64;
@@ -354,9 +354,9 @@ struct Ctx {
     key: hmac::Key,
     epoch: Instant,
     stats: EndpointStats,
-    /// One entry per write handed to the master, in order: who to ACK when the master reports it applied.
-    /// Per write handed to the master, in order: its connection (key, generation), request id and when it
-    /// was received; None for a write that asked for no ACK.
+    /// One entry per write handed to the master, in order: who to ACK when the master reports it applied
+    /// (connection key and generation, request id) and when the write was received; None for a write that
+    /// asked for no ACK.
     acks: VecDeque<Option<(usize, u32, u32, Instant)>>,
     applied: u64,
     history: VecDeque<Arc<Publication>>,
