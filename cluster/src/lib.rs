@@ -118,9 +118,11 @@ pub struct Ordered {
 pub struct Status {
     /// The client is connected to a NATS server.
     pub connected: AtomicBool,
-    /// Messages the stream acknowledged.
+    /// Messages the stream acknowledged. Each is exactly one message in the stream: a publish is retried
+    /// (same payload, same message id) only until its first acknowledgement.
     pub published: AtomicU64,
-    /// Of those, acknowledged as duplicates (a retry of a message the stream already had).
+    /// Of those, acknowledged as duplicates: a retry of a message an earlier attempt had stored without its
+    /// acknowledgement reaching us (still one message in the stream, counted once in `published`).
     pub duplicates: AtomicU64,
     /// The newest of this node's batches the stream has acknowledged (batches are acknowledged in order;
     /// [`Sequencer::backlog`] empty only means none is waiting to be sent, one may still be in flight).
