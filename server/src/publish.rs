@@ -122,7 +122,7 @@ impl Publication {
     /// applied and no snapshot, but it keeps only the encoded parts. A delta is built for connections that
     /// fell behind, lives while any of them is still sending it, and under overload many are alive at once:
     /// the entries' copy was most of their memory (a heap profile of 2,000 clients at twice the knee put
-    /// catch-up deltas at 144 of 309 MB, 76 MB of it that copy).
+    /// catch-up deltas at 144 of 309 MB, 71 MB of it that copy).
     pub fn coalesced(tick: u64, base: u64, hash: u64, entries: &[(u32, u8)], max_dgram: usize) -> Self {
         let mut p = Self::encode(tick, base, hash, entries, max_dgram, Vec::new(), None);
         p.entries = Vec::new();

@@ -49,13 +49,18 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
     }
 }
 
-fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
+/// The system of `cfg`, every client through its handshake and initial snapshot (bounded by 60 s).
+fn ready_sim(cfg: SimConfig) -> Sim {
     let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let (cert, key) = (&tls.cert, &tls.key);
+    let mut sim = Sim::new(cfg, &tls.cert, &tls.key);
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    sim
+}
+
+fn run(clients: usize, loss: f64, reorder: f64, seed: u64) {
     let cfg = config(clients, loss, reorder, seed);
     let dims = cfg.endpoint.rules.dims;
-    let mut sim = Sim::new(cfg, cert, key);
-    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let mut sim = ready_sim(cfg);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut bad = 0;
     for _ in 0..300 {
@@ -154,13 +159,10 @@ fn busy_rounds(
 /// pixel superseding earlier ones): no per-tick re-send, no snapshot.
 #[test]
 fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
-    let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let (cert, key) = (&tls.cert, &tls.key);
     let cfg = config(20, 0.0, 0.0, 3);
     let history = cfg.endpoint.history_ticks as u64;
     let rounds_per_tick = cfg.rounds_per_tick;
-    let mut sim = Sim::new(cfg, cert, key);
-    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let mut sim = ready_sim(cfg);
     let stats = |sim: &Sim| {
         sim.workers.iter().fold((0, 0, 0, 0), |a, (e, _)| {
             let s = e.stats();
@@ -201,8 +203,6 @@ fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
 /// client's replica with no SYNC and no snapshot.
 #[test]
 fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
-    let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let (cert, key) = (&tls.cert, &tls.key);
     let mut cfg = config(20, 0.0, 0.0, 5);
     cfg.workers = 1;
     cfg.endpoint.dgram_queue = 8;
@@ -210,8 +210,7 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     let inflight = 4 * 1024;
     cfg.endpoint.broadcast_inflight = inflight;
     let rounds_per_tick = cfg.rounds_per_tick;
-    let mut sim = Sim::new(cfg, cert, key);
-    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let mut sim = ready_sim(cfg);
     assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the stall");
     let stats = |sim: &Sim| {
         let s = sim.workers[0].0.stats();
@@ -256,15 +255,12 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
 /// they resume, every replica still converges, chaining onto shared deltas: no SYNC, no snapshot.
 #[test]
 fn a_catch_up_budget_bounds_live_deltas_and_every_stalled_client_still_converges() {
-    let tls = quic::ensure_cert(None, None, None, None).unwrap();
-    let (cert, key) = (&tls.cert, &tls.key);
     let mut cfg = config(24, 0.0, 0.0, 9);
     cfg.workers = 1;
     cfg.endpoint.catchup_budget = 1;
     cfg.endpoint.broadcast_inflight = 4 * 1024;
     let rounds_per_tick = cfg.rounds_per_tick;
-    let mut sim = Sim::new(cfg, cert, key);
-    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let mut sim = ready_sim(cfg);
     assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the stalls");
     let before = sim.workers[0].0.stats();
     let syncs_before: u64 = sim.clients.iter().map(|c| c.replica.stats().syncs).sum();

@@ -97,12 +97,7 @@ impl Endpoint {
         }
         if std::mem::take(&mut self.ctx.starved) {
             // Pulls that waited for the catch-up budget try again (deltas may have been dropped since).
-            let frontier = self.ctx.frontier;
-            for (key, c) in self.conns.iter_mut() {
-                if c.ready && c.outbox.is_empty() && c.proto != Proto::Pending && c.sent < frontier {
-                    Self::mark_dirty(&mut self.dirty, key, c);
-                }
-            }
+            self.wake_behind();
         }
     }
 
@@ -126,8 +121,16 @@ impl Endpoint {
         ctx.wave_frontiers.push_back(frontier);
         ctx.catchup.retain(|d| d.last >= frontier);
         ctx.stats.waves += 1;
+        self.wake_behind();
+        self.wave_left = self.dirty.len();
+    }
+
+    /// Wake every idle connection that lacks something offered (up to the frontier; legacy: also the
+    /// newest full snapshot). A connection still handing a run to quiche pulls the rest when that run is
+    /// drained.
+    fn wake_behind(&mut self) {
+        let (frontier, full_tick) = (self.ctx.frontier, self.ctx.full_frontier);
         for (key, c) in self.conns.iter_mut() {
-            // A connection still handing a run to quiche pulls the rest when that run is drained.
             if !c.ready || !c.outbox.is_empty() {
                 continue;
             }
@@ -140,7 +143,6 @@ impl Endpoint {
                 Self::mark_dirty(&mut self.dirty, key, c);
             }
         }
-        self.wave_left = self.dirty.len();
     }
 }
 
@@ -246,27 +248,20 @@ impl Ctx {
     /// reaches furthest (it moves the connection part of the way, at no new memory); else None, and the
     /// connection pulls again at the next publication. So the bytes of catch-up deltas alive on a worker
     /// stay within the budget plus one delta (a heap profile under overload had found them growing with
-    /// the backlog: 144 of 309 MB at 2,000 clients, twice the knee, 30 s), and what a connection holds is
+    /// the backlog: 144 of 309 MB at 2,000 clients, twice the knee, 20 s), and what a connection holds is
     /// still only a reference to a shared delta.
     fn catchup_for(&mut self, sent: u64) -> Option<Delta> {
         let from = self.anchor(sent);
-        let to = self.frontier;
-        let i = self.history.partition_point(|p| p.tick <= from);
-        let j = self.history.partition_point(|p| p.tick <= to);
-        let built = i < j && {
-            let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
-            j - i == 1 || self.catchup.iter().any(|d| d.first == first && d.last == last)
-        };
-        if built {
-            return self.delta(from, to);
+        let (i, j) = self.span(from, self.frontier)?;
+        if let Some(d) = self.existing(i, j) {
+            return Some(d);
         }
         // At most this many bytes: each changed pixel once, as a 5-byte entry.
         let bound = self.history.range(i..j).map(|p| p.len()).sum::<usize>().min(self.cfg.rules.dims.len())
             * proto::ENTRY_LEN;
-        self.live.retain(|d| d.publication.strong_count() > 0);
-        let live: usize = self.live.iter().map(|d| d.bytes).sum();
+        let live = self.live_bytes();
         if live == 0 || live + bound <= self.cfg.catchup_budget {
-            return self.delta(from, to);
+            return Some(self.build(from, i, j));
         }
         let (ticks, publication) = self
             .live
@@ -284,26 +279,40 @@ impl Ctx {
     /// replica at `from`), built once and shared through `catchup` by every connection and SYNC reply that
     /// asks for the same span.
     pub(super) fn delta(&mut self, from: u64, to: u64) -> Option<Delta> {
+        let (i, j) = self.span(from, to)?;
+        Some(self.existing(i, j).unwrap_or_else(|| self.build(from, i, j)))
+    }
+
+    /// The history indexes `i..j` of the changing ticks in (`from`, `to`]; None when there is none.
+    fn span(&self, from: u64, to: u64) -> Option<(usize, usize)> {
         let i = self.history.partition_point(|p| p.tick <= from);
         let j = self.history.partition_point(|p| p.tick <= to);
-        if i >= j {
-            return None;
-        }
-        let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
+        (i < j).then_some((i, j))
+    }
+
+    /// The delta for history `i..j` when it costs nothing new: one tick's own publication, or a coalesced
+    /// delta already cached for that span.
+    fn existing(&self, i: usize, j: usize) -> Option<Delta> {
         if j - i == 1 {
             return Some(Delta { ticks: 1, publication: self.history[i].clone() });
         }
-        if let Some(d) = self.catchup.iter().find(|d| d.first == first && d.last == last) {
-            return Some(Delta { ticks: j - i, publication: d.publication.clone() });
-        }
+        let (first, last) = (self.history[i].tick, self.history[j - 1].tick);
+        let d = self.catchup.iter().find(|d| d.first == first && d.last == last)?;
+        Some(Delta { ticks: j - i, publication: d.publication.clone() })
+    }
+
+    /// Coalesce history `i..j` (the ticks after `from`) into a new shared delta: cached for the same span,
+    /// and registered as live for the catch-up budget.
+    fn build(&mut self, from: u64, i: usize, j: usize) -> Delta {
         let sets: Vec<_> = self.history.range(i..j).map(|p| p.change_set()).collect();
         let entries = publish::coalesce(sets.iter().map(|s| &s[..]));
         self.stats.catchup_deltas += 1;
         self.stats.catchup_ticks += (j - i) as u64;
         self.stats.catchup_entries += entries.len() as u64;
-        let l = &self.history[j - 1];
+        let (first, l) = (self.history[i].tick, &self.history[j - 1]);
+        let last = l.tick;
         let publication = Arc::new(Publication::coalesced(
-            l.tick,
+            last,
             self.history[i].base,
             l.hash,
             &entries,
@@ -313,17 +322,23 @@ impl Ctx {
             self.catchup.pop_front();
         }
         self.catchup.push_back(CatchUp { first, last, publication: publication.clone() });
-        self.live.retain(|d| d.publication.strong_count() > 0);
+        let bytes = publication.parts.bytes();
+        let live = self.live_bytes() + bytes;
         self.live.push(LiveDelta {
             from,
             last,
             ticks: j - i,
-            bytes: publication.parts.bytes(),
+            bytes,
             publication: Arc::downgrade(&publication),
         });
-        let live: usize = self.live.iter().map(|d| d.bytes).sum();
         self.stats.catchup_live_peak = self.stats.catchup_live_peak.max(live as u64);
-        Some(Delta { ticks: j - i, publication })
+        Delta { ticks: j - i, publication }
+    }
+
+    /// Bytes of the coalesced deltas still alive (held by a connection or the cache); dead ones forgotten.
+    fn live_bytes(&mut self) -> usize {
+        self.live.retain(|d| d.publication.strong_count() > 0);
+        self.live.iter().map(|d| d.bytes).sum()
     }
 }
 

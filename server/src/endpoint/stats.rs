@@ -178,6 +178,14 @@ impl WaitHistogram {
         }
         None
     }
+
+    /// [`WaitHistogram::quantile_ms`] for people: "≤ 250 ms", or "> 10000 ms" above the last bound.
+    pub fn quantile_label(&self, q: f64) -> String {
+        match self.quantile_ms(q) {
+            Some(ms) => format!("≤ {ms} ms"),
+            None => format!("> {} ms", WAIT_BUCKETS_MS[WAIT_BUCKETS_MS.len() - 1]),
+        }
+    }
 }
 
 impl EndpointStats {
@@ -223,6 +231,10 @@ mod tests {
         assert_eq!(h.quantile_ms(0.5), Some(5));
         assert_eq!(h.quantile_ms(0.99), Some(100));
         assert_eq!(h.quantile_ms(1.0), None, "the slowest is above every bound");
+        assert_eq!(
+            (h.quantile_label(0.99).as_str(), h.quantile_label(1.0).as_str()),
+            ("≤ 100 ms", "> 10000 ms")
+        );
         assert_eq!(h.sum_us, 98 * 3_000 + 100_000 + 20_000_000);
         let mut sum = WaitHistogram::default();
         sum.merge(&h);

@@ -880,20 +880,13 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         t.accepted, t.closed, t.pixels_applied, t.pixels_rejected, t.ticks, t.datagrams_in, t.datagrams_out
     );
     if handed.count() > 0 {
-        let q = |h: &server::endpoint::WaitHistogram, q| match h.quantile_ms(q) {
-            Some(ms) => format!("≤ {ms} ms"),
-            None => format!(
-                "> {} ms",
-                server::endpoint::WAIT_BUCKETS_MS[server::endpoint::WAIT_BUCKETS_MS.len() - 1]
-            ),
-        };
         eprintln!(
             "server: write -> ACK inside the server: applied p50 {} p99 {}, handed to quiche p50 {} p99 {} (a client's \
              write -> ACK adds quiche's sending, the network and the client)",
-            q(&applied, 0.5),
-            q(&applied, 0.99),
-            q(&handed, 0.5),
-            q(&handed, 0.99)
+            applied.quantile_label(0.5),
+            applied.quantile_label(0.99),
+            handed.quantile_label(0.5),
+            handed.quantile_label(0.99)
         );
     }
     let report = Report {
