@@ -155,7 +155,8 @@ class Bench:
                 cmd = ["ip", "netns", "exec", self.ns(h), str(CLIENT), "--target", TARGET, "--clients", str(clients),
                        "--id", h, "--protocol", "canvas1", "--seed", str(7 + rep), "--max-conn-jitter", str(jitter_ms),
                        "--min-pixel-wait", str(wait[0]), "--max-pixel-wait", str(wait[1]), "--duration", str(secs),
-                       "--metrics-dir", str(mdir), "--summary-json", str(mdir / "summary.json"), "--threads", "1"]
+                       "--metrics-dir", str(mdir), "--summary-json", str(mdir / "summary.json"), "--threads", "1",
+                       *self.a.client_arg]
                 if replicas is not None:
                     cmd += ["--replicas", str(replicas), "--verify-timeout", "60"]
                 clis.append(subprocess.Popen(cmd, stdout=open(mdir / "client.log", "w"), stderr=subprocess.STDOUT))
@@ -379,6 +380,7 @@ def write_reports(b, phases, modes):
               "it (each datagram crosses one server-side and one client-side kernel path of comparable cost here).",
               f"Command: `scripts/bench.sh{' --quick' if b.a.quick else ''}"
               f"{''.join(' --server-arg=' + x for x in b.a.server_arg)}"
+              f"{''.join(' --client-arg=' + x for x in b.a.client_arg)}"
               f"{' --server-bin ' + str(SERVER) if b.a.server_bin else ''}`; files: {b.out}"]
     (b.out / "results.md").write_text("\n".join(lines) + "\n")
     plots(b, med, phases, modes)
@@ -503,6 +505,9 @@ def main():
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="one more server argument for every run (repeatable; e.g. --server-arg=--retry-above-rate "
                         "--server-arg=0), for an A/B of a flag")
+    p.add_argument("--client-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for every measuring client (not the flood's), repeatable; e.g. "
+                        "--client-arg=--plain-snapshots")
     p.add_argument("--server-bin", type=Path, default=None, metavar="PATH",
                    help="another server binary (default target/release/server), for an A/B of two builds with the "
                         "same client")

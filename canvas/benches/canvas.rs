@@ -1,5 +1,6 @@
 //! Canvas core micro-benchmarks: pixel application and tick closing, diff and snapshot encoding for both
-//! protocols, the canvas/1 replica applying a split tick, and the full hash.
+//! protocols (canvas/1 plain and zstd), a client's join (a replica installing a snapshot), the canvas/1
+//! replica applying a split tick, and the full hash.
 //!
 //! Every group sets a throughput, so criterion prints per-element (or per-byte) rates next to the times.
 //! Inputs come from a seeded `SmallRng`, so runs are comparable.
@@ -154,6 +155,44 @@ fn encode_snapshot(c: &mut Criterion) {
                 out
             })
         });
+        g.bench_with_input(BenchmarkId::new("proto_zstd", format!("{pct}pct_random")), &px, |b, px| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                proto::encode_snapshot_zstd(9, h, DIMS, black_box(px), &mut out);
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A client's join: a fresh replica installs a 1000x1000 snapshot (decode and hash check), in the plain
+/// encoding (RLE or raw, whichever the server sends) and in zstd, on a canvas painted 0, 20 and 100 % with
+/// 32 colours. Prints the encoded sizes once.
+fn join(c: &mut Criterion) {
+    let mut g = configure(c, "join");
+    g.throughput(Throughput::Bytes(DIMS.len() as u64));
+    for pct in [0u32, 20, 100] {
+        let mut r = rng(8);
+        let px: Vec<u8> = (0..DIMS.len())
+            .map(|_| if r.random_ratio(pct, 100) { r.random_range(0..32) } else { 0 })
+            .collect();
+        let h = hash::full(&px);
+        let (mut plain, mut zstd) = (Vec::new(), Vec::new());
+        proto::encode_snapshot(9, h, DIMS, &px, &mut plain);
+        proto::encode_snapshot_zstd(9, h, DIMS, &px, &mut zstd);
+        eprintln!("join {pct}% painted: plain {} bytes, zstd {} bytes", plain.len(), zstd.len());
+        for (name, frame) in [("plain", &plain), ("zstd", &zstd)] {
+            let m = proto::decode_server(&frame[4..]).expect("a snapshot");
+            g.bench_with_input(BenchmarkId::new(name, format!("{pct}pct_32colours")), &m, |b, m| {
+                b.iter(|| {
+                    let mut rep = Replica::new(DIMS);
+                    rep.on_message(black_box(m), Instant::now()).expect("snapshot");
+                    assert_eq!(rep.hash(), h);
+                    rep
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -215,8 +254,10 @@ fn hash_full(c: &mut Criterion) {
     let mut g = configure(c, "hash");
     g.throughput(Throughput::Bytes(px.len() as u64));
     g.bench_function("full_1MB", |b| b.iter(|| hash::full(black_box(&px))));
+    let table = hash::PrefixTable::for_len(px.len());
+    g.bench_function("of_pixels_1MB", |b| b.iter(|| table.of_pixels(black_box(&px))));
     g.finish();
 }
 
-criterion_group!(benches, apply, end_tick, encode_diff, encode_snapshot, replica, hash_full);
+criterion_group!(benches, apply, end_tick, encode_diff, encode_snapshot, join, replica, hash_full);
 criterion_main!(benches);

@@ -87,6 +87,33 @@ impl PrefixTable {
         self.p[end].wrapping_sub(self.p[start]).wrapping_mul(KEYS[usize::from(color)])
     }
 
+    /// [`full`] of `pixels` (as long as the table): every pixel counted as colour 0 at once (the table's
+    /// last prefix sum), then the difference `term(i, c) - term(i, 0)` added for every pixel of each
+    /// eight-byte word that is not all 0. A blank canvas costs a scan; a fully painted one a little more
+    /// than [`full`] (`cargo bench -p canvas --bench canvas -- hash`: 1.5 vs 1.3 ms per Mpixel).
+    pub fn of_pixels(&self, pixels: &[u8]) -> u64 {
+        let zero = KEYS[0];
+        let mut h = self.p[pixels.len()].wrapping_mul(zero);
+        // 0 for a pixel of colour 0: no branch per byte inside a word that has paint.
+        let mut add = |i: usize, c: u8| {
+            h = h.wrapping_add(mix(i as u32).wrapping_mul(KEYS[usize::from(c)].wrapping_sub(zero)));
+        };
+        let words = pixels.chunks_exact(8);
+        let tail = words.remainder();
+        for (w, word) in words.enumerate() {
+            if u64::from_ne_bytes(word.try_into().expect("8 bytes")) != 0 {
+                for (j, &c) in word.iter().enumerate() {
+                    add(8 * w + j, c);
+                }
+            }
+        }
+        let base = pixels.len() - tail.len();
+        for (j, &c) in tail.iter().enumerate() {
+            add(base + j, c);
+        }
+        h
+    }
+
     /// Hash of a canvas given as RLE pairs (which must cover exactly the table's length; checked by the
     /// caller's decoder).
     pub fn of_rle(&self, rle: &[u8]) -> u64 {
@@ -139,6 +166,15 @@ mod tests {
         rle::encode(&px, &mut enc);
         let t = PrefixTable::for_len(px.len());
         assert_eq!(t.of_rle(&enc), full(&px));
+        assert_eq!(t.of_pixels(&px), full(&px));
+        let noise: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 27) as u8).collect();
+        assert_eq!(t.of_pixels(&noise), full(&noise));
+        // Lengths that are not a multiple of eight (the tail), and a blank canvas.
+        for n in [0, 1, 7, 9, 9_999] {
+            let t = PrefixTable::for_len(n);
+            assert_eq!(t.of_pixels(&noise[..n]), full(&noise[..n]), "{n} pixels");
+            assert_eq!(t.of_pixels(&vec![0; n]), full(&vec![0; n]), "{n} blank pixels");
+        }
         assert!(Arc::ptr_eq(&t, &PrefixTable::for_len(px.len())), "shared per length");
     }
 }

@@ -262,12 +262,11 @@ impl Replica {
                     self.pixels = vec![0; self.len];
                 }
                 proto::decode_snapshot_body(encoding, data, &mut self.pixels)?;
+                // With the shared prefix table: O(runs) for RLE, a `mix` per painted pixel only for the others.
+                let prefix = self.prefix.get_or_insert_with(|| hash::PrefixTable::for_len(self.len));
                 self.hash = match encoding {
-                    // O(runs) with the shared prefix table, instead of hashing every pixel.
-                    SnapshotEncoding::Rle => {
-                        self.prefix.get_or_insert_with(|| hash::PrefixTable::for_len(self.len)).of_rle(data)
-                    }
-                    SnapshotEncoding::Raw => hash::full(&self.pixels),
+                    SnapshotEncoding::Rle => prefix.of_rle(data),
+                    SnapshotEncoding::Raw | SnapshotEncoding::Zstd => prefix.of_pixels(&self.pixels),
                 };
                 self.tick = Some(tick);
                 self.diverged = self.hash != hash;
@@ -702,6 +701,40 @@ mod tests {
         assert_eq!(r.tick(), Some(2));
         assert_eq!(r.pixels(), s.canvas.pixels());
         assert_eq!(r.hash(), s.canvas.hash());
+    }
+
+    /// A zstd snapshot installs like the others: its pixels, its tick, its hash checked against the
+    /// pixels (a wrong hash is found), then diffs chain onto it.
+    #[test]
+    fn a_zstd_snapshot_installs_and_is_checked() {
+        let now = Instant::now();
+        let mut s = Server::new();
+        let paint: Vec<(u32, u8)> =
+            (0..DIMS.len() as u32).step_by(3).map(|i| (i, (i % 31) as u8 + 1)).collect();
+        s.tick(&paint);
+        let mut z = Vec::new();
+        proto::encode_snapshot_zstd(s.tick, s.canvas.hash(), DIMS, s.canvas.pixels(), &mut z);
+        assert!(matches!(
+            proto::decode_server(&z[4..]).unwrap(),
+            ServerMsg::Snapshot { encoding: SnapshotEncoding::Zstd, .. }
+        ));
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &z, now);
+        assert_eq!((r.tick(), r.pixels(), r.hash()), (Some(1), s.canvas.pixels(), s.canvas.hash()));
+        assert_eq!(r.stats().hash_mismatches, 0);
+        let d = s.tick(&[(5, 7)]);
+        for g in d.iter() {
+            r.on_datagram(g, now).unwrap();
+        }
+        assert_eq!((r.tick(), r.pixels()), (Some(2), s.canvas.pixels()));
+        // The same body under a wrong hash: diverged, a snapshot is asked for.
+        let mut bad = Vec::new();
+        proto::encode_snapshot_zstd(3, s.canvas.hash() ^ 1, DIMS, s.canvas.pixels(), &mut bad);
+        encode_synced(3, &mut bad);
+        let mut r = Replica::new(DIMS);
+        feed_stream(&mut r, &bad, now);
+        assert_eq!(r.stats().hash_mismatches, 1);
+        assert_eq!(r.poll_sync(now), Some(NO_TICK));
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct Args {
     /// Canvas height for `--protocol legacy`.
     #[arg(long, default_value_t = canvas::grid::DEFAULT_HEIGHT)]
     pub height: u16,
+    /// canvas/1: do not announce zstd snapshots (SYNC without flags): for servers that predate the SYNC
+    /// flags (they close a connection whose SYNC has them), and to measure what zstd saves.
+    #[arg(long)]
+    pub plain_snapshots: bool,
     /// Bound on closing the connections at the end (each of two steps: clients closing, endpoints idle).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CLOSE_TIMEOUT_S)]
     pub close_timeout: f64,

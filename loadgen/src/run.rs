@@ -147,6 +147,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         latency: Latency::default(),
         ack_latency: Latency::default(),
         reconnect: args.reconnect.map(Duration::from_secs_f64),
+        sync_flags: if args.plain_snapshots { 0 } else { proto::SYNC_ZSTD },
         write_log: match &args.write_log {
             Some(p) => Some(
                 crate::audit::WriteLog::create(p).map_err(|e| format!("--write-log {}: {e}", p.display()))?,
@@ -273,14 +274,22 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         let verdict = if ctx.counters.handshakes.load(Relaxed) == 0 {
             verify::Verdict { error: Some("no client connected".into()), ..Default::default() }
         } else {
-            verify::verify(writers, &endpoints[0], &verify_config, &targets, deadline).await
+            verify::verify(writers, &endpoints[0], &verify_config, &targets, deadline, ctx.sync_flags).await
         };
         // Each observer against its own server.
         let mut watched = Vec::new();
         for (slot, t) in watchers.iter().zip(&observe_targets) {
             let one = std::slice::from_ref(slot);
             watched.push(
-                verify::verify(one, &endpoints[0], &verify_config, std::slice::from_ref(t), deadline).await,
+                verify::verify(
+                    one,
+                    &endpoints[0],
+                    &verify_config,
+                    std::slice::from_ref(t),
+                    deadline,
+                    ctx.sync_flags,
+                )
+                .await,
             );
         }
         (unresolved, invisible, verdict, not_seen, watched)

@@ -34,6 +34,7 @@ pub async fn fetch(
     addr: SocketAddr,
     server_name: &str,
     timeout: Duration,
+    sync_flags: u8,
 ) -> Result<Truth, String> {
     let conn = tokio::time::timeout(timeout, async {
         endpoint
@@ -44,17 +45,17 @@ pub async fn fetch(
     })
     .await
     .map_err(|_| format!("no handshake within {timeout:?}"))??;
-    let r = tokio::time::timeout(timeout, read_canvas(&conn))
+    let r = tokio::time::timeout(timeout, read_canvas(&conn, sync_flags))
         .await
         .unwrap_or_else(|_| Err(format!("no full snapshot within {timeout:?}")));
     conn.close(0u32.into(), b"verify done");
     r
 }
 
-async fn read_canvas(conn: &quinn::Connection) -> Result<Truth, String> {
+async fn read_canvas(conn: &quinn::Connection, sync_flags: u8) -> Result<Truth, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut hello = Vec::new();
-    proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK }, &mut hello);
+    proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK, flags: sync_flags }, &mut hello);
     send.write_all(&hello).await.map_err(|e| e.to_string())?;
     let mut fr = FrameReader::new();
     let mut dims: Option<Dims> = None;
@@ -160,6 +161,7 @@ pub async fn verify(
     config: &quinn::ClientConfig,
     targets: &[(SocketAddr, String)],
     deadline: Instant,
+    sync_flags: u8,
 ) -> Verdict {
     let mut v = Verdict::default();
     // The first target that answers (`--failover`: every target serves the same canvas); on an error
@@ -172,7 +174,7 @@ pub async fn verify(
         let (addr, server_name) = &targets[at];
         // With other targets to try, one that does not answer gets a few seconds, not the whole budget.
         let left = if targets.len() > 1 { left.min(FAILOVER_FETCH) } else { left };
-        match fetch(endpoint, config, *addr, server_name, left).await {
+        match fetch(endpoint, config, *addr, server_name, left, sync_flags).await {
             Ok(truth) => {
                 v.fetches += 1;
                 v.error = None;

@@ -320,7 +320,7 @@ async fn canvas1_conn(conn: quinn::Connection, sh: Arc<Shared>) {
                     return conn.close(2u32.into(), b"bad message");
                 };
                 match msg {
-                    ClientMsg::Sync { have_tick } => {
+                    ClientMsg::Sync { have_tick, .. } => {
                         let dims = st.canvas.dims();
                         if !hello {
                             hello = true;

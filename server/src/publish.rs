@@ -21,8 +21,12 @@ pub struct Snapshot {
     pub tick: u64,
     /// Hash of the content.
     pub hash: u64,
-    /// Framed canvas/1 SNAPSHOT message.
-    pub frame: Vec<u8>,
+    /// Framed canvas/1 SNAPSHOT for clients that set `SYNC_ZSTD`: zstd when that is smaller (2.3–4× smaller
+    /// than RLE/raw on a painted canvas), else the plain encoding.
+    zstd: Vec<u8>,
+    /// Framed canvas/1 SNAPSHOT in the plain encoding (RLE or raw), built from `zstd` the first time a
+    /// client without the flag needs it (clients of this project set it).
+    plain: std::sync::OnceLock<Vec<u8>>,
     /// Legacy RLE datagrams.
     pub legacy: Datagrams,
 }
@@ -30,11 +34,30 @@ pub struct Snapshot {
 impl Snapshot {
     /// Encode `pixels` at `tick`.
     pub fn encode(tick: u64, hash: u64, dims: Dims, pixels: &[u8], max_dgram: usize) -> Self {
-        let mut frame = Vec::new();
-        proto::encode_snapshot(tick, hash, dims, pixels, &mut frame);
+        let mut zstd = Vec::new();
+        proto::encode_snapshot_zstd(tick, hash, dims, pixels, &mut zstd);
         let mut rle = Datagrams::new();
         legacy::encode_snapshot(pixels, max_dgram, &mut rle);
-        Self { tick, hash, frame, legacy: rle }
+        Self { tick, hash, zstd, plain: std::sync::OnceLock::new(), legacy: rle }
+    }
+
+    /// The framed SNAPSHOT for a client that decodes zstd snapshots (`zstd`) or not.
+    pub fn frame(&self, zstd: bool) -> &[u8] {
+        let Ok(proto::ServerMsg::Snapshot { tick, hash, dims, encoding, data }) =
+            proto::decode_server(&self.zstd[4..])
+        else {
+            unreachable!("encoded by `Snapshot::encode`");
+        };
+        if zstd || encoding != proto::SnapshotEncoding::Zstd {
+            return &self.zstd;
+        }
+        self.plain.get_or_init(|| {
+            let mut pixels = vec![0; dims.len()];
+            proto::decode_snapshot_body(encoding, data, &mut pixels).expect("encoded by `Snapshot::encode`");
+            let mut out = Vec::new();
+            proto::encode_snapshot(tick, hash, dims, &pixels, &mut out);
+            out
+        })
     }
 }
 
@@ -204,7 +227,34 @@ pub fn coalesce<'a>(change_sets: impl IntoIterator<Item = &'a [(u32, u8)]>) -> V
 
 #[cfg(test)]
 mod tests {
-    use super::{coalesce, Publication};
+    use super::{coalesce, Publication, Snapshot};
+    use canvas::{proto, Dims};
+
+    /// Both forms of a snapshot say the same canvas: the zstd one for clients that asked, the plain one
+    /// (what `encode_snapshot` gives) for the others; an incompressible canvas is plain in both.
+    #[test]
+    fn a_snapshot_serves_both_encodings_of_one_canvas() {
+        let dims = Dims { width: 100, height: 50 };
+        let px: Vec<u8> = (0..dims.len()).map(|i| if i % 4 == 0 { (i % 29) as u8 } else { 0 }).collect();
+        let s = Snapshot::encode(7, 99, dims, &px, 1200);
+        let mut plain = Vec::new();
+        proto::encode_snapshot(7, 99, dims, &px, &mut plain);
+        assert_eq!(s.frame(false), &plain[..]);
+        assert!(s.frame(true).len() < plain.len());
+        for z in [true, false] {
+            let Ok(proto::ServerMsg::Snapshot { tick: 7, hash: 99, encoding, data, .. }) =
+                proto::decode_server(&s.frame(z)[4..])
+            else {
+                panic!("a snapshot");
+            };
+            assert_eq!(encoding == proto::SnapshotEncoding::Zstd, z);
+            let mut out = vec![0; dims.len()];
+            proto::decode_snapshot_body(encoding, data, &mut out).unwrap();
+            assert_eq!(out, px);
+        }
+        let tiny = Snapshot::encode(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], 1200);
+        assert_eq!(tiny.frame(true), tiny.frame(false));
+    }
 
     #[test]
     fn later_writes_supersede_earlier_ones() {

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, NO_TICK};
+use canvas::proto::{self, ClientMsg, FrameReader, ServerMsg, SnapshotEncoding, NO_TICK};
 use canvas::{Canvas, Pixel, Replica};
 
 use crate::endpoint::{Endpoint, EndpointConfig};
@@ -70,6 +70,10 @@ pub struct SimClient {
     /// The client neither reads nor sends while set; what reaches it waits in its inbox (a client, or a
     /// path, that stops for a while without losing anything).
     pub stalled: bool,
+    /// The flags of its SYNCs (`proto::SYNC_ZSTD` by default, as the load generator's).
+    pub sync_flags: u8,
+    /// The encoding of the last SNAPSHOT it received.
+    pub last_snapshot: Option<SnapshotEncoding>,
 }
 
 impl std::fmt::Debug for SimClient {
@@ -86,7 +90,7 @@ impl SimClient {
         if self.q.is_established() && !self.hello {
             self.hello = true;
             let mut hello = Vec::new();
-            proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK }, &mut hello);
+            proto::encode_client(&ClientMsg::Sync { have_tick: NO_TICK, flags: self.sync_flags }, &mut hello);
             self.out.splice(self.out_off..self.out_off, hello);
         }
         while let Ok(n) = self.q.dgram_recv(buf) {
@@ -111,11 +115,15 @@ impl SimClient {
                     self.max_acked_tick = self.max_acked_tick.max(tick);
                 }
                 ServerMsg::Reject { .. } => self.rejected += 1,
+                ServerMsg::Snapshot { encoding, .. } => {
+                    self.last_snapshot = Some(encoding);
+                    self.replica.on_message(&m, now).expect("replica accepts server message");
+                }
                 _ => self.replica.on_message(&m, now).expect("replica accepts server message"),
             }
         }
         if let Some(t) = self.replica.poll_sync(now) {
-            proto::encode_client(&ClientMsg::Sync { have_tick: t }, &mut self.out);
+            proto::encode_client(&ClientMsg::Sync { have_tick: t, flags: self.sync_flags }, &mut self.out);
         }
         if self.hello && self.out_off < self.out.len() {
             if let Ok(n) = self.q.stream_send(0, &self.out[self.out_off..], false) {
@@ -230,6 +238,8 @@ impl Sim {
                     max_acked_tick: 0,
                     deaf: false,
                     stalled: false,
+                    sync_flags: proto::SYNC_ZSTD,
+                    last_snapshot: None,
                 }
             })
             .collect();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use canvas::proto::SnapshotEncoding;
 use canvas::{proto, Cooldown, Dims, Pixel, Rules};
 use datapath::backend::mem::NetConfig;
 use rand::rngs::SmallRng;
@@ -157,6 +158,37 @@ fn busy_rounds(
 /// A client whose downstream link loses everything for ten busy ticks falls behind; when the link returns it
 /// sees the gap, sends SYNC{have}, and gets one DIFF coalescing every tick since `have` (later writes to a
 /// pixel superseding earlier ones): no per-tick re-send, no snapshot.
+/// A client that sets `SYNC_ZSTD` gets zstd snapshots, one that does not (a client written before the flag)
+/// gets the plain encoding of the same canvas; both converge through the same writes.
+#[test]
+fn snapshots_are_zstd_only_for_clients_that_asked() {
+    let cfg = config(6, 0.0, 0.0, 13);
+    let dims = cfg.endpoint.rules.dims;
+    let tls = quic::ensure_cert(None, None, None, None).unwrap();
+    let mut sim = Sim::new(cfg, &tls.cert, &tls.key);
+    for c in sim.clients.iter_mut().skip(3) {
+        c.sync_flags = 0;
+    }
+    assert!(sim.run_until(Duration::from_secs(60), Sim::all_ready), "handshakes and initial snapshots");
+    let got: Vec<_> = sim.clients.iter().map(|c| c.last_snapshot).collect();
+    assert_eq!(got[..3], [Some(SnapshotEncoding::Zstd); 3], "{got:?}");
+    assert_eq!(got[3..], [Some(SnapshotEncoding::Rle); 3], "{got:?}");
+    let mut rng = SmallRng::seed_from_u64(13);
+    for _ in 0..100 {
+        for c in sim.clients.iter_mut() {
+            if rng.random_ratio(1, 5) {
+                c.write(Pixel {
+                    x: rng.random_range(0..dims.width),
+                    y: rng.random_range(0..dims.height),
+                    color: 3,
+                });
+            }
+        }
+        sim.round();
+    }
+    assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "both kinds converge");
+}
+
 #[test]
 fn a_client_that_fell_behind_catches_up_with_one_coalesced_delta() {
     let cfg = config(20, 0.0, 0.0, 3);

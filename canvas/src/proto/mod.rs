@@ -106,7 +106,16 @@ pub enum SnapshotEncoding {
     Raw = 0,
     /// `(count u8, color u8)` runs.
     Rle = 1,
+    /// The raw pixels compressed as zstd frames; sent only to a client whose SYNC set [`SYNC_ZSTD`].
+    Zstd = 2,
 }
+
+/// SYNC flag: the client decodes [`SnapshotEncoding::Zstd`] snapshots.
+pub const SYNC_ZSTD: u8 = 1;
+
+/// zstd level of [`encode_snapshot_zstd`]: level 1 compressed random r/place-like canvases (5–100 % of
+/// 1 Mpixel painted, 32 colours) as well as level 3 did (within 1–8 %), in 2.3–5 ms instead of 3–8.7 ms.
+pub const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 
 /// Decoding error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +162,9 @@ pub enum ClientMsg {
     Sync {
         /// The tick the client's replica is at.
         have_tick: u64,
+        /// What the client accepts beyond the base protocol ([`SYNC_ZSTD`]); 0 is sent in the 10-byte
+        /// form that servers before the flags understand. Unknown bits are kept and ignored.
+        flags: u8,
     },
 }
 
@@ -268,9 +280,12 @@ pub fn encode_client(m: &ClientMsg, out: &mut Vec<u8>) {
             out.push(pixel.color);
             finish(out, at);
         }
-        ClientMsg::Sync { have_tick } => {
+        ClientMsg::Sync { have_tick, flags } => {
             let at = begin(out, ty::SYNC);
             out.extend_from_slice(&have_tick.to_le_bytes());
+            if flags != 0 {
+                out.push(flags);
+            }
             finish(out, at);
         }
     }
@@ -312,13 +327,18 @@ pub fn encode_synced(tick: u64, out: &mut Vec<u8>) {
     finish(out, at);
 }
 
-/// Append a framed SNAPSHOT of `pixels`, RLE when that is smaller, raw otherwise.
-pub fn encode_snapshot(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
+fn snapshot_header(tick: u64, hash: u64, dims: Dims, out: &mut Vec<u8>) -> usize {
     let at = begin(out, ty::SNAPSHOT);
     out.extend_from_slice(&tick.to_le_bytes());
     out.extend_from_slice(&hash.to_le_bytes());
     out.extend_from_slice(&dims.width.to_le_bytes());
     out.extend_from_slice(&dims.height.to_le_bytes());
+    at
+}
+
+/// Append a framed SNAPSHOT of `pixels`, RLE when that is smaller, raw otherwise: for every client.
+pub fn encode_snapshot(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
+    let at = snapshot_header(tick, hash, dims, out);
     if rle::encoded_len(pixels) < pixels.len() {
         out.push(SnapshotEncoding::Rle as u8);
         rle::encode(pixels, out);
@@ -327,6 +347,22 @@ pub fn encode_snapshot(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mu
         out.extend_from_slice(pixels);
     }
     finish(out, at);
+}
+
+/// Append a framed SNAPSHOT of `pixels` for a client that set [`SYNC_ZSTD`]: zstd
+/// ([`SNAPSHOT_ZSTD_LEVEL`]) when that is smaller than [`encode_snapshot`]'s encoding, else that one.
+pub fn encode_snapshot_zstd(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
+    let plain = rle::encoded_len(pixels).min(pixels.len());
+    match zstd::bulk::compress(pixels, SNAPSHOT_ZSTD_LEVEL) {
+        Ok(z) if z.len() < plain => {
+            let at = snapshot_header(tick, hash, dims, out);
+            out.push(SnapshotEncoding::Zstd as u8);
+            out.extend_from_slice(&z);
+            finish(out, at);
+        }
+        // Incompressible (or the compressor failed, which only a failed allocation does): plain.
+        _ => encode_snapshot(tick, hash, dims, pixels, out),
+    }
 }
 
 fn put_diff_header(out: &mut Vec<u8>, tick: u64, base: u64, hash: u64) {
@@ -441,7 +477,16 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
         ty::WRITE => {
             ClientMsg::Write { id: c.u32()?, pixel: Pixel { x: c.u16()?, y: c.u16()?, color: c.u8()? } }
         }
-        ty::SYNC => ClientMsg::Sync { have_tick: c.u64()? },
+        ty::SYNC => {
+            let have_tick = c.u64()?;
+            // The flags byte is optional; present, it is not 0 (one encoding per message).
+            let flags = match c.0 {
+                [] => 0,
+                [f] if *f != 0 => c.u8()?,
+                _ => return Err(ProtoError::BadLength),
+            };
+            ClientMsg::Sync { have_tick, flags }
+        }
         other => return Err(ProtoError::UnknownType(other)),
     };
     c.end()?;
@@ -472,6 +517,7 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMsg<'_>, ProtoError> {
             let encoding = match c.u8()? {
                 0 => SnapshotEncoding::Raw,
                 1 => SnapshotEncoding::Rle,
+                2 => SnapshotEncoding::Zstd,
                 _ => return Err(ProtoError::BadSnapshot),
             };
             let data = c.0;
@@ -519,6 +565,11 @@ pub fn decode_snapshot_body(
         }
         SnapshotEncoding::Raw => Err(ProtoError::BadSnapshot),
         SnapshotEncoding::Rle => match rle::decode_into(data, out, 0) {
+            Ok(n) if n == out.len() => Ok(()),
+            _ => Err(ProtoError::BadSnapshot),
+        },
+        // Bounded by `out`: a body that would decompress to more is an error, not an allocation.
+        SnapshotEncoding::Zstd => match zstd::bulk::decompress_to_buffer(data, out) {
             Ok(n) if n == out.len() => Ok(()),
             _ => Err(ProtoError::BadSnapshot),
         },

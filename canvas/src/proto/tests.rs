@@ -20,8 +20,9 @@ fn frames(bytes: &[u8]) -> Vec<Vec<u8>> {
 fn client_messages_roundtrip() {
     let msgs = [
         ClientMsg::Write { id: 7, pixel: Pixel { x: 1, y: 999, color: 255 } },
-        ClientMsg::Sync { have_tick: NO_TICK },
-        ClientMsg::Sync { have_tick: 42 },
+        ClientMsg::Sync { have_tick: NO_TICK, flags: 0 },
+        ClientMsg::Sync { have_tick: 42, flags: SYNC_ZSTD },
+        ClientMsg::Sync { have_tick: 43, flags: 0x80 },
     ];
     let mut wire = Vec::new();
     for m in &msgs {
@@ -96,7 +97,7 @@ fn malformed_input_is_an_error_not_a_panic() {
     assert_eq!(decode_client(&[2, ty::WRITE]), Err(ProtoError::BadVersion(2)));
     assert_eq!(decode_client(&[1, 0x7f]), Err(ProtoError::UnknownType(0x7f)));
     assert_eq!(decode_client(&[1, ty::WRITE, 0, 0]), Err(ProtoError::Truncated));
-    assert_eq!(decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(ProtoError::BadLength));
+    assert_eq!(decode_client(&[1, ty::SYNC, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]), Err(ProtoError::BadLength));
     assert_eq!(decode_server(&[1, ty::REJECT, 0, 0, 0, 0, 99, 0, 0, 0, 0]), Err(ProtoError::BadReason(99)));
     let mut bad = vec![1, ty::DIFF_PART];
     bad.extend_from_slice(&[0; 24]);
@@ -117,17 +118,82 @@ fn malformed_input_is_an_error_not_a_panic() {
 #[test]
 fn a_drained_reader_holds_no_buffer() {
     let mut wire = Vec::new();
-    encode_client(&ClientMsg::Sync { have_tick: 9 }, &mut wire);
-    encode_client(&ClientMsg::Sync { have_tick: 10 }, &mut wire);
+    encode_client(&ClientMsg::Sync { have_tick: 9, flags: 0 }, &mut wire);
+    encode_client(&ClientMsg::Sync { have_tick: 10, flags: 0 }, &mut wire);
     let mut r = FrameReader::new();
     r.push(&wire[..20]); // the first frame (14 bytes) and part of the second
-    assert_eq!(decode_client(r.pop().unwrap().unwrap()).unwrap(), ClientMsg::Sync { have_tick: 9 });
+    assert_eq!(decode_client(r.pop().unwrap().unwrap()).unwrap(), ClientMsg::Sync { have_tick: 9, flags: 0 });
     assert_eq!(r.pop().unwrap(), None);
     r.release_if_drained();
     assert_eq!(r.buffered(), 6, "the partial frame is kept");
     r.push(&wire[20..]);
-    assert_eq!(decode_client(r.pop().unwrap().unwrap()).unwrap(), ClientMsg::Sync { have_tick: 10 });
+    assert_eq!(
+        decode_client(r.pop().unwrap().unwrap()).unwrap(),
+        ClientMsg::Sync { have_tick: 10, flags: 0 }
+    );
     r.release_if_drained();
     assert_eq!(r.buffered(), 0);
     assert_eq!(r.buf.capacity(), 0, "nothing held while idle");
+}
+
+/// The SYNC flags byte is optional, present only when not 0: the 10-byte form is what servers before it
+/// decode, and one message has one encoding.
+#[test]
+fn sync_flags_are_optional_and_canonical() {
+    let mut wire = Vec::new();
+    encode_client(&ClientMsg::Sync { have_tick: 5, flags: 0 }, &mut wire);
+    assert_eq!(wire.len(), 4 + 10);
+    let mut with = Vec::new();
+    encode_client(&ClientMsg::Sync { have_tick: 5, flags: SYNC_ZSTD }, &mut with);
+    assert_eq!(with.len(), 4 + 11);
+    assert_eq!(with[4 + 10], SYNC_ZSTD);
+    // A present flags byte of 0, or two flags bytes, is malformed.
+    let mut zero = wire[4..].to_vec();
+    zero.push(0);
+    assert_eq!(decode_client(&zero), Err(ProtoError::BadLength));
+    let mut two = with[4..].to_vec();
+    two.push(1);
+    assert_eq!(decode_client(&two), Err(ProtoError::BadLength));
+}
+
+/// A zstd snapshot decodes to the same pixels, is smaller than RLE/raw on a painted canvas, falls back to
+/// the plain encoding when zstd is not smaller, and a body that decompresses to more or fewer pixels than
+/// the canvas is refused without growing the output.
+#[test]
+fn zstd_snapshots_roundtrip_and_are_bounded() {
+    let dims = Dims { width: 200, height: 100 };
+    let mut px = vec![0u8; dims.len()];
+    let mut x = 1u32;
+    for i in (0..px.len()).step_by(5) {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        px[i] = (x >> 16) as u8 % 32; // a fifth of the canvas painted, 32 colours
+    }
+    let (mut plain, mut z) = (Vec::new(), Vec::new());
+    encode_snapshot(3, 4, dims, &px, &mut plain);
+    encode_snapshot_zstd(3, 4, dims, &px, &mut z);
+    assert!(z.len() * 2 < plain.len(), "zstd {} vs plain {}", z.len(), plain.len());
+    let ServerMsg::Snapshot { tick: 3, hash: 4, encoding: SnapshotEncoding::Zstd, data, .. } =
+        decode_server(&z[4..]).unwrap()
+    else {
+        panic!("a zstd snapshot");
+    };
+    let mut out = vec![9u8; dims.len()];
+    decode_snapshot_body(SnapshotEncoding::Zstd, data, &mut out).unwrap();
+    assert_eq!(out, px);
+    // Too small and too large an output are refused.
+    let mut short = vec![0u8; dims.len() - 1];
+    assert_eq!(decode_snapshot_body(SnapshotEncoding::Zstd, data, &mut short), Err(ProtoError::BadSnapshot));
+    let mut long = vec![0u8; dims.len() + 1];
+    assert_eq!(decode_snapshot_body(SnapshotEncoding::Zstd, data, &mut long), Err(ProtoError::BadSnapshot));
+    assert_eq!(
+        decode_snapshot_body(SnapshotEncoding::Zstd, &data[..data.len() / 2], &mut out),
+        Err(ProtoError::BadSnapshot)
+    );
+    // Three pixels: zstd's frame header alone is larger than raw, so the plain encoding is sent.
+    let mut tiny = Vec::new();
+    encode_snapshot_zstd(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], &mut tiny);
+    assert!(matches!(
+        decode_server(&tiny[4..]).unwrap(),
+        ServerMsg::Snapshot { encoding: SnapshotEncoding::Raw, .. }
+    ));
 }

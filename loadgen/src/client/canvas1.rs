@@ -248,7 +248,7 @@ impl<'a> Session<'a> {
         }
         if let Some(r) = r.as_mut() {
             if let Some(have_tick) = r.poll_sync(now) {
-                proto::encode_client(&ClientMsg::Sync { have_tick }, out);
+                proto::encode_client(&ClientMsg::Sync { have_tick, flags: self.ctx.sync_flags }, out);
             }
             self.count_syncs(r);
             self.replica_polls = r.needs_poll();
@@ -313,7 +313,7 @@ pub async fn drive(
         }
         _ => NO_TICK,
     };
-    proto::encode_client(&ClientMsg::Sync { have_tick }, &mut out);
+    proto::encode_client(&ClientMsg::Sync { have_tick, flags: ctx.sync_flags }, &mut out);
     let mut fr = FrameReader::new();
     let mut writing = false;
     let write_sleep = tokio::time::sleep_until(far_future());

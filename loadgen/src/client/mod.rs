@@ -170,6 +170,8 @@ pub struct Ctx {
     pub write_log: Option<crate::audit::WriteLog>,
     /// `--reconnect`.
     pub reconnect: Option<Duration>,
+    /// The flags of every SYNC (`proto::SYNC_ZSTD` unless `--plain-snapshots`).
+    pub sync_flags: u8,
     /// The first failure message (printed when nothing could connect).
     pub first_error: Mutex<Option<String>>,
     /// Failure messages printed so far (the first few are, the rest only counted).

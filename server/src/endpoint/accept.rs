@@ -106,6 +106,7 @@ impl Endpoint {
             reader: FrameReader::with_max(proto::MAX_CLIENT_FRAME),
             stream_out: VecDeque::new(),
             welcomed: false,
+            zstd: false,
             ready: false,
             awaiting: false,
             dirty: false,

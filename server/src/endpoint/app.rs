@@ -70,7 +70,10 @@ impl Ctx {
             while let Some(f) = reader.pop()? {
                 match proto::decode_client(f) {
                     Ok(ClientMsg::Write { id, pixel }) => self.write(key, c, Some(id), pixel, now),
-                    Ok(ClientMsg::Sync { have_tick }) => self.sync(c, have_tick),
+                    Ok(ClientMsg::Sync { have_tick, flags }) => {
+                        c.zstd = flags & proto::SYNC_ZSTD != 0;
+                        self.sync(c, have_tick)
+                    }
                     Err(ProtoError::UnknownType(_)) => self.stats.reject(RejectReason::Malformed),
                     Err(e) => return Err(e),
                 }
@@ -167,14 +170,14 @@ impl Ctx {
         // delta (an entry is 5 bytes on the wire).
         let to = self.last_change;
         let from_have = covered.then(|| self.delta(have, to)).filter(|d| match (d, &snapshot) {
-            (Some(d), Some(s)) => s.tick <= have || d.publication.len() * 5 <= s.frame.len(),
+            (Some(d), Some(s)) => s.tick <= have || d.publication.len() * 5 <= s.frame(c.zstd).len(),
             _ => true,
         });
         let delta = match (from_have, snapshot) {
             (Some(d), _) => d,
             (None, Some(s)) => {
                 let d = self.delta(s.tick, to);
-                c.stream_out.push_back(Chunk::Snap(s, 0));
+                c.stream_out.push_back(Chunk::Snap(s, c.zstd, 0));
                 self.stats.snapshots_sent += 1;
                 d
             }

@@ -198,8 +198,8 @@ enum Chunk {
     /// ACK and REJECT frames: they go ahead of any reply not yet started (see [`Conn::answers`]); with when
     /// the oldest write ACKed in it was received (for `EndpointStats::ack_handed`).
     Answers(Vec<u8>, usize, Option<Instant>),
-    /// A shared SNAPSHOT frame.
-    Snap(Arc<Snapshot>, usize),
+    /// A shared SNAPSHOT frame (zstd-encoded when the client set `SYNC_ZSTD`).
+    Snap(Arc<Snapshot>, bool, usize),
     /// A shared DIFF frame (a SYNC reply's delta, encoded once per span).
     Diff(Arc<Publication>, usize),
 }
@@ -208,7 +208,7 @@ impl Chunk {
     fn cursor(&mut self) -> (&[u8], &mut usize) {
         match self {
             Chunk::Bytes(b, i) | Chunk::Answers(b, i, _) => (b, i),
-            Chunk::Snap(s, i) => (&s.frame, i),
+            Chunk::Snap(s, zstd, i) => (s.frame(*zstd), i),
             Chunk::Diff(p, i) => (p.diff_frame(), i),
         }
     }
@@ -216,7 +216,7 @@ impl Chunk {
     /// quiche has taken part of it: what follows must wait until it is whole on the stream.
     fn started(&self) -> bool {
         match self {
-            Chunk::Bytes(_, i) | Chunk::Answers(_, i, _) | Chunk::Snap(_, i) | Chunk::Diff(_, i) => *i > 0,
+            Chunk::Bytes(_, i) | Chunk::Answers(_, i, _) | Chunk::Snap(_, _, i) | Chunk::Diff(_, i) => *i > 0,
         }
     }
 }
@@ -245,6 +245,8 @@ struct Conn {
     reader: FrameReader,
     stream_out: VecDeque<Chunk>,
     welcomed: bool,
+    /// The client decodes zstd snapshots (its latest SYNC set `SYNC_ZSTD`).
+    zstd: bool,
     /// Broadcasts flow to this connection (it has a snapshot or is being sent one).
     ready: bool,
     /// Waiting for a snapshot new enough to catch it up (canvas/1: a SYNC; legacy: its first snapshot).
