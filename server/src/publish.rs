@@ -14,7 +14,8 @@ pub struct PixelWrite {
     pub color: u8,
 }
 
-/// The whole canvas at one tick, encoded for both protocols.
+/// The whole canvas at one tick, encoded once (the canvas/1 zstd frame); the plain canvas/1 frame and the
+/// legacy datagrams are made from it on first need and shared.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Tick the content is at.
@@ -27,8 +28,10 @@ pub struct Snapshot {
     /// Framed canvas/1 SNAPSHOT in the plain encoding (RLE or raw), built from `zstd` the first time a
     /// client without the flag needs it (clients of this project set it).
     plain: std::sync::OnceLock<Vec<u8>>,
-    /// Legacy RLE datagrams.
-    pub legacy: Datagrams,
+    /// Legacy RLE datagrams, built from `zstd` the first time a legacy connection needs them (most
+    /// deployments have none).
+    legacy: std::sync::OnceLock<Datagrams>,
+    max_dgram: usize,
 }
 
 impl Snapshot {
@@ -36,28 +39,55 @@ impl Snapshot {
     pub fn encode(tick: u64, hash: u64, dims: Dims, pixels: &[u8], max_dgram: usize) -> Self {
         let mut zstd = Vec::new();
         proto::encode_snapshot_zstd(tick, hash, dims, pixels, &mut zstd);
-        let mut rle = Datagrams::new();
-        legacy::encode_snapshot(pixels, max_dgram, &mut rle);
-        Self { tick, hash, zstd, plain: std::sync::OnceLock::new(), legacy: rle }
+        Self {
+            tick,
+            hash,
+            zstd,
+            plain: std::sync::OnceLock::new(),
+            legacy: std::sync::OnceLock::new(),
+            max_dgram,
+        }
     }
 
     /// The framed SNAPSHOT for a client that decodes zstd snapshots (`zstd`) or not.
     pub fn frame(&self, zstd: bool) -> &[u8] {
-        let Ok(proto::ServerMsg::Snapshot { tick, hash, dims, encoding, data }) =
+        if zstd || !self.compressed() {
+            return &self.zstd;
+        }
+        self.plain.get_or_init(|| {
+            let (dims, pixels) = self.pixels();
+            let mut out = Vec::new();
+            proto::encode_snapshot(self.tick, self.hash, dims, &pixels, &mut out);
+            out
+        })
+    }
+
+    /// The canvas as legacy RLE snapshot datagrams.
+    pub fn legacy(&self) -> &Datagrams {
+        self.legacy.get_or_init(|| {
+            let mut d = Datagrams::new();
+            legacy::encode_snapshot(&self.pixels().1, self.max_dgram, &mut d);
+            d
+        })
+    }
+
+    fn compressed(&self) -> bool {
+        matches!(
+            proto::decode_server(&self.zstd[4..]),
+            Ok(proto::ServerMsg::Snapshot { encoding: proto::SnapshotEncoding::Zstd, .. })
+        )
+    }
+
+    /// The pixels back from the encoded frame (the snapshot keeps no copy of them).
+    fn pixels(&self) -> (Dims, Vec<u8>) {
+        let Ok(proto::ServerMsg::Snapshot { dims, encoding, data, .. }) =
             proto::decode_server(&self.zstd[4..])
         else {
             unreachable!("encoded by `Snapshot::encode`");
         };
-        if zstd || encoding != proto::SnapshotEncoding::Zstd {
-            return &self.zstd;
-        }
-        self.plain.get_or_init(|| {
-            let mut pixels = vec![0; dims.len()];
-            proto::decode_snapshot_body(encoding, data, &mut pixels).expect("encoded by `Snapshot::encode`");
-            let mut out = Vec::new();
-            proto::encode_snapshot(tick, hash, dims, &pixels, &mut out);
-            out
-        })
+        let mut pixels = vec![0; dims.len()];
+        proto::decode_snapshot_body(encoding, data, &mut pixels).expect("encoded by `Snapshot::encode`");
+        (dims, pixels)
     }
 }
 
@@ -254,6 +284,10 @@ mod tests {
         }
         let tiny = Snapshot::encode(1, 2, Dims { width: 3, height: 1 }, &[1, 2, 3], 1200);
         assert_eq!(tiny.frame(true), tiny.frame(false));
+        // The legacy datagrams, made on first need, are the legacy encoding of the same pixels.
+        let mut legacy = canvas::Datagrams::new();
+        canvas::legacy::encode_snapshot(&px, 1200, &mut legacy);
+        assert!(s.legacy().iter().eq(legacy.iter()));
     }
 
     #[test]

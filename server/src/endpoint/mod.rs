@@ -185,7 +185,7 @@ impl Out {
             Out::Head(p, i) => (&p.head, i),
             Out::Legacy(p, i) => (p.legacy(), i),
             Out::Parts(p, i) => (&p.parts, i),
-            Out::LegacySnap(s, i) => (&s.legacy, i),
+            Out::LegacySnap(s, i) => (s.legacy(), i),
         }
     }
 }
