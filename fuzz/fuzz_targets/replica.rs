@@ -11,14 +11,24 @@ fuzz_target!(|data: &[u8]| {
     let dims = Dims { width: 16, height: 8 };
     let mut r = Replica::with_limits(dims, Duration::from_millis(10), 64);
     let t0 = Instant::now();
-    // Half the inputs start from a valid snapshot at tick 1, so diffs, HEADs and SYNCED reach a live replica.
+    // Half the inputs start from a valid snapshot at tick 1 (plain or zstd), so diffs, HEADs and SYNCED reach a
+    // live replica.
     if data.first().is_some_and(|b| b & 1 == 1) {
-        let px = vec![3u8; dims.len()];
         let mut snap = Vec::new();
-        proto::encode_snapshot(1, canvas::hash::full(&px), dims, &px, &mut snap);
+        // Bit 1 picks the encoding: RLE (one colour), or zstd (a pattern RLE cannot shorten, zstd can).
+        let px = if data[0] & 2 == 0 {
+            let px = vec![3u8; dims.len()];
+            proto::encode_snapshot(1, canvas::hash::full(&px), dims, &px, &mut snap);
+            px
+        } else {
+            let px: Vec<u8> = (0..dims.len()).map(|i| (i % 5) as u8).collect();
+            proto::encode_snapshot_zstd(1, canvas::hash::full(&px), dims, &px, &mut snap);
+            assert_eq!(snap[4 + 22], proto::SnapshotEncoding::Zstd as u8, "zstd is the smaller here");
+            px
+        };
         let m = proto::decode_server(&snap[4..]).expect("a valid snapshot");
         r.on_message(&m, t0).expect("the replica takes it");
-        assert_eq!(r.tick(), Some(1));
+        assert_eq!((r.tick(), r.pixels()), (Some(1), &px[..]));
     }
     let mut fr = FrameReader::with_max(1 << 16);
     // Records: a kind byte (even: datagram, odd: stream bytes), a length byte, then that many bytes.
