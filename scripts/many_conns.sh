@@ -9,8 +9,9 @@
 # replicas, write->visible and write->ACK latency and CPU.
 #
 # Usage: scripts/many_conns.sh [--conns N] [--arrive S] [--hold S] [--workers W] [--write-every S]
-#                              [--replicas R] [--out DIR]
+#                              [--replicas R] [--out DIR] [--client-arg ARG]...
 #   defaults: 100000 idle connections over 150 s, held 60 s, 2 workers; results in out/conns-YYYYmmdd-HHMMSS
+#   --client-arg: one more argument for both load generators (repeatable; e.g. --client-arg=--plain-snapshots)
 # Run as root (network namespace). Needs target/release/{server,client} (cargo build --release) and about
 # 32 KiB of server memory and 45 KiB of load-generator memory per connection.
 # Bounded: every wait has a limit; the namespace and every process started here are removed on every exit.
@@ -18,6 +19,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONNS=100000 ARRIVE=150 HOLD=60 WORKERS=2 WRITE=0 REPLICAS=0 OUT=""
+CLIENT_ARGS=()
 while (($#)); do
   case $1 in
     --conns) CONNS=${2:?}; shift ;;
@@ -27,6 +29,8 @@ while (($#)); do
     --write-every) WRITE=${2:?}; shift ;;
     --replicas) REPLICAS=${2:?}; shift ;;
     --out) OUT=${2:?}; shift ;;
+    --client-arg) CLIENT_ARGS+=("${2:?}"); shift ;;
+    --client-arg=*) CLIENT_ARGS+=("${1#--client-arg=}") ;;
     -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "many_conns: unknown argument $1 (--help)" >&2; exit 2 ;;
   esac
@@ -83,7 +87,7 @@ for i in 1 2; do
   ip netns exec "$NS" "$BIN/client" --target https://127.0.0.1:4433 --clients "$n" --id "conns$i" --replicas "$REPLICAS" \
     "${WAIT[@]}" --duration "$DUR" --max-conn-jitter "$((ARRIVE * 1000))" \
     --threads 1 --endpoints 128 --handshake-timeout 20 --progress lines \
-    --summary-json "$OUT/client$i.json" >"$OUT/client$i.log" 2>&1 &
+    --summary-json "$OUT/client$i.json" ${CLIENT_ARGS[@]+"${CLIENT_ARGS[@]}"} >"$OUT/client$i.log" 2>&1 &
   if ((i == 1)); then C1=$!; else C2=$!; fi
 done
 PEAK=$R0
