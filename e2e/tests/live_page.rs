@@ -125,10 +125,12 @@ fn live_page_shows_the_canvas_and_counters_changing() {
         assert!(metrics.contains(family), "/metrics lacks {family}:\n{metrics}");
     }
     // The writes so far were timed inside the server, to their ACKs' encoding and hand-over to quiche.
-    for stage in ["applied", "handed"] {
-        let key = format!("canvas_write_ack_wait_seconds_count{{stage=\"{stage}\"}} ");
+    // And the worker loop's busy iterations, receive to receive.
+    let keys = ["applied", "handed"]
+        .map(|stage| format!("canvas_write_ack_wait_seconds_count{{stage=\"{stage}\"}} "));
+    for key in keys.iter().map(String::as_str).chain(["canvas_worker_rx_gap_seconds_count "]) {
         let line =
-            metrics.lines().find(|l| l.starts_with(&key)).unwrap_or_else(|| panic!("no {key}:\n{metrics}"));
+            metrics.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}:\n{metrics}"));
         let n: u64 = line[key.len()..].trim().parse().expect("a count");
         assert!(n > 0, "{line}");
     }

@@ -62,8 +62,13 @@ pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
     let mut last_activity = Instant::now();
     let mut drain_until: Option<Instant> = None;
     let mut last_report = Instant::now();
+    // The start of the previous iteration if it did work (`EndpointStats::rx_gap`).
+    let mut busy_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        if let Some(t) = busy_since.replace(now) {
+            ep.record_rx_gap(now.saturating_duration_since(t));
+        }
         if now.duration_since(last_report) >= REPORT_EVERY {
             report(ep, backend);
             last_report = now;
@@ -103,6 +108,8 @@ pub fn run_reporting<B: Datapath, R: FnMut(&Endpoint, &B)>(
             last_activity = now;
             continue;
         }
+        // Nothing was done: the next iteration's start is not a gap a packet waited through.
+        busy_since = None;
         if cfg.busy_poll || now.duration_since(last_activity) < cfg.spin {
             continue;
         }

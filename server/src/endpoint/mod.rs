@@ -506,6 +506,11 @@ impl Endpoint {
     }
 
     /// Counters.
+    /// Count one busy loop iteration's length (see `EndpointStats::rx_gap`).
+    pub fn record_rx_gap(&mut self, d: std::time::Duration) {
+        self.ctx.stats.rx_gap.record(d);
+    }
+
     pub fn stats(&self) -> EndpointStats {
         self.ctx.stats
     }
@@ -522,7 +527,7 @@ impl Endpoint {
 
     /// True when the endpoint has sends pending (the caller should not sleep).
     pub fn has_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.ctx.tx_now.is_empty()
+        !self.dirty.is_empty() || !self.urgent.is_empty() || !self.ctx.tx_now.is_empty()
     }
 
     /// Entries in the timer heap (live and superseded), for tests and stats.

@@ -14,7 +14,8 @@ use super::{
 impl Endpoint {
     /// Produce packets for connections with something to send, into `tx`. Connections that could not
     /// finish (transmit side full, send budget used) stay queued for the next call. One call produces at
-    /// most [`FLUSH_BUDGET`] packets and then returns, so that the worker loop receives (client ACKs, pixel
+    /// most [`FLUSH_BUDGET`] packets (answers' visits and the fan-out pass together, plus the last
+    /// connection's send budget) and then returns, so that the worker loop receives (client ACKs, pixel
     /// writes) and turns publications into ACKs between slices of a long fan-out: ingest is never starved
     /// behind the broadcast. Connections not reached keep their place at the front of the next pass.
     pub fn flush<B: Datapath>(&mut self, now: Instant, tx: &mut B) {
@@ -27,10 +28,17 @@ impl Endpoint {
             tx.tx_commit(pkt.len(), addrs);
         }
         // Answers first: connections with ACKs or REJECTs to send get a short visit ahead of the fan-out
-        // pass, so that an answer waits for one loop iteration, not for a pass over every connection.
+        // pass, so that an answer waits for one loop iteration, not for a pass over every connection. Both
+        // passes share the call's FLUSH_BUDGET: after a publication every connection may have an ACK, and
+        // a visit to each would keep the loop from receiving for as long as a whole fan-out pass.
+        let packets_before = self.ctx.stats.packets_out;
         let mut urgent = std::mem::take(&mut self.urgent);
         let mut visited = urgent.len();
         for (n, &key) in urgent.iter().enumerate() {
+            if self.ctx.stats.packets_out - packets_before >= FLUSH_BUDGET {
+                visited = n;
+                break;
+            }
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -42,14 +50,13 @@ impl Endpoint {
                 break;
             }
         }
-        // Not reached (the transmit side is full): still first in line next call.
+        // Not reached (the transmit side is full, or the budget is spent): still first in line next call.
         urgent.drain(..visited);
         urgent.append(&mut self.urgent);
         self.urgent = urgent;
         // The pass walks last pass's list while connections that stay queued go onto `self.dirty`; the two
         // vectors swap roles every pass, so the steady state allocates nothing.
         let mut pending = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
-        let packets_before = self.ctx.stats.packets_out;
         let mut reached = pending.len();
         let budget = self.ctx.cfg.send_budget;
         for (n, &key) in pending.iter().enumerate() {

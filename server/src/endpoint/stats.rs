@@ -122,6 +122,10 @@ pub struct EndpointStats {
     /// its congestion window allows), per batch of answers, timed from the oldest write in the batch. The
     /// rest of a client's write→ACK time is quiche, the network and the client.
     pub ack_handed: WaitHistogram,
+    /// Time between two receives of the worker loop while it is busy (one loop iteration: receive, timers,
+    /// publications, a slice of sending), per iteration that did not sleep: how long an arriving packet can
+    /// wait in the socket or the AF_XDP RX ring. Preemption of the worker's thread counts too.
+    pub rx_gap: WaitHistogram,
 }
 
 /// Upper bounds (ms) of the [`WaitHistogram`] buckets; the last bucket counts everything above.

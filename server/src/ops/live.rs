@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use canvas::Dims;
 
-use crate::endpoint::{EndpointStats, WAIT_BUCKETS_MS};
+use crate::endpoint::{EndpointStats, WaitHistogram, WAIT_BUCKETS_MS};
 use crate::link::Shared;
 use crate::master::{MasterStats, TickObserver};
 use datapath::backend::xdp::XdpSockStats;
@@ -224,9 +224,11 @@ fn sum_workers(ws: &[WorkerLive]) -> (EndpointStats, BackendStats) {
         e.pixels_received += w.endpoint.pixels_received;
         e.pixels_applied += w.endpoint.pixels_applied;
         e.broadcast_dgrams += w.endpoint.broadcast_dgrams;
-        for (sum, h) in
-            [(&mut e.ack_applied, &w.endpoint.ack_applied), (&mut e.ack_handed, &w.endpoint.ack_handed)]
-        {
+        for (sum, h) in [
+            (&mut e.ack_applied, &w.endpoint.ack_applied),
+            (&mut e.ack_handed, &w.endpoint.ack_handed),
+            (&mut e.rx_gap, &w.endpoint.rx_gap),
+        ] {
             sum.merge(h);
         }
         b.rx_datagrams += w.backend.rx_datagrams;
@@ -235,6 +237,24 @@ fn sum_workers(ws: &[WorkerLive]) -> (EndpointStats, BackendStats) {
         b.tx_bytes += w.backend.tx_bytes;
     }
     (e, b)
+}
+
+/// One Prometheus histogram family of [`WaitHistogram`]s, one series per label set (`""` for none).
+fn wait_family(s: &mut String, name: &str, help: &str, series: &[(&str, WaitHistogram)]) {
+    let _ = writeln!(s, "# HELP canvas_{name} {help}\n# TYPE canvas_{name} histogram");
+    for (labels, h) in series {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (i, ub) in WAIT_BUCKETS_MS.iter().enumerate() {
+            cum += h.buckets[i];
+            let _ = writeln!(s, "canvas_{name}_bucket{{{labels}{sep}le=\"{}\"}} {cum}", *ub as f64 / 1e3);
+        }
+        cum += h.buckets[WAIT_BUCKETS_MS.len()];
+        let _ = writeln!(s, "canvas_{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
+        let braces = |l: &str| if l.is_empty() { String::new() } else { format!("{{{l}}}") };
+        let _ = writeln!(s, "canvas_{name}_sum{} {}", braces(labels), h.sum_us as f64 / 1e6);
+        let _ = writeln!(s, "canvas_{name}_count{} {cum}", braces(labels));
+    }
 }
 
 /// The Prometheus text exposition.
@@ -511,28 +531,19 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
     let _ = writeln!(s, "canvas_tick_duration_seconds_bucket{{le=\"+Inf\"}} {cum}");
     let _ = writeln!(s, "canvas_tick_duration_seconds_sum {}", tick_sum_us as f64 / 1e6);
     let _ = writeln!(s, "canvas_tick_duration_seconds_count {cum}");
-    let _ = writeln!(
-        s,
-        "# HELP canvas_write_ack_wait_seconds Write received -> its ACK encoded (stage applied) and handed to \
-         quiche (stage handed, per batch of answers, from its oldest write).\n# TYPE canvas_write_ack_wait_seconds \
-         histogram"
+    wait_family(
+        &mut s,
+        "write_ack_wait_seconds",
+        "Write received -> its ACK encoded (stage applied) and handed to quiche (stage handed, per batch of \
+         answers, from its oldest write).",
+        &[("stage=\"applied\"", ack_applied), ("stage=\"handed\"", ack_handed)],
     );
-    for (stage, h) in [("applied", ack_applied), ("handed", ack_handed)] {
-        let mut cum = 0;
-        for (i, ub) in WAIT_BUCKETS_MS.iter().enumerate() {
-            cum += h.buckets[i];
-            let _ = writeln!(
-                s,
-                "canvas_write_ack_wait_seconds_bucket{{stage=\"{stage}\",le=\"{}\"}} {cum}",
-                *ub as f64 / 1e3
-            );
-        }
-        cum += h.buckets[WAIT_BUCKETS_MS.len()];
-        let _ = writeln!(s, "canvas_write_ack_wait_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {cum}");
-        let _ =
-            writeln!(s, "canvas_write_ack_wait_seconds_sum{{stage=\"{stage}\"}} {}", h.sum_us as f64 / 1e6);
-        let _ = writeln!(s, "canvas_write_ack_wait_seconds_count{{stage=\"{stage}\"}} {cum}");
-    }
+    wait_family(
+        &mut s,
+        "worker_rx_gap_seconds",
+        "Busy worker loop iterations, receive to receive: how long arrivals wait in the socket or RX ring.",
+        &[("", summed.rx_gap)],
+    );
     s
 }
 

@@ -860,11 +860,15 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     per_worker.sort_by_key(|r| r.worker);
     let ms = master.stats();
     let mut t = Totals { ticks: ms.ticks, pixels_applied: ms.pixels_applied, ..Default::default() };
-    let (mut applied, mut handed) =
-        (server::endpoint::WaitHistogram::default(), server::endpoint::WaitHistogram::default());
+    let (mut applied, mut handed, mut gap) = (
+        server::endpoint::WaitHistogram::default(),
+        server::endpoint::WaitHistogram::default(),
+        server::endpoint::WaitHistogram::default(),
+    );
     for r in &per_worker {
         applied.merge(&r.endpoint.ack_applied);
         handed.merge(&r.endpoint.ack_handed);
+        gap.merge(&r.endpoint.rx_gap);
         t.accepted += r.endpoint.accepted;
         t.closed += r.endpoint.closed;
         t.pixels_received += r.endpoint.pixels_received;
@@ -887,6 +891,16 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             applied.quantile_label(0.99),
             handed.quantile_label(0.5),
             handed.quantile_label(0.99)
+        );
+    }
+    if gap.count() > 0 {
+        eprintln!(
+            "server: busy worker loop, receive to receive: p50 {} p99 {} max {} ({} iterations; arrivals wait this \
+             long in the socket or the RX ring)",
+            gap.quantile_label(0.5),
+            gap.quantile_label(0.99),
+            gap.quantile_label(1.0),
+            gap.count()
         );
     }
     let report = Report {
