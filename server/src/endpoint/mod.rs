@@ -505,12 +505,12 @@ impl Endpoint {
         }
     }
 
-    /// Counters.
     /// Count one busy loop iteration's length (see `EndpointStats::rx_gap`).
     pub fn record_rx_gap(&mut self, d: std::time::Duration) {
         self.ctx.stats.rx_gap.record(d);
     }
 
+    /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.ctx.stats
     }
