@@ -108,6 +108,9 @@ impl SimClient {
         }
         while let Some(f) = self.reader.pop().expect("framing") {
             let m = proto::decode_server(f).expect("valid server message");
+            if let ServerMsg::Snapshot { encoding, .. } = m {
+                self.last_snapshot = Some(encoding);
+            }
             match m {
                 ServerMsg::Ack { tick, .. } => {
                     self.replica.note_tick(tick, now);
@@ -115,10 +118,6 @@ impl SimClient {
                     self.max_acked_tick = self.max_acked_tick.max(tick);
                 }
                 ServerMsg::Reject { .. } => self.rejected += 1,
-                ServerMsg::Snapshot { encoding, .. } => {
-                    self.last_snapshot = Some(encoding);
-                    self.replica.on_message(&m, now).expect("replica accepts server message");
-                }
                 _ => self.replica.on_message(&m, now).expect("replica accepts server message"),
             }
         }

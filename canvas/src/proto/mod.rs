@@ -113,9 +113,9 @@ pub enum SnapshotEncoding {
 /// SYNC flag: the client decodes [`SnapshotEncoding::Zstd`] snapshots.
 pub const SYNC_ZSTD: u8 = 1;
 
-/// zstd level of [`encode_snapshot_zstd`]: on random r/place-like canvases (1 Mpixel, 5–100 % painted, 32
-/// colours) level 1 came within 0.3 % of level 3's size or below it (8 % smaller when half or more is
-/// painted), in 2.3–5 ms instead of 3–8.7 ms.
+/// zstd level of [`encode_snapshot_zstd`]: on random r/place-like canvases (1 Mpixel, 32 colours, 50 k to
+/// 1 M random writes; a one-off comparison, not in the benches) level 1 came within 0.3 % of level 3's size
+/// or below it (8 % smaller from 500 k writes on), in 2.3–5 ms instead of 3–8.7 ms.
 pub const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
 
 /// Decoding error.
@@ -338,31 +338,60 @@ fn snapshot_header(tick: u64, hash: u64, dims: Dims, out: &mut Vec<u8>) -> usize
 }
 
 /// Append a framed SNAPSHOT of `pixels`, RLE when that is smaller, raw otherwise: for every client.
-pub fn encode_snapshot(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
+/// Returns the encoding used.
+pub fn encode_snapshot(
+    tick: u64,
+    hash: u64,
+    dims: Dims,
+    pixels: &[u8],
+    out: &mut Vec<u8>,
+) -> SnapshotEncoding {
+    encode_plain_snapshot(tick, hash, dims, pixels, rle::encoded_len(pixels), out)
+}
+
+fn encode_plain_snapshot(
+    tick: u64,
+    hash: u64,
+    dims: Dims,
+    pixels: &[u8],
+    rle_len: usize,
+    out: &mut Vec<u8>,
+) -> SnapshotEncoding {
     let at = snapshot_header(tick, hash, dims, out);
-    if rle::encoded_len(pixels) < pixels.len() {
+    let encoding = if rle_len < pixels.len() {
         out.push(SnapshotEncoding::Rle as u8);
         rle::encode(pixels, out);
+        SnapshotEncoding::Rle
     } else {
         out.push(SnapshotEncoding::Raw as u8);
         out.extend_from_slice(pixels);
-    }
+        SnapshotEncoding::Raw
+    };
     finish(out, at);
+    encoding
 }
 
 /// Append a framed SNAPSHOT of `pixels` for a client that set [`SYNC_ZSTD`]: zstd
 /// ([`SNAPSHOT_ZSTD_LEVEL`]) when that is smaller than [`encode_snapshot`]'s encoding, else that one.
-pub fn encode_snapshot_zstd(tick: u64, hash: u64, dims: Dims, pixels: &[u8], out: &mut Vec<u8>) {
-    let plain = rle::encoded_len(pixels).min(pixels.len());
+/// Returns the encoding used.
+pub fn encode_snapshot_zstd(
+    tick: u64,
+    hash: u64,
+    dims: Dims,
+    pixels: &[u8],
+    out: &mut Vec<u8>,
+) -> SnapshotEncoding {
+    let rle_len = rle::encoded_len(pixels);
     match zstd::bulk::compress(pixels, SNAPSHOT_ZSTD_LEVEL) {
-        Ok(z) if z.len() < plain => {
+        Ok(z) if z.len() < rle_len.min(pixels.len()) => {
             let at = snapshot_header(tick, hash, dims, out);
             out.push(SnapshotEncoding::Zstd as u8);
             out.extend_from_slice(&z);
             finish(out, at);
+            SnapshotEncoding::Zstd
         }
         // Incompressible (or the compressor failed, which only a failed allocation does): plain.
-        _ => encode_snapshot(tick, hash, dims, pixels, out),
+        _ => encode_plain_snapshot(tick, hash, dims, pixels, rle_len, out),
     }
 }
 

@@ -201,9 +201,20 @@ impl Failure {
         Self::new(FailKind::Protocol, msg)
     }
 
-    /// From a connection error.
+    /// From a connection error. A server that predates the SYNC flags closes a connection whose SYNC
+    /// carries them as malformed (0x101 "BadLength"; this client's only other message, WRITE, has a fixed
+    /// length): the message says so and what to do.
     pub fn conn(e: &quinn::ConnectionError) -> Self {
-        Self::new(FailKind::of(e), e.to_string())
+        let old_server = matches!(e, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(0x101) && &c.reason[..] == b"BadLength");
+        let mut msg = e.to_string();
+        if old_server {
+            msg.push_str(
+                " (a server older than the canvas/1 SYNC flags refuses this client's SYNC: run the client with \
+                 --plain-snapshots, or upgrade the server)",
+            );
+        }
+        Self::new(FailKind::of(e), msg)
     }
 
     /// From a stream read error.
@@ -452,6 +463,24 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A close for a malformed SYNC (what a server from before the SYNC flags sends) names the way out;
+    /// other closes do not.
+    #[test]
+    fn an_old_servers_refusal_of_the_sync_flags_says_what_to_do() {
+        let close = |code: u32, reason: &'static str| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::from_static(reason.as_bytes()),
+            })
+        };
+        let f = Failure::conn(&close(0x101, "BadLength"));
+        assert_eq!(f.kind, FailKind::ClosedByServer);
+        assert!(f.msg.contains("--plain-snapshots"), "{}", f.msg);
+        for other in [close(0x101, "BadVersion(2)"), close(0, "server shutdown")] {
+            assert!(!Failure::conn(&other).msg.contains("--plain-snapshots"));
+        }
+    }
 
     #[test]
     fn rng_is_deterministic_and_distinct() {
