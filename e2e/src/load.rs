@@ -46,6 +46,15 @@ impl LoadRun {
         self.server["totals"][k].as_u64().unwrap_or_else(|| panic!("totals.{k} missing: {}", self.server))
     }
 
+    /// An endpoint counter summed over the workers.
+    pub fn endpoint_total(&self, k: &str) -> u64 {
+        let workers = self.server["per_worker"].as_array().expect("per_worker");
+        workers
+            .iter()
+            .map(|w| w["endpoint"][k].as_u64().unwrap_or_else(|| panic!("endpoint.{k} missing: {w}")))
+            .sum()
+    }
+
     /// Datagrams the server moved (in + out).
     pub fn datagrams(&self) -> u64 {
         self.total("datagrams_in") + self.total("datagrams_out")

@@ -470,13 +470,20 @@ fn testbed_one_percent_loss_converges() {
             let s = &r.summaries[0];
             eprintln!(
                 "1 % loss ({mode}): {dropped} frames dropped on the switch, replicas {}/{}, syncs {} ({}), \
-                 write->visible p50 {} ms p99 {} ms",
+                 write->visible p50 {} ms p99 {} ms, join p50 {} ms p99 {} ms max {} ms ({} joins), \
+                 server: {} 1-RTT packets held for their handshake, {} replayed",
                 s["replicas_matching"],
                 s["replicas_checked"],
                 s["syncs"],
                 s["sync_reasons"],
                 s["latency_ms"]["p50"],
-                s["latency_ms"]["p99"]
+                s["latency_ms"]["p99"],
+                s["join_ms"]["p50"],
+                s["join_ms"]["p99"],
+                s["join_ms"]["max"],
+                s["join_ms"]["samples"],
+                r.endpoint_total("early_held"),
+                r.endpoint_total("early_replayed"),
             );
             assert!(dropped > 100, "{mode}: the loss was real ({dropped} frames dropped)");
             assert_no_xdp(&tb);

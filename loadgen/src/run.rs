@@ -146,6 +146,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         counters: Default::default(),
         latency: Latency::default(),
         ack_latency: Latency::default(),
+        join_latency: Latency::default(),
         reconnect: args.reconnect.map(Duration::from_secs_f64),
         sync_flags: if args.plain_snapshots { 0 } else { proto::SYNC_ZSTD },
         write_log: match &args.write_log {
@@ -381,6 +382,7 @@ pub async fn run(args: &Args) -> Result<Summary, String> {
         verify: verdict,
         latency_ms: ctx.latency.total(),
         ack_latency_ms: ctx.ack_latency.total(),
+        join_ms: ctx.join_latency.total(),
         cross_node,
         duration_s,
         elapsed_s: t0.elapsed().as_secs_f64(),

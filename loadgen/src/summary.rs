@@ -75,6 +75,9 @@ pub struct Summary {
     /// Write → ACK latency (canvas/1; no samples for legacy, which has no acknowledgements): how long
     /// ingest takes, measured apart from the broadcast.
     pub ack_latency_ms: LatencyMs,
+    /// Joins of the full replicas (canvas/1): first connection attempt → join snapshot installed. Fewer
+    /// samples than `replicas`: some never joined (or joined only after a lost connection).
+    pub join_ms: LatencyMs,
     /// Write → visible on other servers (`--observe`).
     pub cross_node: Option<CrossNode>,
     /// Length of the write phase.
@@ -187,6 +190,15 @@ impl Summary {
         if a.samples > 0 {
             row("ack p50", format!("{:.1} ms", a.p50), format!("write -> ACK, {} samples", a.samples));
             row("ack p99", format!("{:.1} ms", a.p99), format!("max {:.1} ms", a.max));
+        }
+        let j = &self.join_ms;
+        if j.samples > 0 {
+            row(
+                "join p50",
+                format!("{:.1} ms", j.p50),
+                format!("connect -> join snapshot installed, {} of {} replicas", j.samples, self.replicas),
+            );
+            row("join p99", format!("{:.1} ms", j.p99), format!("max {:.1} ms", j.max));
         }
         if let Some(x) = &self.cross_node {
             let l = &x.latency_ms;
@@ -354,6 +366,7 @@ mod tests {
             },
             latency_ms: LatencyMs { p50: 45.12, p99: 98.25, max: 120.5, samples: 1200 },
             ack_latency_ms: LatencyMs { p50: 2.5, p99: 9.75, max: 20.0, samples: 1300 },
+            join_ms: LatencyMs { p50: 31.5, p99: 1004.25, max: 3001.0, samples: 48 },
             cross_node: None,
             duration_s: 5.0,
             elapsed_s: 7.25,
@@ -402,6 +415,10 @@ mod tests {
             "98.2 ms",
             "max 120.5 ms",
             "1200 samples",
+            "31.5 ms",
+            "48 of 50 replicas",
+            "1004.2 ms",
+            "max 3001.0 ms",
             "98765",
             "12.3 MB",
             "13.62 Mbit/s",

@@ -284,6 +284,9 @@ fn far_future() -> tokio::time::Instant {
 }
 
 /// Run the protocol on an established connection until the phase says `Close` (Ok) or it fails.
+/// `join_from`: when the client's first connection attempt began (its first connection only), to record
+/// its join once the replica holds a whole canvas.
+#[allow(clippy::too_many_arguments)]
 pub async fn drive(
     ctx: &Ctx,
     slot: &Slot,
@@ -292,6 +295,7 @@ pub async fn drive(
     phase: &mut watch::Receiver<Phase>,
     full: bool,
     observer: Option<usize>,
+    mut join_from: Option<Instant>,
 ) -> Result<(), Failure> {
     let (mut send, mut recv) = match tokio::time::timeout(ctx.handshake_timeout, conn.open_bi()).await {
         Ok(Ok(s)) => s,
@@ -367,6 +371,12 @@ pub async fn drive(
                 Ev::Chunk(bytes) => {
                     fr.push(&bytes);
                     let (welcomed, big) = s.on_stream(&mut fr, &mut rep, now)?;
+                    if let (Some(t), Some(r)) = (join_from, replica(&mut rep)) {
+                        if r.tick().is_some() {
+                            ctx.join_latency.record(&mut vec![super::micros(t, now)]);
+                            join_from = None;
+                        }
+                    }
                     if big && fr.buffered() == 0 {
                         fr = FrameReader::new(); // give the snapshot-sized buffer back
                     }

@@ -166,6 +166,8 @@ pub struct Ctx {
     pub latency: Latency,
     /// Write → ACK (canvas/1).
     pub ack_latency: Latency,
+    /// A full replica's join: its first connection attempt → its join snapshot installed (canvas/1).
+    pub join_latency: Latency,
     /// `--write-log`.
     pub write_log: Option<crate::audit::WriteLog>,
     /// `--reconnect`.
@@ -361,6 +363,7 @@ pub async fn run(
         Some(j) => std::slice::from_ref(&ctx.observe_targets[j]),
         None => &ctx.targets[..],
     };
+    let mut join_from = Some(Instant::now());
     let mut conn = match connect(&ctx, &endpoint, &mut phase, &targets[0]).await {
         Ok(c) => c,
         Err(f) => return ctx.fail(idx, &slot, f),
@@ -372,7 +375,8 @@ pub async fn run(
         slot.set_status(Status::Open);
         let r = match ctx.protocol {
             Protocol::Canvas1 => {
-                canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full, observer).await
+                let join = join_from.take();
+                canvas1::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full, observer, join).await
             }
             Protocol::Legacy => legacy::drive(&ctx, &slot, &conn, &mut rng, &mut phase, full).await,
         };

@@ -36,6 +36,14 @@ pub struct EndpointStats {
     /// First datagrams of would-be connections that did not authenticate as an Initial (junk, a wrong
     /// key): dropped with no state kept.
     pub junk_initials: u64,
+    /// 1-RTT packets that arrived before their connection's handshake completed here (the client's
+    /// Finished lost or overtaken) and were held for it.
+    pub early_held: u64,
+    /// Of those, given to quiche once the handshake completed (the rest went with a connection that
+    /// never completed it).
+    pub early_replayed: u64,
+    /// Such packets dropped: their connection already held 4, or the worker 1,024 or 1 MiB of them.
+    pub early_dropped: u64,
     /// Pixel writes received.
     pub pixels_received: u64,
     /// Writes handed to the master.

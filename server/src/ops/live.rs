@@ -293,6 +293,18 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         &mut per(|w| w.endpoint.closed).into_iter(),
     );
     family(
+        "early_1rtt_held_total",
+        "counter",
+        "1-RTT packets that arrived before their connection's handshake completed (the client's Finished lost or overtaken), held for it.",
+        &mut per(|w| w.endpoint.early_held).into_iter(),
+    );
+    family(
+        "early_1rtt_dropped_total",
+        "counter",
+        "1-RTT packets that arrived before their handshake completed and could not be held (4 per connection, 1,024 or 1 MiB per worker).",
+        &mut per(|w| w.endpoint.early_dropped).into_iter(),
+    );
+    family(
         "connection_migrations_total",
         "counter",
         "Packets of open connections from a new client address (NAT rebinding).",
