@@ -209,7 +209,7 @@ fn past_the_connection_cap_the_client_is_told_why() {
             ep.on_datagram(Instant::now(), Addrs { local, peer }, &mut buf[..n]);
         }
         ep.flush(Instant::now(), &mut sock);
-        for (a, mut d) in sock.tx.drain(..) {
+        for (a, mut d) in sock.take_tx() {
             assert_eq!(a.peer, peer);
             let _ = client.recv(&mut d, quiche::RecvInfo { from: local, to: peer });
         }
@@ -280,7 +280,7 @@ fn overtaken(ep: &mut Endpoint, peer: SocketAddr) -> Overtaken {
             ep.on_datagram(Instant::now(), addrs, &mut buf[..n]);
         }
         ep.flush(Instant::now(), &mut sock);
-        for (_, mut d) in sock.tx.drain(..) {
+        for (_, mut d) in sock.take_tx() {
             client.recv(&mut d, quiche::RecvInfo { from: local, to: peer }).unwrap();
         }
         if client.is_established() {
@@ -323,14 +323,14 @@ fn a_sync_that_overtakes_the_clients_finished_is_answered_when_the_handshake_com
     let held = short.len() as u64;
     assert_eq!((ep.stats().early_held, ep.stats().early_replayed), (held, 0));
     ep.flush(Instant::now(), &mut sock);
-    assert!(sock.tx.is_empty(), "nothing to say before the handshake completes");
+    assert_eq!(sock.tx_pending(), 0, "nothing to say before the handshake completes");
     for p in &mut long {
         ep.on_datagram(Instant::now(), addrs, p);
     }
     assert_eq!(ep.stats().early_replayed, held, "given to quiche when the Finished arrived");
     assert_eq!(ep.early_bytes(), 0);
     ep.flush(Instant::now(), &mut sock);
-    for (_, mut d) in sock.tx.drain(..) {
+    for (_, mut d) in sock.take_tx() {
         client.recv(&mut d, quiche::RecvInfo { from: addrs.local, to: addrs.peer }).unwrap();
     }
     let mut got = vec![0; 1 << 16];

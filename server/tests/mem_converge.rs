@@ -382,12 +382,12 @@ fn small_or_garbage_initials_leave_no_state() {
     ep.on_datagram(now, addrs, &mut garbage);
     assert_eq!(ep.conn_count(), 0, "a refused Initial keeps no state");
     ep.flush(now, sock);
-    assert!(sock.tx.is_empty(), "nothing is sent in reply to either");
+    assert_eq!(sock.tx_pending(), 0, "nothing is sent in reply to either");
     assert_eq!(sock.stats().tx_datagrams, 0);
     ep.on_datagram(now, addrs, &mut buf[..n]);
     assert_eq!(ep.conn_count(), 1);
     ep.flush(now, sock);
-    assert!(!sock.tx.is_empty(), "the server answers a genuine Initial");
+    assert!(sock.tx_pending() > 0, "the server answers a genuine Initial");
 }
 
 /// A client writing one pixel per packet between ticks is not answered with an ACK-only packet per one or

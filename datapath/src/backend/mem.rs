@@ -124,9 +124,14 @@ pub struct MemSocket {
     pub local: SocketAddr,
     /// Received, not yet consumed.
     pub rx: VecDeque<Packet>,
-    /// Committed for sending, not yet moved to the network.
-    pub tx: Vec<(Addrs, Vec<u8>)>,
-    slot: Vec<u8>,
+    /// Datagrams committed for sending and not yet moved to the network, back to back, then the slot for
+    /// the next one: the sender writes in place, as into a real backend's ring, with no copy and no
+    /// allocation per datagram (the buffer only grows).
+    tx_buf: Vec<u8>,
+    /// Bytes of `tx_buf` committed.
+    tx_len: usize,
+    /// Each committed datagram's addresses and end offset in `tx_buf`.
+    tx_ends: Vec<(Addrs, usize)>,
     max_payload: usize,
     stats: BackendStats,
 }
@@ -137,8 +142,9 @@ impl MemSocket {
         Self {
             local,
             rx: VecDeque::new(),
-            tx: Vec::new(),
-            slot: vec![0; max_payload],
+            tx_buf: Vec::new(),
+            tx_len: 0,
+            tx_ends: Vec::new(),
             max_payload,
             stats: BackendStats::default(),
         }
@@ -149,9 +155,30 @@ impl MemSocket {
         while let Some(p) = net.take(self.local) {
             self.rx.push_back(p);
         }
-        for (a, d) in self.tx.drain(..) {
+        for (a, d) in self.take_tx() {
             net.send(a.local, a.peer, d);
         }
+    }
+
+    /// Take the datagrams committed for sending (in order), as the network would.
+    pub fn take_tx(&mut self) -> Vec<(Addrs, Vec<u8>)> {
+        let mut start = 0;
+        let out = self
+            .tx_ends
+            .drain(..)
+            .map(|(a, end)| {
+                let d = self.tx_buf[start..end].to_vec();
+                start = end;
+                (a, d)
+            })
+            .collect();
+        self.tx_len = 0;
+        out
+    }
+
+    /// Datagrams committed for sending and not yet taken.
+    pub fn tx_pending(&self) -> usize {
+        self.tx_ends.len()
     }
 }
 
@@ -171,17 +198,23 @@ impl Datapath for MemSocket {
     }
 
     fn tx_slot(&mut self) -> Option<&mut [u8]> {
-        Some(&mut self.slot)
+        let end = self.tx_len + self.max_payload;
+        if self.tx_buf.len() < end {
+            self.tx_buf.resize(end, 0);
+        }
+        Some(&mut self.tx_buf[self.tx_len..end])
     }
 
     fn tx_commit(&mut self, len: usize, addrs: Addrs) {
+        assert!(len <= self.max_payload, "a datagram longer than its slot");
         self.stats.tx_datagrams += 1;
         self.stats.tx_bytes += len as u64;
-        self.tx.push((addrs, self.slot[..len].to_vec()));
+        self.tx_len += len;
+        self.tx_ends.push((addrs, self.tx_len));
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.stats.tx_batches += u64::from(!self.tx.is_empty());
+        self.stats.tx_batches += u64::from(!self.tx_ends.is_empty());
         Ok(())
     }
 
@@ -195,5 +228,38 @@ impl Datapath for MemSocket {
 
     fn stats(&self) -> BackendStats {
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datagrams written in their slots come out whole and in order, also after the buffer was reused.
+    #[test]
+    fn committed_datagrams_come_out_in_order() {
+        let local: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let addrs = Addrs { local, peer };
+        let mut s = MemSocket::new(local, 16);
+        for round in 0..3u8 {
+            for (i, len) in [16usize, 1, 7].into_iter().enumerate() {
+                let slot = s.tx_slot().unwrap();
+                assert_eq!(slot.len(), 16);
+                slot[..len].fill(round * 10 + i as u8);
+                s.tx_commit(len, addrs);
+            }
+            assert_eq!(s.tx_pending(), 3);
+            let out = s.take_tx();
+            assert_eq!(s.tx_pending(), 0);
+            let want: Vec<Vec<u8>> = [16usize, 1, 7]
+                .into_iter()
+                .enumerate()
+                .map(|(i, len)| vec![round * 10 + i as u8; len])
+                .collect();
+            assert!(out.iter().all(|(a, _)| *a == addrs));
+            assert_eq!(out.into_iter().map(|(_, d)| d).collect::<Vec<_>>(), want);
+        }
+        assert_eq!(s.stats().tx_datagrams, 9);
     }
 }

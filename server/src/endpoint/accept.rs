@@ -79,7 +79,7 @@ impl Endpoint {
             (self.derive_cid(&hdr.dcid), None)
         };
         let odcid = odcid.map(quiche::ConnectionId::from_vec);
-        let q = match quiche::accept(
+        let q = match quiche::accept_with_buf_factory::<super::bufs::Bufs>(
             &quiche::ConnectionId::from_ref(&scid),
             odcid.as_ref(),
             addrs.local,

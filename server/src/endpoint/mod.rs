@@ -19,6 +19,7 @@ use datapath::seam::{Addrs, Datapath};
 
 mod accept;
 mod app;
+mod bufs;
 mod publication;
 mod send;
 mod stats;
@@ -177,8 +178,9 @@ enum Proto {
     Canvas1,
 }
 
-/// A run of shared datagrams still to hand to quiche.
-#[derive(Debug)]
+/// A run of shared datagrams still to hand to quiche (a clone, with the index of one of them, is how a
+/// datagram waits in quiche's queue: see [`bufs`]).
+#[derive(Clone, Debug)]
 enum Out {
     Head(Arc<Publication>, usize),
     Legacy(Arc<Publication>, usize),
@@ -193,6 +195,16 @@ impl Out {
             Out::Legacy(p, i) => (p.legacy(), i),
             Out::Parts(p, i) => (&p.parts, i),
             Out::LegacySnap(s, i) => (s.legacy(), i),
+        }
+    }
+
+    /// The datagram at the run's index (None past the end).
+    fn current(&self) -> Option<&[u8]> {
+        match self {
+            Out::Head(p, i) => p.head.get(*i),
+            Out::Legacy(p, i) => p.legacy().get(*i),
+            Out::Parts(p, i) => p.parts.get(*i),
+            Out::LegacySnap(s, i) => s.legacy().get(*i),
         }
     }
 }
@@ -236,7 +248,7 @@ struct Paced {
 }
 
 struct Conn {
-    q: quiche::Connection,
+    q: quiche::Connection<bufs::Bufs>,
     gen: u32,
     scid: [u8; LOCAL_CID_LEN],
     proto: Proto,

@@ -7,8 +7,8 @@ use std::time::Instant;
 use datapath::seam::{Addrs, Datapath};
 
 use super::{
-    Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS, PACING_SLACK,
-    TIMER_PURGE_SLACK, URGENT_BUDGET,
+    bufs, Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS,
+    PACING_SLACK, TIMER_PURGE_SLACK, URGENT_BUDGET,
 };
 
 impl Endpoint {
@@ -168,18 +168,20 @@ impl Ctx {
                 break;
             }
             let Some(o) = c.outbox.front_mut() else { break };
-            let (d, i) = o.cursor();
-            let Some(g) = d.get(*i) else {
+            let Some(len) = o.current().map(<[u8]>::len) else {
                 c.outbox.pop_front();
                 continue;
             };
-            match c.q.dgram_send(g) {
+            // Queued as a reference to the shared run, not a copy (see `bufs`).
+            let queued = c.q.dgram_send_buf(bufs::DgramBuf::Shared(o.clone()));
+            let (_, i) = o.cursor();
+            match queued {
                 Ok(()) => {
                     *i += 1;
                     n += 1;
-                    c.inflight += g.len() as u64;
+                    c.inflight += len as u64;
                     self.stats.broadcast_dgrams += 1;
-                    self.stats.broadcast_bytes += g.len() as u64;
+                    self.stats.broadcast_bytes += len as u64;
                 }
                 Err(quiche::Error::Done) => break,
                 Err(quiche::Error::BufferTooShort) => {
