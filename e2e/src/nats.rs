@@ -34,18 +34,34 @@ impl Nats {
         }
         let mut n = Nats {
             dir: crate::scratch(&format!("nats-{name}")),
-            ports: (0..3).map(|_| crate::free_tcp_port()).collect(),
-            routes: (0..3).map(|_| crate::free_tcp_port()).collect(),
+            ports: Vec::new(),
+            routes: Vec::new(),
             servers: Vec::new(),
         };
-        for i in 0..3 {
-            let c = n.spawn(i);
-            n.servers.push(Some(c));
+        // The ports are free when picked and bound by nats-server a moment later: in between, another
+        // process (a parallel test, an outgoing connection's ephemeral port) can take one, and that server
+        // exits. Then all three start again on fresh ports.
+        let mut why = String::new();
+        for attempt in 1..=3 {
+            n.ports = (0..3).map(|_| crate::free_tcp_port()).collect();
+            n.routes = (0..3).map(|_| crate::free_tcp_port()).collect();
+            match (0..3).try_for_each(|i| n.spawn(i).map(|c| n.servers.push(Some(c)))) {
+                Ok(()) => return Some(n),
+                Err(e) => {
+                    eprintln!("{name}: NATS cluster, attempt {attempt} of 3: {e}");
+                    why = e;
+                    for i in 0..n.servers.len() {
+                        n.kill(i);
+                    }
+                    n.servers.clear();
+                }
+            }
         }
-        Some(n)
+        panic!("{name}: no NATS cluster after 3 attempts: {why}");
     }
 
-    fn spawn(&self, i: usize) -> Child {
+    /// Start server `i` and wait until it accepts client connections; on failure, why (with its log).
+    fn spawn(&self, i: usize) -> Result<Child, String> {
         let routes: Vec<String> = self.routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
         let conf = self.dir.join(format!("n{i}.conf"));
         std::fs::write(
@@ -59,24 +75,41 @@ impl Nats {
             ),
         )
         .expect("write nats config");
-        let log = std::fs::File::create(self.dir.join(format!("n{i}.log"))).expect("nats log");
-        let c = Command::new(nats_server().expect("nats-server"))
+        let log_path = self.dir.join(format!("n{i}.log"));
+        let log = std::fs::File::create(&log_path).expect("nats log");
+        let mut c = Command::new(nats_server().expect("nats-server"))
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn nats-server");
+        let tail = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(8)..].join("\n")
+        };
         let end = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
-            assert!(
-                Instant::now() < end,
-                "nats-server n{i} did not listen within 10 s (see {})",
-                self.dir.display()
-            );
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!(
+                    "nats-server n{i} exited ({status}) before listening on {}:\n{}",
+                    self.ports[i],
+                    tail()
+                ));
+            }
+            if Instant::now() >= end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return Err(format!(
+                    "nats-server n{i} did not listen on {} within 10 s:\n{}",
+                    self.ports[i],
+                    tail()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        c
+        Ok(c)
     }
 
     /// The client URLs of the three servers.
@@ -100,7 +133,7 @@ impl Nats {
     /// Start server `i` again on its ports and store (after [`Nats::kill`]).
     pub fn restart(&mut self, i: usize) {
         assert!(self.servers[i].is_none(), "n{i} is running");
-        self.servers[i] = Some(self.spawn(i));
+        self.servers[i] = Some(self.spawn(i).unwrap_or_else(|e| panic!("restart: {e}")));
     }
 }
 
