@@ -54,6 +54,10 @@ impl Nats {
                         n.kill(i);
                     }
                     n.servers.clear();
+                    // Stores that knew the old ports' peers start empty again.
+                    for i in 0..3 {
+                        let _ = std::fs::remove_dir_all(n.dir.join(format!("n{i}")));
+                    }
                 }
             }
         }
@@ -108,6 +112,12 @@ impl Nats {
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Something else may hold the port it was given (then the connect reached that, and this server
+        // exits on its failed bind): still running a moment later, or it is not up.
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(Some(status)) = c.try_wait() {
+            return Err(format!("nats-server n{i} exited ({status}) right after starting:\n{}", tail()));
         }
         Ok(c)
     }
