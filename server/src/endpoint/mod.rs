@@ -20,6 +20,7 @@ use datapath::seam::{Addrs, Datapath};
 mod accept;
 mod app;
 mod bufs;
+mod early;
 mod publication;
 mod send;
 mod stats;
@@ -152,13 +153,6 @@ const MAX_PRINTED_RECV_ERRORS: u64 = 10;
 /// Connections past `max_conns` kept at once only to send their CONNECTION_CLOSE; beyond, Initials are dropped.
 const MAX_REFUSING: usize = 256;
 
-/// 1-RTT packets held per connection whose handshake has not completed here (see `Endpoint::early`).
-const MAX_EARLY_PER_CONN: usize = 4;
-/// Such packets held at once per worker, over all connections (the list is scanned per held packet).
-const MAX_EARLY_PACKETS: usize = 1024;
-/// Their bytes, at most.
-const MAX_EARLY_BYTES: usize = 1 << 20;
-
 /// Default of [`EndpointConfig::retry_above`].
 pub const DEFAULT_RETRY_ABOVE: usize = 1024;
 
@@ -189,23 +183,21 @@ enum Out {
 }
 
 impl Out {
-    fn cursor(&mut self) -> (&Datagrams, &mut usize) {
-        match self {
+    /// The datagram at the run's index (None past the end).
+    fn current(&self) -> Option<&[u8]> {
+        let (d, i): (&Datagrams, _) = match self {
             Out::Head(p, i) => (&p.head, i),
             Out::Legacy(p, i) => (p.legacy(), i),
             Out::Parts(p, i) => (&p.parts, i),
             Out::LegacySnap(s, i) => (s.legacy(), i),
-        }
+        };
+        d.get(*i)
     }
 
-    /// The datagram at the run's index (None past the end).
-    fn current(&self) -> Option<&[u8]> {
-        match self {
-            Out::Head(p, i) => p.head.get(*i),
-            Out::Legacy(p, i) => p.legacy().get(*i),
-            Out::Parts(p, i) => p.parts.get(*i),
-            Out::LegacySnap(s, i) => s.legacy().get(*i),
-        }
+    /// Move to the run's next datagram.
+    fn advance(&mut self) {
+        let (Out::Head(_, i) | Out::Legacy(_, i) | Out::Parts(_, i) | Out::LegacySnap(_, i)) = self;
+        *i += 1;
     }
 }
 
@@ -449,17 +441,8 @@ pub struct Endpoint {
     hs_rate: u32,
     /// Datagrams received in this batch for other workers' connections: (owner, addresses, payload).
     handoff_out: Vec<(usize, Addrs, Box<[u8]>)>,
-    /// 1-RTT packets that arrived before their connection's handshake completed here: (key, addresses,
-    /// packet). The client's Finished was lost or overtaken, and quiche has no key to open them yet (it
-    /// drops them). They are given to quiche once the handshake completes (RFC 9001 §4.1.4, §5.7): without
-    /// that, a client whose Finished was lost got its SYNC answered only when its own probe timer resent
-    /// it, and a client does not arm that timer for 1-RTT data until the server's HANDSHAKE_DONE arrives,
-    /// backed off by its handshake probes: joins of 5 s to more than 10 s at 1-3 % loss. At most
-    /// [`MAX_EARLY_PER_CONN`] per connection, [`MAX_EARLY_PACKETS`] and [`MAX_EARLY_BYTES`] in all; the
-    /// entries go with their connection (see `take`).
-    early: Vec<(usize, Addrs, Box<[u8]>)>,
-    /// Bytes in `early`.
-    early_bytes: usize,
+    /// 1-RTT packets that arrived before their connection's handshake completed here (see [`early`]).
+    early: early::Early,
     ctx: Ctx,
 }
 
@@ -506,8 +489,7 @@ impl Endpoint {
             hs_in_window: 0,
             hs_rate: 0,
             handoff_out: Vec::new(),
-            early: Vec::new(),
-            early_bytes: 0,
+            early: early::Early::default(),
             ctx: Ctx {
                 cfg,
                 shared,
@@ -552,9 +534,10 @@ impl Endpoint {
         self.conns.len()
     }
 
-    /// Bytes of 1-RTT packets held for connections whose handshake has not completed (see `Endpoint::early`).
+    /// Bytes of 1-RTT packets held for connections whose handshake has not completed (the client's Finished
+    /// lost or overtaken; given to quiche when it completes).
     pub fn early_bytes(&self) -> usize {
-        self.early_bytes
+        self.early.bytes()
     }
 
     /// The newest tick this worker has seen.
@@ -682,13 +665,7 @@ impl Endpoint {
         let c = &mut self.conns[key];
         if short && !c.q.is_established() {
             // 1-RTT before this side completed the handshake: quiche could not open it yet.
-            let held = self.early.iter().filter(|e| e.0 == key).count();
-            if held < MAX_EARLY_PER_CONN
-                && self.early.len() < MAX_EARLY_PACKETS
-                && self.early_bytes + pkt.len() <= MAX_EARLY_BYTES
-            {
-                self.early_bytes += pkt.len();
-                self.early.push((key, addrs, pkt.into()));
+            if self.early.hold(key, addrs, pkt) {
                 self.ctx.stats.early_held += 1;
             } else {
                 self.ctx.stats.early_dropped += 1;
@@ -733,8 +710,11 @@ impl Endpoint {
         if c.half_open && c.q.is_established() {
             c.half_open = false;
             self.half_open_count -= 1;
-            if !self.early.is_empty() {
-                Self::replay_early(&mut self.early, &mut self.early_bytes, &mut self.ctx.stats, key, c);
+            for (a, mut p) in self.early.take(key) {
+                match c.q.recv(&mut p, quiche::RecvInfo { from: a.peer, to: a.local }) {
+                    Ok(_) => self.ctx.stats.early_replayed += 1,
+                    Err(_) => self.ctx.stats.recv_errors += 1,
+                }
             }
         }
         if let Err(e) = &recv {
@@ -776,28 +756,6 @@ impl Endpoint {
                 Self::arm(&mut self.timers, key, c, c.q.timeout_instant().map_or(t, |q| q.min(t)));
             }
         }
-    }
-
-    /// Give quiche the 1-RTT packets held for `key` (see `Endpoint::early`): its handshake just completed.
-    fn replay_early(
-        early: &mut Vec<(usize, Addrs, Box<[u8]>)>,
-        early_bytes: &mut usize,
-        stats: &mut EndpointStats,
-        key: usize,
-        c: &mut Conn,
-    ) {
-        early.retain_mut(|(k, addrs, pkt)| {
-            if *k != key {
-                return true;
-            }
-            *early_bytes -= pkt.len();
-            let info = quiche::RecvInfo { from: addrs.peer, to: addrs.local };
-            match c.q.recv(pkt, info) {
-                Ok(_) => stats.early_replayed += 1,
-                Err(_) => stats.recv_errors += 1,
-            }
-            false
-        });
     }
 
     /// Fire expired quiche timers and pacing releases.
@@ -852,16 +810,7 @@ impl Endpoint {
     /// Take `key` out of the tables and the counts it is in.
     fn take(&mut self, key: usize) -> Conn {
         let c = self.conns.remove(key);
-        if !self.early.is_empty() {
-            let bytes = &mut self.early_bytes;
-            self.early.retain(|(k, _, pkt)| {
-                let keep = *k != key;
-                if !keep {
-                    *bytes -= pkt.len();
-                }
-                keep
-            });
-        }
+        self.early.take(key);
         self.ids.remove(&c.scid);
         self.half_open_count -= usize::from(c.half_open);
         self.refusing -= usize::from(c.refused);

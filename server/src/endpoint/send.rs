@@ -173,11 +173,9 @@ impl Ctx {
                 continue;
             };
             // Queued as a reference to the shared run, not a copy (see `bufs`).
-            let queued = c.q.dgram_send_buf(bufs::DgramBuf::Shared(o.clone()));
-            let (_, i) = o.cursor();
-            match queued {
+            match c.q.dgram_send_buf(bufs::DgramBuf::Shared(o.clone())) {
                 Ok(()) => {
-                    *i += 1;
+                    o.advance();
                     n += 1;
                     c.inflight += len as u64;
                     self.stats.broadcast_dgrams += 1;
@@ -186,7 +184,7 @@ impl Ctx {
                 Err(quiche::Error::Done) => break,
                 Err(quiche::Error::BufferTooShort) => {
                     // Larger than the peer accepts: skip this one; a canvas/1 client repairs with SYNC.
-                    *i += 1;
+                    o.advance();
                     self.stats.dgram_too_big += 1;
                 }
                 Err(_) => {
