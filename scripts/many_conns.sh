@@ -9,9 +9,10 @@
 # replicas, write->visible and write->ACK latency and CPU.
 #
 # Usage: scripts/many_conns.sh [--conns N] [--arrive S] [--hold S] [--workers W] [--write-every S]
-#                              [--replicas R] [--out DIR] [--client-arg ARG]...
+#                              [--replicas R] [--out DIR] [--client-arg ARG]... [--server-arg ARG]...
 #   defaults: 100000 idle connections over 150 s, held 60 s, 2 workers; results in out/conns-YYYYmmdd-HHMMSS
 #   --client-arg: one more argument for both load generators (repeatable; e.g. --client-arg=--plain-snapshots)
+#   --server-arg: one more argument for the server (repeatable; e.g. --server-arg=--broadcast-queue-ms=0)
 # Run as root (network namespace). Needs target/release/{server,client} (cargo build --release) and about
 # 32 KiB of server memory and 45 KiB of load-generator memory per connection.
 # Bounded: every wait has a limit; the namespace and every process started here are removed on every exit.
@@ -19,7 +20,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONNS=100000 ARRIVE=150 HOLD=60 WORKERS=2 WRITE=0 REPLICAS=0 OUT=""
-CLIENT_ARGS=()
+CLIENT_ARGS=() SERVER_ARGS=()
 while (($#)); do
   case $1 in
     --conns) CONNS=${2:?}; shift ;;
@@ -31,7 +32,9 @@ while (($#)); do
     --out) OUT=${2:?}; shift ;;
     --client-arg) CLIENT_ARGS+=("${2:?}"); shift ;;
     --client-arg=*) CLIENT_ARGS+=("${1#--client-arg=}") ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --server-arg) SERVER_ARGS+=("${2:?}"); shift ;;
+    --server-arg=*) SERVER_ARGS+=("${1#--server-arg=}") ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "many_conns: unknown argument $1 (--help)" >&2; exit 2 ;;
   esac
   shift
@@ -63,7 +66,7 @@ ip netns add "$NS"
 ip -n "$NS" link set lo up
 
 ip netns exec "$NS" "$BIN/server" --mode uring -w "$WORKERS" --listen 127.0.0.1:4433 \
-  --stats-json "$OUT/server-stats.json" >"$OUT/server.log" 2>&1 &
+  --stats-json "$OUT/server-stats.json" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} >"$OUT/server.log" 2>&1 &
 SP=$!
 for ((t = 0; t < 300; t++)); do
   grep -qs "listening on" "$OUT/server.log" && break

@@ -37,6 +37,7 @@ fn endpoint_full(
         tick_ms: 100,
         dgram_queue: 8,
         broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
+        broadcast_queue: server::endpoint::DEFAULT_BROADCAST_QUEUE,
         catchup_budget: server::endpoint::DEFAULT_CATCHUP_BUDGET,
         max_datagram: canvas::legacy::MAX_DATAGRAM,
         history_ticks: 16,

@@ -29,6 +29,7 @@ fn config(clients: usize, loss: f64, reorder: f64, seed: u64) -> SimConfig {
             tick_ms: 100,
             dgram_queue: 64,
             broadcast_inflight: server::endpoint::DEFAULT_BROADCAST_INFLIGHT,
+            broadcast_queue: server::endpoint::DEFAULT_BROADCAST_QUEUE,
             catchup_budget: server::endpoint::DEFAULT_CATCHUP_BUDGET,
             max_datagram: canvas::legacy::MAX_DATAGRAM,
             history_ticks: 16,
@@ -279,6 +280,51 @@ fn a_stalled_client_pulls_one_coalesced_delta_instead_of_a_backlog() {
     assert_eq!(syncs, 0, "the delta chained onto the replica: no SYNC");
     assert_eq!(snapshots, snapshots_before, "no snapshot");
     assert_eq!(sim.clients[0].replica.pixels(), sim.master.canvas().pixels());
+}
+
+/// A client whose path queues: it reads its packets once per cycle, after 50 ms, so every RTT sample the
+/// server takes of it is ~50 ms while its path's minimum (taken before) is well under a millisecond. Its
+/// broadcast window halves while quiche's smoothed RTT is more than `broadcast_queue` (here 25 ms) above
+/// the minimum, down to two datagrams: what waits for it at a read is then about two datagrams, where the
+/// in-flight allowance alone lets a tick's worth (about ten) queue. It still converges, with coalesced
+/// deltas.
+#[test]
+fn a_client_whose_path_queues_gets_a_window_of_two_datagrams() {
+    let waiting = |target: Duration| {
+        let mut cfg = config(12, 0.0, 0.0, 13);
+        cfg.workers = 1;
+        cfg.endpoint.dgram_queue = 8;
+        cfg.endpoint.broadcast_queue = target;
+        let rounds_per_tick = cfg.rounds_per_tick;
+        let mut sim = ready_sim(cfg);
+        assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "settled before the slow reads");
+        let mut rng = SmallRng::seed_from_u64(13);
+        let slow = sim.clients[0].addr;
+        let mut inbox = Vec::new();
+        for _ in 0..30 {
+            sim.clients[0].stalled = true;
+            // One tick: 2,750 writes over the 200×100 canvas, about ten full datagrams of changes.
+            busy_rounds(&mut sim, &mut rng, rounds_per_tick, (200, 100), |_| 50);
+            std::thread::sleep(Duration::from_millis(50));
+            inbox.push(sim.net.inbox_bytes(slow));
+            sim.clients[0].stalled = false;
+            sim.round();
+        }
+        assert!(sim.run_until(Duration::from_secs(60), Sim::converged), "the slow client converges");
+        let cuts = sim.workers[0].0.stats().window_cuts;
+        // The smoothed RTT takes a few samples to rise and the window halves once per RTT: judge the
+        // last ten cycles.
+        let last = inbox[20..].iter().copied().max().unwrap_or(0);
+        eprintln!("broadcast_queue {target:?}: bytes waiting at each read {inbox:?}, window cuts {cuts}");
+        (last, cuts)
+    };
+    let (windowed, cuts) = waiting(Duration::from_millis(25));
+    let (allowance_only, cuts_off) = waiting(Duration::ZERO);
+    assert!(cuts > 0, "the slow client's window was cut");
+    assert_eq!(cuts_off, 0, "no window without a target");
+    // Two full datagrams in flight, plus a short one (less than two were in flight) and ACK-only packets.
+    assert!(windowed <= 3 * 1350 + 200, "{windowed} bytes waited for a client whose path queues");
+    assert!(allowance_only >= 6 * 1350, "without the window a tick's datagrams queue: {allowance_only}");
 }
 
 /// Twelve clients stall one tick apart while the others write (their connections stop at different ticks,

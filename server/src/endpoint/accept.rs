@@ -115,6 +115,13 @@ impl Endpoint {
             rx_unacked: 0,
             inflight: 0,
             settled: 0,
+            window: if self.ctx.cfg.broadcast_queue.is_zero() {
+                self.ctx.cfg.broadcast_inflight
+            } else {
+                super::INITIAL_BROADCAST_WINDOW as usize * self.ctx.cfg.max_datagram
+            }
+            .min(self.ctx.cfg.broadcast_inflight) as u64,
+            window_cut: now,
             half_open: false,
             refused: refuse,
             peer: addrs.peer,

@@ -67,6 +67,20 @@ pub const ACK_DELAY: Duration = Duration::from_millis(10);
 /// round trip that is still ~320 KB/s per client, three times the fan-out of 20,000 writes/s to every
 /// client (5 bytes each); below that rate nothing changes, above it the client gets coalesced deltas.
 pub const DEFAULT_BROADCAST_INFLIGHT: usize = 32 * 1024;
+/// Default of [`EndpointConfig::broadcast_queue`]: 100 ms, one default tick. Below it a connection's
+/// broadcast window grows to `broadcast_inflight`; a client behind a queue longer than a tick gets each
+/// wave more than a tick late.
+pub const DEFAULT_BROADCAST_QUEUE: Duration = Duration::from_millis(100);
+/// A connection's broadcast window when it starts, in datagrams (see [`EndpointConfig::broadcast_queue`]).
+/// Small, so that thousands of connections that begin to receive at once (the first writes after a quiet
+/// spell, a server restart) do not each put a whole allowance into a receive queue before the first RTT
+/// sample shows it growing; on a path that does not queue it doubles about every round trip.
+pub const INITIAL_BROADCAST_WINDOW: u64 = 2;
+/// The smallest broadcast window, in datagrams: two, because a receiver acknowledges every second
+/// ack-eliciting packet at once (RFC 9000 §13.2.2) but may hold the ACK of a lone one for its
+/// `max_ack_delay` (25 ms by default): a window of one datagram costs both ends an ACK packet per
+/// datagram and caps the connection at one datagram per round trip plus that delay.
+pub const MIN_BROADCAST_WINDOW: u64 = 2;
 /// Default of [`EndpointConfig::catchup_budget`]: 32 MiB per worker, six coalesced deltas of the whole
 /// 1000 x 1000 canvas (5 MB each), or ~30 of the ≤ 1 MB a client 10 s behind 20,000 writes/s lacks.
 pub const DEFAULT_CATCHUP_BUDGET: usize = 32 << 20;
@@ -111,6 +125,16 @@ pub struct EndpointConfig {
     /// stale ticks in its receive buffer and holding a congestion window's worth of sent-packet records
     /// in quiche.
     pub broadcast_inflight: usize,
+    /// Queueing delay that a connection's broadcast window (`Conn::window`) steers by. The window starts
+    /// at [`INITIAL_BROADCAST_WINDOW`] datagrams and is looked at on every visit with a datagram in
+    /// flight: while quiche's smoothed RTT of the path exceeds its minimum by more than this, it is
+    /// halved (to half of what is in flight, at most once per smoothed RTT, never below
+    /// [`MIN_BROADCAST_WINDOW`] datagrams); otherwise a visit that it stops grows it by one datagram (up
+    /// to `broadcast_inflight`). A client whose path queues (a receiver that cannot keep up, one shared
+    /// by thousands of connections, a deep buffer anywhere) then holds about this much broadcast in that
+    /// queue, not a window of stale ticks ahead of its ACKs, handshakes and control stream, and gets the
+    /// changes coalesced. Zero: no window, `broadcast_inflight` only.
+    pub broadcast_queue: Duration,
     /// Bytes of coalesced catch-up deltas that connections may hold at once on this worker before a pull
     /// that would build another one shares one already alive, or waits for the next tick (see
     /// `Ctx::catchup_for`). One delta is always allowed, so every connection still makes progress.
@@ -153,8 +177,13 @@ const MAX_PRINTED_RECV_ERRORS: u64 = 10;
 /// Connections past `max_conns` kept at once only to send their CONNECTION_CLOSE; beyond, Initials are dropped.
 const MAX_REFUSING: usize = 256;
 
-/// Default of [`EndpointConfig::retry_above`].
-pub const DEFAULT_RETRY_ABOVE: usize = 1024;
+/// Default of [`EndpointConfig::retry_above`]: half of [`DEFAULT_MAX_HALF_OPEN`]. The count trigger is for
+/// a spoofed flood slower than `retry_above_rate` that would still fill the table; clients behind slow
+/// paths raise the count too (250 handshakes/s per worker that take 4 s each are 1,000 in progress), and
+/// Retry then adds a round trip to every handshake exactly when round trips are longest. At 1,024, 50,000
+/// connections arriving over 100 s with writes (`scripts/many_conns.sh`, one box) switched Retry on five
+/// times and 1,085 handshakes failed; at 8,192, none did (issue-10 note, 2026-12-08).
+pub const DEFAULT_RETRY_ABOVE: usize = 8192;
 
 /// Default of [`EndpointConfig::retry_above_rate`]: eight times the fastest ramp the suite's benchmarks
 /// make on one worker (500 handshakes/s), half the bench's handshake flood (10,000 over 2 s).
@@ -275,6 +304,11 @@ struct Conn {
     inflight: u64,
     /// quiche's `acked_bytes + lost_bytes` when `inflight` was last updated.
     settled: u64,
+    /// Broadcast bytes this connection may have unacknowledged (≤ `broadcast_inflight`), steered by
+    /// its path's queueing delay (see [`EndpointConfig::broadcast_queue`]).
+    window: u64,
+    /// When `window` was last halved.
+    window_cut: Instant,
     /// Accepted, handshake not complete (counted in `Endpoint::half_open_count`).
     half_open: bool,
     /// Created only to tell the client the worker is full (counted in `Endpoint::refusing`).
@@ -330,6 +364,15 @@ impl Conn {
         self.inflight = self.inflight.saturating_sub(settled.saturating_sub(self.settled));
         self.settled = settled;
         moved
+    }
+
+    /// The active path's smoothed RTT and whether it exceeds the path's minimum by more than `target`
+    /// (false before the first RTT sample).
+    fn path_queue(&self, target: Duration) -> (Duration, bool) {
+        self.q
+            .path_stats()
+            .find(|p| p.active)
+            .map_or((Duration::ZERO, false), |p| (p.rtt, p.min_rtt.is_some_and(|m| p.rtt > m + target)))
     }
 
     /// Whether a packet just received by an established connection must be answered by a visit now,

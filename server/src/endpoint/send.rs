@@ -8,7 +8,7 @@ use datapath::seam::{Addrs, Datapath};
 
 use super::{
     bufs, Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS,
-    PACING_SLACK, TIMER_PURGE_SLACK, URGENT_BUDGET,
+    MIN_BROADCAST_WINDOW, PACING_SLACK, TIMER_PURGE_SLACK, URGENT_BUDGET,
 };
 
 impl Endpoint {
@@ -156,14 +156,25 @@ impl Ctx {
     }
 
     /// Keep quiche's DATAGRAM queue topped up from the connection's shared runs, pulling the next one
-    /// (everything that changed since it was last sent) when they are drained, while less than
-    /// `broadcast_inflight` bytes are unacknowledged. Returns datagrams queued.
-    fn feed_dgrams(&mut self, c: &mut Conn) -> usize {
+    /// (everything that changed since it was last sent) when they are drained, while less than its
+    /// broadcast window (`Conn::window`, at most `broadcast_inflight`) is unacknowledged. Returns datagrams
+    /// queued.
+    fn feed_dgrams(&mut self, c: &mut Conn, now: Instant) -> usize {
         let mut n = 0;
         c.settle_inflight();
-        while c.q.dgram_send_queue_len() < self.cfg.dgram_queue
-            && c.inflight < self.cfg.broadcast_inflight as u64
-        {
+        let mut adapted = self.cfg.broadcast_queue.is_zero();
+        while c.q.dgram_send_queue_len() < self.cfg.dgram_queue {
+            // Steer the window by the path's queue, once per call, once a datagram is in flight.
+            if !adapted && c.inflight >= self.cfg.max_datagram as u64 {
+                adapted = true;
+                self.adapt_window(c, now);
+            }
+            if c.inflight >= c.window {
+                if c.window < self.cfg.broadcast_inflight as u64 {
+                    self.stats.window_held += 1;
+                }
+                break;
+            }
             if c.outbox.is_empty() && !self.pull(c) {
                 break;
             }
@@ -197,6 +208,27 @@ impl Ctx {
         n
     }
 
+    /// Steer `c`'s broadcast window by its path's queueing delay (see
+    /// [`super::EndpointConfig::broadcast_queue`]): while the smoothed RTT exceeds the minimum by more
+    /// than the target, halve what is in flight (at most once per smoothed RTT, never below
+    /// [`MIN_BROADCAST_WINDOW`] datagrams); else, when the window is what stops the connection, grow it by
+    /// one datagram up to `broadcast_inflight`.
+    fn adapt_window(&mut self, c: &mut Conn, now: Instant) {
+        let one = self.cfg.max_datagram as u64;
+        let full = self.cfg.broadcast_inflight as u64;
+        let floor = (MIN_BROADCAST_WINDOW * one).min(full);
+        let (srtt, queues) = c.path_queue(self.cfg.broadcast_queue);
+        if queues {
+            if c.window > floor && now >= c.window_cut + srtt {
+                c.window = (c.window.min(c.inflight) / 2).max(floor);
+                c.window_cut = now;
+                self.stats.window_cuts += 1;
+            }
+        } else if c.inflight >= c.window {
+            c.window = (c.window + one).min(full);
+        }
+    }
+
     /// Send what `c` has, up to `budget` packets. Returns (has more to send, transmit side full).
     fn flush_conn<B: Datapath>(
         &mut self,
@@ -228,7 +260,7 @@ impl Ctx {
             c.stream_out.clear();
             self.stats.closed_not_reading += 1;
         }
-        self.feed_dgrams(c);
+        self.feed_dgrams(c, now);
         // Whatever quiche sends now carries the acknowledgements held back (see `ACK_EVERY`).
         c.rx_unacked = 0;
         let mut sent = 0;
@@ -253,7 +285,7 @@ impl Ctx {
                 }
                 Err(quiche::Error::Done) => {
                     // quiche may have room again for control bytes or datagrams.
-                    if self.feed_stream(c, now) + self.feed_dgrams(c) == 0 {
+                    if self.feed_stream(c, now) + self.feed_dgrams(c, now) == 0 {
                         break;
                     }
                 }

@@ -419,6 +419,18 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
         "Broadcast pulls past --catchup-budget-mib that waited a tick (no live delta covered them).",
         &mut per(|w| w.endpoint.catchup_deferred).into_iter(),
     );
+    family(
+        "broadcast_window_held_total",
+        "counter",
+        "Connection visits whose broadcast stopped at a window below --broadcast-inflight-kib (see --broadcast-queue-ms).",
+        &mut per(|w| w.endpoint.window_held).into_iter(),
+    );
+    family(
+        "broadcast_window_cuts_total",
+        "counter",
+        "Broadcast windows halved because the connection's path queued more than --broadcast-queue-ms.",
+        &mut per(|w| w.endpoint.window_cuts).into_iter(),
+    );
     let depths: Vec<(String, u64)> = src
         .shared
         .links

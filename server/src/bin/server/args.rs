@@ -218,6 +218,12 @@ pub(crate) struct Args {
     /// client gets coalesced deltas later instead of a queue of stale ticks.
     #[arg(long, default_value_t = server::endpoint::DEFAULT_BROADCAST_INFLIGHT / 1024)]
     pub(crate) broadcast_inflight_kib: usize,
+    /// Queueing delay (ms; smoothed RTT above the path's minimum) that each connection's broadcast
+    /// window steers by: it starts at two datagrams, halves (not below two) while the path queues more,
+    /// grows up to --broadcast-inflight-kib while it does not. 0: no window, --broadcast-inflight-kib
+    /// only.
+    #[arg(long, default_value_t = server::endpoint::DEFAULT_BROADCAST_QUEUE.as_millis() as u64)]
+    pub(crate) broadcast_queue_ms: u64,
     /// Coalesced catch-up deltas (MiB per worker) that connections behind the broadcast may hold at once:
     /// past it a pull shares a delta already alive or waits a tick, so memory under overload stays bounded.
     #[arg(long, default_value_t = server::endpoint::DEFAULT_CATCHUP_BUDGET >> 20, value_parser = usize_in(1, 1 << 20))]

@@ -708,6 +708,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             tick_ms: tick.as_millis() as u32,
             dgram_queue: a.dgram_queue,
             broadcast_inflight: a.broadcast_inflight_kib.saturating_mul(1024),
+            broadcast_queue: Duration::from_millis(a.broadcast_queue_ms),
             catchup_budget: a.catchup_budget_mib << 20,
             max_datagram: a.max_datagram,
             history_ticks: a.history_ticks,
