@@ -1,12 +1,35 @@
 //! Operator input the server refuses before it touches anything: every flag with a meaningless value names
 //! its valid range, and `--cert`/`--key` that do not exist are an error naming the path (nothing is
-//! created there).
+//! created there); a combination of flags that cannot work is refused naming both.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+/// Run the server with `args`; it must refuse them and exit. One that is still running after 20 s (it
+/// accepted them and is serving) is killed and reported as exit code -1.
 fn server(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_server")).args(args).output().expect("run server");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run server");
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait for server") {
+            break status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().expect("piped").read_to_string(&mut err).expect("read stderr");
+    (code, err)
 }
 
 #[test]
@@ -53,4 +76,14 @@ fn missing_cert_and_key_are_an_error_and_nothing_is_created() {
     assert!(err.contains(&format!("--cert {}", cert.display())), "{err}");
     assert!(!cert.exists() && !key.exists(), "a file was created at an operator's path");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_retry_trigger_above_the_half_open_cap_is_refused() {
+    let (code, err) = server(&["--listen", "127.0.0.1:0", "--max-half-open", "100", "--retry-above", "200"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--retry-above 200 is above --max-half-open 100") && err.contains("at most 100"),
+        "{err}"
+    );
 }

@@ -115,12 +115,7 @@ impl Endpoint {
             rx_unacked: 0,
             inflight: 0,
             settled: 0,
-            window: if self.ctx.cfg.broadcast_queue.is_zero() {
-                self.ctx.cfg.broadcast_inflight
-            } else {
-                super::INITIAL_BROADCAST_WINDOW as usize * self.ctx.cfg.max_datagram
-            }
-            .min(self.ctx.cfg.broadcast_inflight) as u64,
+            window: self.ctx.initial_window(),
             window_cut: now,
             half_open: false,
             refused: refuse,

@@ -129,8 +129,8 @@ pub struct EndpointConfig {
     /// at [`INITIAL_BROADCAST_WINDOW`] datagrams and is looked at on every visit with a datagram in
     /// flight: while quiche's smoothed RTT of the path exceeds its minimum by more than this, it is
     /// halved (to half of what is in flight, at most once per smoothed RTT, never below
-    /// [`MIN_BROADCAST_WINDOW`] datagrams); otherwise a visit that it stops grows it by one datagram (up
-    /// to `broadcast_inflight`). A client whose path queues (a receiver that cannot keep up, one shared
+    /// [`MIN_BROADCAST_WINDOW`] datagrams); otherwise it grows by one datagram each time feeding finds it
+    /// full (up to `broadcast_inflight`). A client whose path queues (a receiver that cannot keep up, one shared
     /// by thousands of connections, a deep buffer anywhere) then holds about this much broadcast in that
     /// queue, not a window of stale ticks ahead of its ACKs, handshakes and control stream, and gets the
     /// changes coalesced. Zero: no window, `broadcast_inflight` only.
@@ -183,7 +183,7 @@ const MAX_REFUSING: usize = 256;
 /// Retry then adds a round trip to every handshake exactly when round trips are longest. At 1,024, 50,000
 /// connections arriving over 100 s with writes (`scripts/many_conns.sh`, one box) switched Retry on five
 /// times and 1,085 handshakes failed; at 8,192, none did (issue-10 note, 2026-12-08).
-pub const DEFAULT_RETRY_ABOVE: usize = 8192;
+pub const DEFAULT_RETRY_ABOVE: usize = DEFAULT_MAX_HALF_OPEN / 2;
 
 /// Default of [`EndpointConfig::retry_above_rate`]: eight times the fastest ramp the suite's benchmarks
 /// make on one worker (500 handshakes/s), half the bench's handshake flood (10,000 over 2 s).

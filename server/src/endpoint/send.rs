@@ -2,13 +2,13 @@
 //! straight into the backend's transmit slots, pacing honoured, the send budget and backpressure applied.
 
 use std::cmp::Reverse;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datapath::seam::{Addrs, Datapath};
 
 use super::{
-    bufs, Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, MAX_STREAM_CHUNKS,
-    MIN_BROADCAST_WINDOW, PACING_SLACK, TIMER_PURGE_SLACK, URGENT_BUDGET,
+    bufs, Chunk, Conn, Ctx, Endpoint, Paced, APP_ERR_NOT_READING, FLUSH_BUDGET, INITIAL_BROADCAST_WINDOW,
+    MAX_STREAM_CHUNKS, MIN_BROADCAST_WINDOW, PACING_SLACK, TIMER_PURGE_SLACK, URGENT_BUDGET,
 };
 
 impl Endpoint {
@@ -157,9 +157,10 @@ impl Ctx {
 
     /// Keep quiche's DATAGRAM queue topped up from the connection's shared runs, pulling the next one
     /// (everything that changed since it was last sent) when they are drained, while less than its
-    /// broadcast window (`Conn::window`, at most `broadcast_inflight`) is unacknowledged. Returns datagrams
-    /// queued.
-    fn feed_dgrams(&mut self, c: &mut Conn, now: Instant) -> usize {
+    /// broadcast window (`Conn::window`, at most `broadcast_inflight`) is unacknowledged. `path` is the
+    /// visit's reading of the path's queue (taken at most once per visit: nothing the visit does moves
+    /// quiche's RTT). Returns datagrams queued.
+    fn feed_dgrams(&mut self, c: &mut Conn, now: Instant, path: &mut Option<(Duration, bool)>) -> usize {
         let mut n = 0;
         c.settle_inflight();
         let mut adapted = self.cfg.broadcast_queue.is_zero();
@@ -167,7 +168,8 @@ impl Ctx {
             // Steer the window by the path's queue, once per call, once a datagram is in flight.
             if !adapted && c.inflight >= self.cfg.max_datagram as u64 {
                 adapted = true;
-                self.adapt_window(c, now);
+                let (srtt, queues) = *path.get_or_insert_with(|| c.path_queue(self.cfg.broadcast_queue));
+                self.adapt_window(c, now, srtt, queues);
             }
             if c.inflight >= c.window {
                 if c.window < self.cfg.broadcast_inflight as u64 {
@@ -208,16 +210,26 @@ impl Ctx {
         n
     }
 
-    /// Steer `c`'s broadcast window by its path's queueing delay (see
+    /// A new connection's broadcast window: [`INITIAL_BROADCAST_WINDOW`] datagrams, or `broadcast_inflight`
+    /// when there is no window (`broadcast_queue` zero).
+    pub(super) fn initial_window(&self) -> u64 {
+        let full = self.cfg.broadcast_inflight as u64;
+        if self.cfg.broadcast_queue.is_zero() {
+            full
+        } else {
+            (INITIAL_BROADCAST_WINDOW * self.cfg.max_datagram as u64).min(full)
+        }
+    }
+
+    /// Steer `c`'s broadcast window by its path's queueing delay (`srtt` and whether it `queues`, see
     /// [`super::EndpointConfig::broadcast_queue`]): while the smoothed RTT exceeds the minimum by more
     /// than the target, halve what is in flight (at most once per smoothed RTT, never below
-    /// [`MIN_BROADCAST_WINDOW`] datagrams); else, when the window is what stops the connection, grow it by
-    /// one datagram up to `broadcast_inflight`.
-    fn adapt_window(&mut self, c: &mut Conn, now: Instant) {
+    /// [`MIN_BROADCAST_WINDOW`] datagrams); else, when the window is full, grow it by one datagram up to
+    /// `broadcast_inflight`.
+    fn adapt_window(&mut self, c: &mut Conn, now: Instant, srtt: Duration, queues: bool) {
         let one = self.cfg.max_datagram as u64;
         let full = self.cfg.broadcast_inflight as u64;
         let floor = (MIN_BROADCAST_WINDOW * one).min(full);
-        let (srtt, queues) = c.path_queue(self.cfg.broadcast_queue);
         if queues {
             if c.window > floor && now >= c.window_cut + srtt {
                 c.window = (c.window.min(c.inflight) / 2).max(floor);
@@ -260,7 +272,8 @@ impl Ctx {
             c.stream_out.clear();
             self.stats.closed_not_reading += 1;
         }
-        self.feed_dgrams(c, now);
+        let mut path = None;
+        self.feed_dgrams(c, now, &mut path);
         // Whatever quiche sends now carries the acknowledgements held back (see `ACK_EVERY`).
         c.rx_unacked = 0;
         let mut sent = 0;
@@ -285,7 +298,7 @@ impl Ctx {
                 }
                 Err(quiche::Error::Done) => {
                     // quiche may have room again for control bytes or datagrams.
-                    if self.feed_stream(c, now) + self.feed_dgrams(c, now) == 0 {
+                    if self.feed_stream(c, now) + self.feed_dgrams(c, now, &mut path) == 0 {
                         break;
                     }
                 }

@@ -99,8 +99,8 @@ pub struct EndpointStats {
     pub catchup_shared: u64,
     /// Pulls that waited for the next tick: past the budget and no live delta covered their tick.
     pub catchup_deferred: u64,
-    /// Visits whose broadcast stopped at the connection's window while it was below
-    /// `broadcast_inflight` (see `EndpointConfig::broadcast_queue`).
+    /// Times feeding a connection's broadcast stopped at its window while the window was below
+    /// `broadcast_inflight` (up to twice a visit; see `EndpointConfig::broadcast_queue`).
     pub window_held: u64,
     /// Broadcast windows halved because the connection's path queued (smoothed RTT more than
     /// `broadcast_queue` above its minimum).

@@ -422,7 +422,7 @@ pub fn prometheus(live: &Live, src: &Sources) -> String {
     family(
         "broadcast_window_held_total",
         "counter",
-        "Connection visits whose broadcast stopped at a window below --broadcast-inflight-kib (see --broadcast-queue-ms).",
+        "Times feeding a connection's broadcast stopped at a window below --broadcast-inflight-kib (see --broadcast-queue-ms).",
         &mut per(|w| w.endpoint.window_held).into_iter(),
     );
     family(

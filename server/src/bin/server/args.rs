@@ -291,9 +291,10 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) retry: bool,
     /// Without --retry: switch stateless Retry on by itself while more than this many handshakes are in
-    /// progress on a worker, and off again below half of it (0: never).
-    #[arg(long, default_value_t = server::endpoint::DEFAULT_RETRY_ABOVE, value_parser = usize_in(0, 1 << 22))]
-    pub(crate) retry_above: usize,
+    /// progress on a worker, and off again below half of it (0: never). Default: half of --max-half-open
+    /// (8192); at most --max-half-open.
+    #[arg(long, value_parser = usize_in(0, 1 << 22))]
+    pub(crate) retry_above: Option<usize>,
     /// Without --retry: also switch stateless Retry on by itself while new handshakes arrive at more than
     /// this many per second on a worker (one-second windows), and off again below half of it (0: never).
     #[arg(long, default_value_t = server::endpoint::DEFAULT_RETRY_ABOVE_RATE,

@@ -285,6 +285,17 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    // Half of the half-open cap by default, so that lowering --max-half-open keeps the count trigger below
+    // it (past the cap Initials are dropped, and Retry by count would never switch on).
+    let retry_above = a.retry_above.unwrap_or(a.max_half_open / 2);
+    if retry_above > a.max_half_open {
+        return Err(format!(
+            "--retry-above {retry_above} is above --max-half-open {}: Initials past the cap are dropped before Retry \
+             by count could switch on; use at most {} (or 0 for never)",
+            a.max_half_open, a.max_half_open
+        )
+        .into());
+    }
     if a.max_datagram + 64 > a.max_udp_payload {
         return Err(format!(
             "--max-datagram {} does not fit --max-udp-payload {} with QUIC overhead (~64 bytes): lower one or raise the other",
@@ -715,7 +726,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             send_budget: a.send_budget,
             max_half_open: a.max_half_open,
             handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
-            retry_above: a.retry_above,
+            retry_above,
             retry_above_rate: a.retry_above_rate,
             source_writes_per_sec: a.source_writes_per_sec,
         };
